@@ -1,0 +1,71 @@
+#include "storage/record_codec.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace idem::storage {
+namespace {
+
+constexpr char kRecordTag = 'k';
+constexpr char kFormatVersion = 1;
+constexpr size_t kHeaderSize = 1 + sizeof(uint64_t);
+
+void StoreLittleEndian64(uint64_t v, char* out) {
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+uint64_t LoadLittleEndian64(const char* in) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(in[i]);
+  return v;
+}
+
+}  // namespace
+
+std::string EncodeKey(const KeyId& id) {
+  return absl::StrCat(NamespacePrefix(id.name_space), id.key);
+}
+
+std::string NamespacePrefix(absl::string_view name_space) {
+  std::string prefix;
+  prefix.reserve(name_space.size() + 2);
+  prefix.push_back(kRecordTag);
+  prefix.append(name_space.data(), name_space.size());
+  prefix.push_back('\0');
+  return prefix;
+}
+
+bool IsRecordKey(absl::string_view encoded_key) {
+  return !encoded_key.empty() && encoded_key.front() == kRecordTag;
+}
+
+std::string EncodeRecord(const Record& record) {
+  std::string value(kHeaderSize, '\0');
+  value[0] = kFormatVersion;
+  StoreLittleEndian64(static_cast<uint64_t>(record.expires_at_us()), &value[1]);
+  record.AppendToString(&value);
+  return value;
+}
+
+absl::StatusOr<Record> DecodeRecord(absl::string_view value) {
+  if (value.size() < kHeaderSize || value[0] != kFormatVersion) {
+    return absl::DataLossError(absl::StrCat(
+        "stored record is corrupt or of an unknown format (", value.size(),
+        " bytes)"));
+  }
+  Record record;
+  value.remove_prefix(kHeaderSize);
+  if (!record.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+    return absl::DataLossError("stored record does not parse");
+  }
+  return record;
+}
+
+std::optional<int64_t> PeekExpiryMicros(absl::string_view value) {
+  if (value.size() < kHeaderSize || value[0] != kFormatVersion) {
+    return std::nullopt;
+  }
+  return static_cast<int64_t>(LoadLittleEndian64(value.data() + 1));
+}
+
+}  // namespace idem::storage

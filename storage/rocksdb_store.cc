@@ -1,0 +1,276 @@
+#include "storage/rocksdb_store.h"
+
+#include <string>
+#include <utility>
+
+#include "absl/hash/hash.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "rocksdb/cache.h"
+#include "rocksdb/compaction_filter.h"
+#include "rocksdb/convenience.h"
+#include "rocksdb/db.h"
+#include "rocksdb/filter_policy.h"
+#include "rocksdb/options.h"
+#include "rocksdb/table.h"
+#include "rocksdb/write_batch.h"
+#include "storage/key_state_machine.h"
+#include "storage/record_codec.h"
+
+namespace idem::storage {
+
+// Drops records whose expiry has passed. RocksDB turns a removal into a
+// deletion marker where older versions may lie below, so removing the newest
+// version never resurrects an older one.
+class TtlCompactionFilter final : public rocksdb::CompactionFilter {
+ public:
+  explicit TtlCompactionFilter(const Clock* clock) : clock_(clock) {}
+
+  bool Filter(int /*level*/, const rocksdb::Slice& key,
+              const rocksdb::Slice& existing_value, std::string* /*new_value*/,
+              bool* /*value_changed*/) const override {
+    absl::string_view k(key.data(), key.size());
+    if (!IsRecordKey(k)) return false;
+    std::optional<int64_t> expiry = PeekExpiryMicros(
+        absl::string_view(existing_value.data(), existing_value.size()));
+    // A value we cannot read is kept: never drop what we do not understand.
+    if (!expiry.has_value() ||
+        absl::ToUnixMicros(clock_->Now()) < *expiry) {
+      return false;
+    }
+    dropped_.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+
+  const char* Name() const override { return "idem.TtlCompactionFilter"; }
+
+  uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+
+ private:
+  const Clock* const clock_;
+  mutable std::atomic<uint64_t> dropped_{0};
+};
+
+namespace {
+
+// The highest token that may have been handed out. Not a record key, so the
+// TTL filter never touches it.
+constexpr char kTokenReservedKey[] = "m/token_reserved";
+
+absl::Status FromRocks(const rocksdb::Status& status, absl::string_view what) {
+  if (status.ok()) return absl::OkStatus();
+  // Disk full, I/O errors, corruption: the store cannot serve right now.
+  return absl::UnavailableError(
+      absl::StrCat("storage ", what, " failed: ", status.ToString()));
+}
+
+std::string EncodeFixed64(uint64_t v) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+  return out;
+}
+
+uint64_t DecodeFixed64(const std::string& in) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(in[i]);
+  return v;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
+    const RocksDbStoreOptions& options) {
+  if (options.path.empty()) {
+    return absl::InvalidArgumentError("storage path is empty");
+  }
+  auto filter = std::make_unique<TtlCompactionFilter>(options.clock);
+
+  rocksdb::Options db_options;
+  db_options.create_if_missing = true;
+  db_options.compaction_filter = filter.get();
+  db_options.periodic_compaction_seconds =
+      options.periodic_compaction > absl::ZeroDuration()
+          ? static_cast<uint64_t>(
+                absl::ToInt64Seconds(options.periodic_compaction))
+          : 0;
+  db_options.write_buffer_size = options.write_buffer_bytes;
+  db_options.max_background_jobs = 2;
+  db_options.bytes_per_sync = 1 << 20;
+  // Replay the WAL up to the first damaged entry (a torn last write after a
+  // crash) instead of refusing to open.
+  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  db_options.compression = rocksdb::kNoCompression;
+
+  rocksdb::BlockBasedTableOptions table_options;
+  table_options.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+  table_options.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  table_options.cache_index_and_filter_blocks = true;
+  db_options.table_factory.reset(
+      rocksdb::NewBlockBasedTableFactory(table_options));
+
+  rocksdb::DB* raw_db = nullptr;
+  rocksdb::Status opened = rocksdb::DB::Open(db_options, options.path, &raw_db);
+  if (!opened.ok()) {
+    return FromRocks(opened, absl::StrCat("open of ", options.path));
+  }
+  std::unique_ptr<RocksDbStore> store(
+      new RocksDbStore(options, raw_db, std::move(filter)));
+  if (absl::Status loaded = store->LoadTokenCounter(); !loaded.ok()) {
+    return loaded;
+  }
+  return store;
+}
+
+RocksDbStore::RocksDbStore(const RocksDbStoreOptions& options,
+                           rocksdb::DB* db,
+                           std::unique_ptr<TtlCompactionFilter> filter)
+    : options_(options), filter_(std::move(filter)), db_(db) {}
+
+RocksDbStore::~RocksDbStore() {
+  rocksdb::CancelAllBackgroundWork(db_.get(), /*wait=*/true);
+  db_->Close().PermitUncheckedError();
+}
+
+absl::Status RocksDbStore::LoadTokenCounter() {
+  std::string value;
+  rocksdb::Status got =
+      db_->Get(rocksdb::ReadOptions(), kTokenReservedKey, &value);
+  if (!got.ok() && !got.IsNotFound()) {
+    return FromRocks(got, "read of the token counter");
+  }
+  if (got.ok() && value.size() != 8) {
+    return absl::DataLossError("token counter is corrupt");
+  }
+  absl::MutexLock lock(&token_mu_);
+  // Any token up to the stored reservation may have been handed out.
+  reserved_token_ = got.ok() ? DecodeFixed64(value) : 0;
+  next_token_ = reserved_token_ + 1;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> RocksDbStore::NextToken() {
+  absl::MutexLock lock(&token_mu_);
+  if (next_token_ > reserved_token_) {
+    const uint64_t reserve = reserved_token_ + kTokenBlock;
+    rocksdb::WriteOptions write_options;
+    write_options.sync = true;  // Always: a reused token breaks fencing.
+    rocksdb::Status put =
+        db_->Put(write_options, kTokenReservedKey, EncodeFixed64(reserve));
+    if (!put.ok()) return FromRocks(put, "write of the token counter");
+    reserved_token_ = reserve;
+  }
+  return next_token_++;
+}
+
+absl::Mutex& RocksDbStore::StripeFor(const std::string& encoded_key) {
+  return stripes_[absl::HashOf(encoded_key) % kLockStripes];
+}
+
+template <typename Reply, typename DecideFn>
+absl::StatusOr<Reply> RocksDbStore::Apply(const KeyId& id, DecideFn decide) {
+  const std::string db_key = EncodeKey(id);
+  absl::MutexLock lock(&StripeFor(db_key));
+
+  std::string value;
+  rocksdb::Status got = db_->Get(rocksdb::ReadOptions(), db_key, &value);
+  if (!got.ok() && !got.IsNotFound()) return FromRocks(got, "read");
+  std::optional<Record> current;
+  if (got.ok()) {
+    absl::StatusOr<Record> decoded = DecodeRecord(value);
+    if (!decoded.ok()) return decoded.status();
+    current = *std::move(decoded);
+  }
+
+  // The state machine cannot fail on a token; remember a storage error and
+  // report it after the decision.
+  absl::Status token_error;
+  auto next_token = [&]() -> uint64_t {
+    absl::StatusOr<uint64_t> token = NextToken();
+    if (!token.ok()) {
+      token_error = token.status();
+      return 0;
+    }
+    return *token;
+  };
+  Decision<Reply> decision = decide(current.has_value() ? &*current : nullptr,
+                                    options_.clock->Now(), next_token);
+  if (!token_error.ok()) return token_error;
+  if (!decision.reply.ok() || !decision.write.has_value()) {
+    return std::move(decision.reply);
+  }
+  rocksdb::WriteOptions write_options;
+  write_options.sync = options_.sync_writes;
+  rocksdb::Status put =
+      db_->Put(write_options, db_key, EncodeRecord(*decision.write));
+  if (!put.ok()) return FromRocks(put, "write");
+  return std::move(decision.reply);
+}
+
+absl::StatusOr<BeginResult> RocksDbStore::Begin(const BeginCommand& command) {
+  return Apply<BeginResult>(
+      command.id, [&](const Record* current, absl::Time now,
+                      absl::FunctionRef<uint64_t()> next_token) {
+        return DecideBegin(current, command, now, next_token);
+      });
+}
+
+absl::StatusOr<CompleteResult> RocksDbStore::Complete(
+    const CompleteCommand& command) {
+  return Apply<CompleteResult>(
+      command.id,
+      [&](const Record* current, absl::Time now, absl::FunctionRef<uint64_t()>) {
+        return DecideComplete(current, command, now);
+      });
+}
+
+absl::Status RocksDbStore::Release(const ReleaseCommand& command) {
+  return Apply<Released>(command.id,
+                         [&](const Record* current, absl::Time now,
+                             absl::FunctionRef<uint64_t()>) {
+                           return DecideRelease(current, command, now);
+                         })
+      .status();
+}
+
+absl::StatusOr<absl::Time> RocksDbStore::Extend(const ExtendCommand& command) {
+  return Apply<absl::Time>(
+      command.id,
+      [&](const Record* current, absl::Time now, absl::FunctionRef<uint64_t()>) {
+        return DecideExtend(current, command, now);
+      });
+}
+
+absl::StatusOr<KeySnapshot> RocksDbStore::Lookup(const KeyId& id) {
+  std::string value;
+  rocksdb::Status got = db_->Get(rocksdb::ReadOptions(), EncodeKey(id), &value);
+  if (got.IsNotFound()) return Snapshot(nullptr, options_.clock->Now());
+  if (!got.ok()) return FromRocks(got, "read");
+  absl::StatusOr<Record> record = DecodeRecord(value);
+  if (!record.ok()) return record.status();
+  return Snapshot(&*record, options_.clock->Now());
+}
+
+absl::Status RocksDbStore::CompactAll() {
+  if (absl::Status flushed =
+          FromRocks(db_->Flush(rocksdb::FlushOptions()), "flush");
+      !flushed.ok()) {
+    return flushed;
+  }
+  rocksdb::CompactRangeOptions compact_options;
+  compact_options.bottommost_level_compaction =
+      rocksdb::BottommostLevelCompaction::kForce;
+  return FromRocks(db_->CompactRange(compact_options, nullptr, nullptr),
+                   "compaction");
+}
+
+StorageStats RocksDbStore::Stats() const {
+  StorageStats stats;
+  db_->GetIntProperty(rocksdb::DB::Properties::kTotalSstFilesSize,
+                      &stats.sst_bytes);
+  db_->GetIntProperty(rocksdb::DB::Properties::kEstimateNumKeys,
+                      &stats.estimated_keys);
+  stats.ttl_dropped = filter_->dropped();
+  return stats;
+}
+
+}  // namespace idem::storage

@@ -1,0 +1,156 @@
+#include "storage/rocksdb_store.h"
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "rocksdb/db.h"
+#include "storage/record_codec.h"
+#include "storage/testing/store_conformance.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace idem::storage {
+namespace {
+
+class RocksDbHarness final : public StoreHarness {
+ public:
+  RocksDbHarness(const Clock* clock, bool sync_writes) {
+    options_.path = dir_.Sub("db");
+    options_.sync_writes = sync_writes;
+    options_.clock = clock;
+    Reopen();
+  }
+  Store& store() override { return *store_; }
+  void Reopen() override {
+    store_.reset();
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> opened =
+        RocksDbStore::Open(options_);
+    if (!opened.ok()) {
+      ADD_FAILURE() << opened.status();
+      std::abort();
+    }
+    store_ = *std::move(opened);
+  }
+
+ private:
+  testing::TempDir dir_;
+  RocksDbStoreOptions options_;
+  std::unique_ptr<RocksDbStore> store_;
+};
+
+INSTANTIATE_TEST_SUITE_P(
+    RocksDb, StoreConformanceTest,
+    ::testing::Values(
+        StoreBackend{"SyncWrites",
+                     [](const Clock* clock) {
+                       return std::make_unique<RocksDbHarness>(clock, true);
+                     }},
+        StoreBackend{"UnsyncedWrites",
+                     [](const Clock* clock) {
+                       return std::make_unique<RocksDbHarness>(clock, false);
+                     }}),
+    [](const ::testing::TestParamInfo<StoreBackend>& info) {
+      return info.param.name;
+    });
+
+class RocksDbStoreTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<RocksDbStore> Open(bool sync_writes = true) {
+    RocksDbStoreOptions options;
+    options.path = dir_.Sub("db");
+    options.clock = &clock_;
+    options.sync_writes = sync_writes;
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store =
+        RocksDbStore::Open(options);
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? *std::move(store) : nullptr;
+  }
+
+  FakeClock clock_;
+  testing::TempDir dir_;
+};
+
+TEST_F(RocksDbStoreTest, TtlCompactionGivesBackDiskSpaceAndKeys) {
+  std::unique_ptr<RocksDbStore> store = Open(/*sync_writes=*/false);
+  ASSERT_NE(store, nullptr);
+  constexpr int kKeys = 2000;
+  const std::string body(4096, 'x');
+  for (int i = 0; i < kKeys; ++i) {
+    BeginCommand begin{{"orders", "key-" + std::to_string(i)}, "fp", "",
+                       absl::Seconds(30), absl::Minutes(10)};
+    ASSERT_OK_AND_ASSIGN(BeginResult begun, store->Begin(begin));
+    ASSERT_OK(store->Complete(
+        {begin.id, begun.token, Result{200, body, {}}, std::nullopt}));
+  }
+  // One key that is kept much longer must survive the compaction.
+  BeginCommand keeper{{"orders", "keeper"}, "fp", "", absl::Seconds(30),
+                      absl::Hours(24)};
+  ASSERT_OK_AND_ASSIGN(BeginResult kept, store->Begin(keeper));
+  ASSERT_OK(store->Complete(
+      {keeper.id, kept.token, Result{200, "kept", {}}, std::nullopt}));
+
+  ASSERT_OK(store->CompactAll());  // Nothing expired yet: nothing dropped.
+  const StorageStats before = store->Stats();
+  EXPECT_GT(before.sst_bytes, uint64_t{kKeys} * 4096);
+  EXPECT_GE(before.estimated_keys, uint64_t{kKeys});
+  EXPECT_EQ(before.ttl_dropped, 0u);
+
+  clock_.Advance(absl::Minutes(11));
+  ASSERT_OK(store->CompactAll());
+  const StorageStats after = store->Stats();
+  EXPECT_EQ(after.ttl_dropped, uint64_t{kKeys});
+  EXPECT_LT(after.sst_bytes, before.sst_bytes / 20);
+  EXPECT_LE(after.estimated_keys, 2u);  // The keeper and the token counter.
+
+  ASSERT_OK_AND_ASSIGN(KeySnapshot survivor, store->Lookup(keeper.id));
+  EXPECT_EQ(survivor.state, KeyState::kCompleted);
+  EXPECT_EQ(survivor.result.body, "kept");
+}
+
+TEST_F(RocksDbStoreTest, SecondOpenOfTheSameDirectoryFails) {
+  std::unique_ptr<RocksDbStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  RocksDbStoreOptions options;
+  options.path = dir_.Sub("db");
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> second =
+      RocksDbStore::Open(options);
+  EXPECT_STATUS_CODE(second, absl::StatusCode::kUnavailable);
+}
+
+TEST_F(RocksDbStoreTest, CorruptRecordIsDataLossAndIsNotOverwritten) {
+  {
+    rocksdb::Options options;
+    options.create_if_missing = true;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(options, dir_.Sub("db"), &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(),
+                        EncodeKey({"orders", "broken"}), "\x07garbage")
+                    .ok());
+  }
+  std::unique_ptr<RocksDbStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_STATUS_CODE(store->Lookup({"orders", "broken"}),
+                     absl::StatusCode::kDataLoss);
+  EXPECT_STATUS_CODE(store->Begin({{"orders", "broken"}, "fp", "",
+                                   absl::Seconds(30), absl::Hours(1)}),
+                     absl::StatusCode::kDataLoss);
+  EXPECT_STATUS_CODE(store->Lookup({"orders", "broken"}),
+                     absl::StatusCode::kDataLoss);
+}
+
+TEST_F(RocksDbStoreTest, OpenFailsClearlyOnAnUnusablePath) {
+  std::ofstream(dir_.Sub("file")) << "not a directory";
+  RocksDbStoreOptions options;
+  options.path = dir_.Sub("file") + "/db";
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> store =
+      RocksDbStore::Open(options);
+  EXPECT_STATUS_CODE(store, absl::StatusCode::kUnavailable);
+  EXPECT_NE(store.status().message().find(options.path), std::string::npos);
+}
+
+}  // namespace
+}  // namespace idem::storage

@@ -1,0 +1,126 @@
+// The storage interface the server sees: one atomic operation per RPC on one
+// idempotency key. Implementations (RocksDB embedded, later distributed
+// stores) apply the transitions of key_state_machine.h atomically per key.
+//
+// Usage:
+//   absl::StatusOr<std::unique_ptr<Store>> store = RocksDbStore::Open(...);
+//   absl::StatusOr<BeginResult> begun = (*store)->Begin(command);
+//
+// Thread safety: every Store is safe for concurrent use without external
+// synchronization; operations on one key are linearizable.
+//
+// Errors: normal outcomes (acquired, completed, in progress, mismatch) are
+// values. Refusals are FAILED_PRECONDITION (the lease was lost) or
+// ALREADY_EXISTS (a different result is stored). Storage failures are
+// UNAVAILABLE; a record that cannot be decoded is DATA_LOSS.
+#ifndef IDEM_STORAGE_STORE_H_
+#define IDEM_STORAGE_STORE_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace idem::storage {
+
+// Identifies one key. Keys in different namespaces never interact.
+struct KeyId {
+  std::string name_space;
+  std::string key;
+};
+
+// An application result, stored by Complete and replayed by Begin.
+struct Result {
+  int32_t code = 0;
+  std::string body;
+  std::map<std::string, std::string> metadata;
+
+  friend bool operator==(const Result&, const Result&) = default;
+};
+
+struct BeginCommand {
+  KeyId id;
+  // Compared byte for byte; empty only matches empty.
+  std::string fingerprint;
+  // Optional attempt id: the same owner re-acquires with the same token.
+  std::string owner;
+  absl::Duration lease;
+  absl::Duration retention;
+};
+
+enum class BeginOutcome { kAcquired, kCompleted, kInProgress, kMismatch };
+
+struct BeginResult {
+  BeginOutcome outcome = BeginOutcome::kMismatch;
+  // kAcquired only: the caller's fencing token.
+  uint64_t token = 0;
+  // kAcquired: the caller's lease; kInProgress: the holder's lease.
+  absl::Time lease_expires_at = absl::InfinitePast();
+  // kCompleted only.
+  Result result;
+  absl::Time completed_at = absl::InfinitePast();
+  // kCompleted: until when the result is kept.
+  absl::Time expires_at = absl::InfinitePast();
+  // kAcquired and kCompleted: how many times the key was acquired.
+  uint32_t attempt = 0;
+};
+
+struct CompleteCommand {
+  KeyId id;
+  uint64_t token = 0;
+  Result result;
+  // Overrides the retention given to Begin.
+  std::optional<absl::Duration> retention;
+};
+
+struct CompleteResult {
+  absl::Time completed_at;
+  absl::Time expires_at;
+};
+
+struct ReleaseCommand {
+  KeyId id;
+  uint64_t token = 0;
+};
+
+struct ExtendCommand {
+  KeyId id;
+  uint64_t token = 0;
+  absl::Duration lease;
+};
+
+enum class KeyState { kAbsent, kInProgress, kCompleted };
+
+// What Lookup reports. Never carries the holder's token.
+struct KeySnapshot {
+  KeyState state = KeyState::kAbsent;
+  std::string fingerprint;
+  absl::Time lease_expires_at = absl::InfinitePast();
+  Result result;
+  absl::Time completed_at = absl::InfinitePast();
+  absl::Time created_at = absl::InfinitePast();
+  absl::Time expires_at = absl::InfinitePast();
+  uint32_t attempt = 0;
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  virtual absl::StatusOr<BeginResult> Begin(const BeginCommand& command) = 0;
+  virtual absl::StatusOr<CompleteResult> Complete(
+      const CompleteCommand& command) = 0;
+  virtual absl::Status Release(const ReleaseCommand& command) = 0;
+  // Returns the new lease expiry.
+  virtual absl::StatusOr<absl::Time> Extend(const ExtendCommand& command) = 0;
+  // No side effects.
+  virtual absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) = 0;
+};
+
+}  // namespace idem::storage
+
+#endif  // IDEM_STORAGE_STORE_H_

@@ -1,0 +1,272 @@
+#include "storage/testing/store_conformance.h"
+
+#include <atomic>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "tests/testing/status_matchers.h"
+
+namespace idem::storage {
+namespace {
+
+constexpr absl::Duration kLease = absl::Seconds(30);
+constexpr absl::Duration kRetention = absl::Hours(24);
+
+BeginCommand BeginOf(const std::string& key, const std::string& fingerprint = "fp",
+                     const std::string& owner = "") {
+  return BeginCommand{{"payments", key}, fingerprint, owner, kLease, kRetention};
+}
+
+Result Created(const std::string& body = "order-1") {
+  return Result{201, body, {{"content-type", "application/json"}}};
+}
+
+TEST_P(StoreConformanceTest, FreshKeyIsAcquiredWithALease) {
+  ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
+  EXPECT_EQ(begun.outcome, BeginOutcome::kAcquired);
+  EXPECT_GT(begun.token, 0u);
+  EXPECT_EQ(begun.lease_expires_at, clock_.Now() + kLease);
+  EXPECT_EQ(begun.attempt, 1u);
+
+  ASSERT_OK_AND_ASSIGN(KeySnapshot seen, store().Lookup({"payments", "k1"}));
+  EXPECT_EQ(seen.state, KeyState::kInProgress);
+  EXPECT_EQ(seen.fingerprint, "fp");
+  EXPECT_EQ(seen.created_at, clock_.Now());
+}
+
+TEST_P(StoreConformanceTest, SecondCallerSeesInProgressWithoutToken) {
+  ASSERT_OK_AND_ASSIGN(BeginResult first, store().Begin(BeginOf("k1")));
+  clock_.Advance(absl::Seconds(1));
+  ASSERT_OK_AND_ASSIGN(BeginResult second, store().Begin(BeginOf("k1")));
+  EXPECT_EQ(second.outcome, BeginOutcome::kInProgress);
+  EXPECT_EQ(second.token, 0u);
+  EXPECT_EQ(second.lease_expires_at, first.lease_expires_at);
+}
+
+TEST_P(StoreConformanceTest, CompletedResultIsReplayed) {
+  ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
+  clock_.Advance(absl::Seconds(2));
+  const absl::Time completed_at = clock_.Now();
+  ASSERT_OK_AND_ASSIGN(CompleteResult done,
+                       store().Complete({{"payments", "k1"}, begun.token,
+                                         Created(), std::nullopt}));
+  EXPECT_EQ(done.completed_at, completed_at);
+  EXPECT_EQ(done.expires_at, completed_at + kRetention);
+
+  clock_.Advance(absl::Hours(1));
+  ASSERT_OK_AND_ASSIGN(BeginResult replay, store().Begin(BeginOf("k1")));
+  EXPECT_EQ(replay.outcome, BeginOutcome::kCompleted);
+  EXPECT_EQ(replay.result, Created());
+  EXPECT_EQ(replay.completed_at, completed_at);
+  EXPECT_EQ(replay.expires_at, completed_at + kRetention);
+  EXPECT_EQ(replay.token, 0u);
+}
+
+TEST_P(StoreConformanceTest, DifferentFingerprintIsMismatchAndChangesNothing) {
+  ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1", "a")));
+  ASSERT_OK_AND_ASSIGN(KeySnapshot before, store().Lookup({"payments", "k1"}));
+  ASSERT_OK_AND_ASSIGN(BeginResult mismatch,
+                       store().Begin(BeginOf("k1", "b", "other-owner")));
+  EXPECT_EQ(mismatch.outcome, BeginOutcome::kMismatch);
+
+  ASSERT_OK(store().Complete({{"payments", "k1"}, begun.token, Created(),
+                              std::nullopt}));
+  ASSERT_OK_AND_ASSIGN(BeginResult after_complete,
+                       store().Begin(BeginOf("k1", "b")));
+  EXPECT_EQ(after_complete.outcome, BeginOutcome::kMismatch);
+  EXPECT_EQ(after_complete.result, Result{});  // Nothing revealed.
+  ASSERT_OK_AND_ASSIGN(KeySnapshot after, store().Lookup({"payments", "k1"}));
+  EXPECT_EQ(after.fingerprint, before.fingerprint);
+}
+
+TEST_P(StoreConformanceTest, SameOwnerGetsTheSameTokenBack) {
+  ASSERT_OK_AND_ASSIGN(BeginResult first,
+                       store().Begin(BeginOf("k1", "fp", "worker-7")));
+  clock_.Advance(absl::Seconds(5));
+  ASSERT_OK_AND_ASSIGN(BeginResult again,
+                       store().Begin(BeginOf("k1", "fp", "worker-7")));
+  EXPECT_EQ(again.outcome, BeginOutcome::kAcquired);
+  EXPECT_EQ(again.token, first.token);
+  EXPECT_EQ(again.lease_expires_at, clock_.Now() + kLease);
+  EXPECT_EQ(again.attempt, 1u);
+}
+
+TEST_P(StoreConformanceTest, LapsedLeaseIsTakenOverAndOldHolderIsFenced) {
+  ASSERT_OK_AND_ASSIGN(BeginResult old_holder, store().Begin(BeginOf("k1")));
+  clock_.Advance(kLease);
+  ASSERT_OK_AND_ASSIGN(BeginResult taker, store().Begin(BeginOf("k1")));
+  EXPECT_EQ(taker.outcome, BeginOutcome::kAcquired);
+  EXPECT_GT(taker.token, old_holder.token);
+  EXPECT_EQ(taker.attempt, 2u);
+
+  EXPECT_STATUS_CODE(store().Complete({{"payments", "k1"}, old_holder.token,
+                                       Created("stale"), std::nullopt}),
+                     absl::StatusCode::kFailedPrecondition);
+  EXPECT_STATUS_CODE(store().Extend({{"payments", "k1"}, old_holder.token,
+                                     kLease}),
+                     absl::StatusCode::kFailedPrecondition);
+  EXPECT_STATUS_CODE(store().Release({{"payments", "k1"}, old_holder.token}),
+                     absl::StatusCode::kFailedPrecondition);
+  ASSERT_OK(store().Complete({{"payments", "k1"}, taker.token, Created(),
+                              std::nullopt}));
+  ASSERT_OK_AND_ASSIGN(BeginResult replay, store().Begin(BeginOf("k1")));
+  EXPECT_EQ(replay.result, Created());
+}
+
+TEST_P(StoreConformanceTest, LapsedLeaseNobodyTookOverMayStillComplete) {
+  ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
+  clock_.Advance(kLease + absl::Minutes(5));
+  ASSERT_OK(store().Complete({{"payments", "k1"}, begun.token, Created(),
+                              std::nullopt}));
+  ASSERT_OK_AND_ASSIGN(KeySnapshot seen, store().Lookup({"payments", "k1"}));
+  EXPECT_EQ(seen.state, KeyState::kCompleted);
+}
+
+TEST_P(StoreConformanceTest, ReleaseFreesTheKeyForAnyFingerprint) {
+  ASSERT_OK_AND_ASSIGN(BeginResult first, store().Begin(BeginOf("k1", "a")));
+  EXPECT_STATUS_CODE(store().Release({{"payments", "k1"}, first.token + 1}),
+                     absl::StatusCode::kFailedPrecondition);
+  ASSERT_OK(store().Release({{"payments", "k1"}, first.token}));
+  ASSERT_OK(store().Release({{"payments", "k1"}, first.token}));  // Retried.
+  ASSERT_OK_AND_ASSIGN(KeySnapshot released, store().Lookup({"payments", "k1"}));
+  EXPECT_EQ(released.state, KeyState::kAbsent);
+
+  ASSERT_OK_AND_ASSIGN(BeginResult second, store().Begin(BeginOf("k1", "b")));
+  EXPECT_EQ(second.outcome, BeginOutcome::kAcquired);
+  EXPECT_GT(second.token, first.token);
+  EXPECT_EQ(second.attempt, 2u);
+  EXPECT_STATUS_CODE(store().Complete({{"payments", "k1"}, first.token,
+                                       Created(), std::nullopt}),
+                     absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_P(StoreConformanceTest, CompleteIsIdempotentButNeverOverwrites) {
+  ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
+  ASSERT_OK_AND_ASSIGN(CompleteResult first,
+                       store().Complete({{"payments", "k1"}, begun.token,
+                                         Created(), std::nullopt}));
+  clock_.Advance(absl::Seconds(3));
+  ASSERT_OK_AND_ASSIGN(CompleteResult again,
+                       store().Complete({{"payments", "k1"}, begun.token,
+                                         Created(), std::nullopt}));
+  EXPECT_EQ(again.completed_at, first.completed_at);
+  EXPECT_STATUS_CODE(store().Complete({{"payments", "k1"}, begun.token,
+                                       Created("other"), std::nullopt}),
+                     absl::StatusCode::kAlreadyExists);
+  EXPECT_STATUS_CODE(store().Release({{"payments", "k1"}, begun.token}),
+                     absl::StatusCode::kFailedPrecondition);
+  ASSERT_OK_AND_ASSIGN(KeySnapshot seen, store().Lookup({"payments", "k1"}));
+  EXPECT_EQ(seen.result, Created());
+}
+
+TEST_P(StoreConformanceTest, ExtendMovesTheLeaseForward) {
+  ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
+  clock_.Advance(absl::Seconds(20));
+  ASSERT_OK_AND_ASSIGN(absl::Time expires,
+                       store().Extend({{"payments", "k1"}, begun.token,
+                                       absl::Seconds(60)}));
+  EXPECT_EQ(expires, clock_.Now() + absl::Seconds(60));
+  clock_.Advance(absl::Seconds(30));  // Past the original lease.
+  ASSERT_OK_AND_ASSIGN(BeginResult other, store().Begin(BeginOf("k1")));
+  EXPECT_EQ(other.outcome, BeginOutcome::kInProgress);
+  EXPECT_EQ(other.lease_expires_at, expires);
+}
+
+TEST_P(StoreConformanceTest, ExpiredResultIsAbsentAndKeyStartsOver) {
+  ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
+  ASSERT_OK(store().Complete({{"payments", "k1"}, begun.token, Created(),
+                              absl::Seconds(10)}));
+  clock_.Advance(absl::Seconds(9));
+  ASSERT_OK_AND_ASSIGN(BeginResult replay, store().Begin(BeginOf("k1", "other")));
+  EXPECT_EQ(replay.outcome, BeginOutcome::kMismatch);
+  clock_.Advance(absl::Seconds(1));
+  ASSERT_OK_AND_ASSIGN(KeySnapshot gone, store().Lookup({"payments", "k1"}));
+  EXPECT_EQ(gone.state, KeyState::kAbsent);
+  EXPECT_EQ(gone.attempt, 0u);
+  ASSERT_OK_AND_ASSIGN(BeginResult anew, store().Begin(BeginOf("k1", "other")));
+  EXPECT_EQ(anew.outcome, BeginOutcome::kAcquired);
+  EXPECT_GT(anew.token, begun.token);
+  EXPECT_EQ(anew.attempt, 1u);
+}
+
+TEST_P(StoreConformanceTest, NamespacesNeverInteract) {
+  BeginCommand a = BeginOf("same-key");
+  BeginCommand b = BeginOf("same-key");
+  b.id.name_space = "payment";  // A prefix of the other namespace.
+  BeginCommand c = BeginOf("key");
+  c.id.name_space = "payments\x01same-";
+  ASSERT_OK_AND_ASSIGN(BeginResult first, store().Begin(a));
+  ASSERT_OK_AND_ASSIGN(BeginResult second, store().Begin(b));
+  ASSERT_OK_AND_ASSIGN(BeginResult third, store().Begin(c));
+  EXPECT_EQ(first.outcome, BeginOutcome::kAcquired);
+  EXPECT_EQ(second.outcome, BeginOutcome::kAcquired);
+  EXPECT_EQ(third.outcome, BeginOutcome::kAcquired);
+}
+
+TEST_P(StoreConformanceTest, LookupHasNoSideEffects) {
+  ASSERT_OK_AND_ASSIGN(KeySnapshot absent, store().Lookup({"payments", "k1"}));
+  EXPECT_EQ(absent.state, KeyState::kAbsent);
+  ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_OK_AND_ASSIGN(KeySnapshot seen, store().Lookup({"payments", "k1"}));
+    EXPECT_EQ(seen.state, KeyState::kInProgress);
+    EXPECT_EQ(seen.attempt, 1u);
+    EXPECT_EQ(seen.lease_expires_at, begun.lease_expires_at);
+  }
+}
+
+TEST_P(StoreConformanceTest, ConcurrentBeginsOnOneKeyAcquireExactlyOnce) {
+  constexpr int kCallers = 64;
+  std::atomic<int> acquired{0}, in_progress{0}, failed{0};
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kCallers; ++i) {
+    callers.emplace_back([&, i] {
+      absl::StatusOr<BeginResult> begun =
+          store().Begin(BeginOf("hot", "fp", "caller-" + std::to_string(i)));
+      if (!begun.ok()) {
+        failed++;
+      } else if (begun->outcome == BeginOutcome::kAcquired) {
+        acquired++;
+      } else if (begun->outcome == BeginOutcome::kInProgress) {
+        in_progress++;
+      }
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  EXPECT_EQ(acquired.load(), 1);
+  EXPECT_EQ(in_progress.load(), kCallers - 1);
+  EXPECT_EQ(failed.load(), 0);
+}
+
+TEST_P(StoreConformanceTest, TokensIncreaseAcrossKeysAndRestarts) {
+  uint64_t last = 0;
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < 5; ++i) {
+      ASSERT_OK_AND_ASSIGN(
+          BeginResult begun,
+          store().Begin(BeginOf("r" + std::to_string(round) + "-" +
+                                std::to_string(i))));
+      EXPECT_GT(begun.token, last);
+      last = begun.token;
+    }
+    harness_->Reopen();
+  }
+  // Also for a key whose record is gone (expired and compacted or not).
+  clock_.Advance(absl::Hours(48));
+  ASSERT_OK_AND_ASSIGN(BeginResult reborn, store().Begin(BeginOf("r0-0")));
+  EXPECT_GT(reborn.token, last);
+}
+
+TEST_P(StoreConformanceTest, CompletedResultSurvivesRestart) {
+  ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
+  ASSERT_OK(store().Complete({{"payments", "k1"}, begun.token, Created(),
+                              std::nullopt}));
+  harness_->Reopen();
+  ASSERT_OK_AND_ASSIGN(BeginResult replay, store().Begin(BeginOf("k1")));
+  EXPECT_EQ(replay.outcome, BeginOutcome::kCompleted);
+  EXPECT_EQ(replay.result, Created());
+}
+
+}  // namespace
+}  // namespace idem::storage
