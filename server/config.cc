@@ -1,0 +1,278 @@
+#include "server/config.h"
+
+#include <limits>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace idem::server {
+namespace {
+
+absl::Status Bad(const std::string& flag, const std::string& value,
+                 absl::string_view why) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("invalid --", flag, "=\"", value, "\": ", why));
+}
+
+Setting StringSetting(std::string flag, std::string env, std::string help,
+                      std::string ServerConfig::*field, bool allow_empty) {
+  return Setting{
+      flag, std::move(env), std::move(help),
+      [field](const ServerConfig& c) { return c.*field; },
+      [flag, field, allow_empty](const std::string& v, ServerConfig& c) {
+        if (v.empty() && !allow_empty) return Bad(flag, v, "must not be empty");
+        c.*field = v;
+        return absl::OkStatus();
+      }};
+}
+
+Setting DurationSetting(std::string flag, std::string env, std::string help,
+                        std::function<absl::Duration&(ServerConfig&)> field,
+                        absl::Duration min, absl::Duration max) {
+  return Setting{
+      flag, std::move(env), std::move(help),
+      [field](const ServerConfig& c) {
+        return absl::FormatDuration(field(const_cast<ServerConfig&>(c)));
+      },
+      [flag, field, min, max](const std::string& v, ServerConfig& c) {
+        absl::Duration d;
+        if (!absl::ParseDuration(v, &d)) {
+          return Bad(flag, v, "not a duration (examples: 500ms, 30s, 5m, 24h)");
+        }
+        if (d < min || d > max) {
+          return Bad(flag, v,
+                     absl::StrCat("must be between ", absl::FormatDuration(min),
+                                  " and ", absl::FormatDuration(max)));
+        }
+        field(c) = d;
+        return absl::OkStatus();
+      }};
+}
+
+Setting SizeSetting(std::string flag, std::string env, std::string help,
+                    std::function<size_t&(ServerConfig&)> field, size_t min,
+                    size_t max) {
+  return Setting{
+      flag, std::move(env), std::move(help),
+      [field](const ServerConfig& c) {
+        return absl::StrCat(field(const_cast<ServerConfig&>(c)));
+      },
+      [flag, field, min, max](const std::string& v, ServerConfig& c) {
+        uint64_t n = 0;
+        if (!absl::SimpleAtoi(v, &n) || n < min || n > max) {
+          return Bad(flag, v,
+                     absl::StrCat("must be a whole number from ", min, " to ",
+                                  max));
+        }
+        field(c) = static_cast<size_t>(n);
+        return absl::OkStatus();
+      }};
+}
+
+Setting BoolSetting(std::string flag, std::string env, std::string help,
+                    bool ServerConfig::*field) {
+  return Setting{flag, std::move(env), std::move(help),
+                 [field](const ServerConfig& c) {
+                   return std::string(c.*field ? "true" : "false");
+                 },
+                 [flag, field](const std::string& v, ServerConfig& c) {
+                   const std::string lower = absl::AsciiStrToLower(v);
+                   if (lower == "true" || lower == "1" || lower.empty()) {
+                     c.*field = true;
+                   } else if (lower == "false" || lower == "0") {
+                     c.*field = false;
+                   } else {
+                     return Bad(flag, v, "must be true or false");
+                   }
+                   return absl::OkStatus();
+                 }};
+}
+
+std::vector<Setting> MakeSettings() {
+  constexpr absl::Duration kYear = absl::Hours(24 * 366);
+  return {
+      StringSetting("listen", "IDEM_LISTEN",
+                    "gRPC address HOST:PORT (port 0 picks a free port)",
+                    &ServerConfig::listen, false),
+      StringSetting("data-dir", "IDEM_DATA_DIR",
+                    "RocksDB directory, created if missing",
+                    &ServerConfig::data_dir, false),
+      BoolSetting("sync-writes", "IDEM_SYNC_WRITES",
+                  "fsync the WAL before acknowledging a change; false risks "
+                  "losing the last acknowledged changes on power loss",
+                  &ServerConfig::sync_writes),
+      DurationSetting(
+          "default-lease", "IDEM_DEFAULT_LEASE", "lease when Begin sets none",
+          [](ServerConfig& c) -> absl::Duration& {
+            return c.limits.default_lease;
+          },
+          Limits::kMinLease, kYear),
+      DurationSetting(
+          "max-lease", "IDEM_MAX_LEASE", "longest lease a caller may ask for",
+          [](ServerConfig& c) -> absl::Duration& { return c.limits.max_lease; },
+          Limits::kMinLease, kYear),
+      DurationSetting(
+          "default-retention", "IDEM_DEFAULT_RETENTION",
+          "how long results are kept when Begin sets no retention",
+          [](ServerConfig& c) -> absl::Duration& {
+            return c.limits.default_retention;
+          },
+          Limits::kMinRetention, 10 * kYear),
+      DurationSetting(
+          "max-retention", "IDEM_MAX_RETENTION",
+          "longest retention a caller may ask for",
+          [](ServerConfig& c) -> absl::Duration& {
+            return c.limits.max_retention;
+          },
+          Limits::kMinRetention, 10 * kYear),
+      DurationSetting(
+          "max-wait", "IDEM_MAX_WAIT",
+          "longest time a Begin may wait for an attempt in progress",
+          [](ServerConfig& c) -> absl::Duration& { return c.limits.max_wait; },
+          absl::ZeroDuration(), absl::Hours(1)),
+      SizeSetting(
+          "max-body-bytes", "IDEM_MAX_BODY_BYTES", "largest result body",
+          [](ServerConfig& c) -> size_t& { return c.limits.max_body_bytes; },
+          0, size_t{64} << 20),
+      SizeSetting(
+          "max-metadata-entries", "IDEM_MAX_METADATA_ENTRIES",
+          "most result metadata entries",
+          [](ServerConfig& c) -> size_t& {
+            return c.limits.max_metadata_entries;
+          },
+          0, 4096),
+      SizeSetting(
+          "max-metadata-value-bytes", "IDEM_MAX_METADATA_VALUE_BYTES",
+          "largest result metadata value (keys: 256 bytes)",
+          [](ServerConfig& c) -> size_t& {
+            return c.limits.max_metadata_value_bytes;
+          },
+          0, size_t{1} << 20),
+      DurationSetting(
+          "periodic-compaction", "IDEM_PERIODIC_COMPACTION",
+          "compact files older than this even without writes, dropping "
+          "expired records (0 = off)",
+          [](ServerConfig& c) -> absl::Duration& {
+            return c.periodic_compaction;
+          },
+          absl::ZeroDuration(), 10 * kYear),
+      SizeSetting(
+          "block-cache-bytes", "IDEM_BLOCK_CACHE_BYTES",
+          "RocksDB block cache size",
+          [](ServerConfig& c) -> size_t& { return c.block_cache_bytes; },
+          size_t{1} << 20, size_t{1} << 40),
+      DurationSetting(
+          "shutdown-grace", "IDEM_SHUTDOWN_GRACE",
+          "on SIGTERM, how long in-flight calls may take before they are "
+          "cancelled",
+          [](ServerConfig& c) -> absl::Duration& { return c.shutdown_grace; },
+          absl::ZeroDuration(), absl::Hours(1)),
+      StringSetting("port-file", "IDEM_PORT_FILE",
+                    "write the bound port to this file once serving",
+                    &ServerConfig::port_file, true),
+  };
+}
+
+absl::Status CheckConsistent(const ServerConfig& c) {
+  if (c.limits.default_lease > c.limits.max_lease) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--default-lease (", absl::FormatDuration(c.limits.default_lease),
+        ") exceeds --max-lease (", absl::FormatDuration(c.limits.max_lease),
+        ")"));
+  }
+  if (c.limits.default_retention > c.limits.max_retention) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--default-retention (",
+        absl::FormatDuration(c.limits.default_retention),
+        ") exceeds --max-retention (",
+        absl::FormatDuration(c.limits.max_retention), ")"));
+  }
+  return absl::OkStatus();
+}
+
+std::string Usage() {
+  std::string usage =
+      "usage: idem-server [--flag=value ...]\n"
+      "Every flag can also be set by its environment variable; the flag "
+      "wins.\n\n";
+  const ServerConfig defaults;
+  for (const Setting& s : Settings()) {
+    absl::StrAppend(&usage, "  --", s.flag, " (", s.env, ", default \"",
+                    s.show(defaults), "\")\n      ", s.help, "\n");
+  }
+  return usage;
+}
+
+}  // namespace
+
+const std::vector<Setting>& Settings() {
+  static const std::vector<Setting>* const settings =
+      new std::vector<Setting>(MakeSettings());
+  return *settings;
+}
+
+absl::StatusOr<ServerConfig> ParseConfig(
+    const std::vector<std::string>& args,
+    const std::function<const char*(const char*)>& get_env) {
+  ServerConfig config;
+  for (const Setting& s : Settings()) {
+    if (const char* value = get_env(s.env.c_str()); value != nullptr) {
+      absl::Status set = s.set(value, config);
+      if (!set.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("from $", s.env, ": ", set.message()));
+      }
+    }
+  }
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "--help" || arg == "-h") return absl::NotFoundError(Usage());
+    if (!absl::StartsWith(arg, "--")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unexpected argument \"", arg, "\" (see --help)"));
+    }
+    std::string name = arg.substr(2);
+    std::string value;
+    bool has_value = false;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+      has_value = true;
+    }
+    const Setting* setting = nullptr;
+    for (const Setting& s : Settings()) {
+      if (s.flag == name) setting = &s;
+    }
+    if (setting == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag --", name, " (see --help)"));
+    }
+    if (!has_value) {
+      const bool is_bool = name == "sync-writes";
+      if (!is_bool) {
+        if (i + 1 >= args.size()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("flag --", name, " needs a value"));
+        }
+        value = args[++i];
+      }
+    }
+    if (absl::Status set = setting->set(value, config); !set.ok()) return set;
+  }
+  if (absl::Status s = CheckConsistent(config); !s.ok()) return s;
+  return config;
+}
+
+std::string Describe(const ServerConfig& config) {
+  std::vector<std::string> parts;
+  for (const Setting& s : Settings()) {
+    parts.push_back(absl::StrCat(s.flag, "=", s.show(config)));
+  }
+  return absl::StrJoin(parts, " ");
+}
+
+}  // namespace idem::server

@@ -1,0 +1,54 @@
+// Server configuration: every setting is a command-line flag and an
+// environment variable (the flag wins), with a default, in one table.
+// Invalid configuration fails at start-up with one clear line.
+#ifndef IDEM_SERVER_CONFIG_H_
+#define IDEM_SERVER_CONFIG_H_
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/limits.h"
+
+namespace idem::server {
+
+struct ServerConfig {
+  std::string listen = "127.0.0.1:50051";
+  std::string data_dir = "./idem-data";
+  bool sync_writes = true;
+  absl::Duration periodic_compaction = absl::Hours(12);
+  absl::Duration shutdown_grace = absl::Seconds(10);
+  size_t block_cache_bytes = size_t{64} << 20;
+  // If set, the bound port is written here once the server serves (useful
+  // with --listen=HOST:0).
+  std::string port_file;
+  Limits limits;
+};
+
+// One configurable setting.
+struct Setting {
+  std::string flag;  // Without the leading "--".
+  std::string env;
+  std::string help;
+  std::function<std::string(const ServerConfig&)> show;
+  std::function<absl::Status(const std::string&, ServerConfig&)> set;
+};
+
+// Every setting, in the order the README documents them.
+const std::vector<Setting>& Settings();
+
+// Reads settings from `environ` (name=value pairs) then from the command
+// line. Returns INVALID_ARGUMENT with one line naming the bad setting.
+// `--help` yields a NOT_FOUND status whose message is the usage text.
+absl::StatusOr<ServerConfig> ParseConfig(
+    const std::vector<std::string>& args,
+    const std::function<const char*(const char*)>& get_env);
+
+// The effective configuration, as one key=value line for the start-up log.
+std::string Describe(const ServerConfig& config);
+
+}  // namespace idem::server
+
+#endif  // IDEM_SERVER_CONFIG_H_

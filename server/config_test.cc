@@ -1,0 +1,84 @@
+#include "server/config.h"
+
+#include <map>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace idem::server {
+namespace {
+
+absl::StatusOr<ServerConfig> Parse(std::vector<std::string> args,
+                                   std::map<std::string, std::string> env = {}) {
+  return ParseConfig(args, [&env](const char* name) -> const char* {
+    auto it = env.find(name);
+    return it == env.end() ? nullptr : it->second.c_str();
+  });
+}
+
+TEST(ConfigTest, DefaultsMatchTheDocumentedOnes) {
+  absl::StatusOr<ServerConfig> config = Parse({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->listen, "127.0.0.1:50051");
+  EXPECT_EQ(config->data_dir, "./idem-data");
+  EXPECT_TRUE(config->sync_writes);
+  EXPECT_EQ(config->limits.default_lease, absl::Seconds(30));
+  EXPECT_EQ(config->limits.default_retention, absl::Hours(24));
+  EXPECT_EQ(config->limits.max_retention, absl::Hours(24 * 30));
+  EXPECT_EQ(config->limits.max_body_bytes, size_t{1} << 20);
+}
+
+TEST(ConfigTest, EnvironmentSetsAndFlagsOverride) {
+  absl::StatusOr<ServerConfig> config =
+      Parse({"--listen=0.0.0.0:7000", "--max-wait", "30s"},
+            {{"IDEM_LISTEN", "127.0.0.1:1"},
+             {"IDEM_DATA_DIR", "/var/lib/idem"},
+             {"IDEM_SYNC_WRITES", "false"}});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->listen, "0.0.0.0:7000");
+  EXPECT_EQ(config->data_dir, "/var/lib/idem");
+  EXPECT_FALSE(config->sync_writes);
+  EXPECT_EQ(config->limits.max_wait, absl::Seconds(30));
+  config = Parse({"--sync-writes"}, {{"IDEM_SYNC_WRITES", "false"}});
+  EXPECT_TRUE(config->sync_writes);
+}
+
+TEST(ConfigTest, BadSettingsFailWithOneLineNamingThem) {
+  struct Case {
+    std::vector<std::string> args;
+    std::map<std::string, std::string> env;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {{"--max-lease=forever"}, {}, "--max-lease"},
+      {{"--max-body-bytes=-1"}, {}, "--max-body-bytes"},
+      {{"--sync-writes=maybe"}, {}, "--sync-writes"},
+      {{"--nope=1"}, {}, "unknown flag --nope"},
+      {{"stray"}, {}, "unexpected argument"},
+      {{"--data-dir="}, {}, "--data-dir"},
+      {{"--listen"}, {}, "needs a value"},
+      {{}, {{"IDEM_DEFAULT_LEASE", "0s"}}, "$IDEM_DEFAULT_LEASE"},
+      {{"--default-lease=2h"}, {}, "exceeds --max-lease"},
+      {{"--max-retention=1h"}, {}, "exceeds --max-retention"},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<ServerConfig> config = Parse(c.args, c.env);
+    ASSERT_FALSE(config.ok()) << c.expected;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(config.status().message().find(c.expected), std::string::npos)
+        << config.status();
+    EXPECT_EQ(config.status().message().find('\n'), std::string::npos);
+  }
+}
+
+TEST(ConfigTest, HelpListsEveryFlagWithItsVariable) {
+  absl::StatusOr<ServerConfig> help = Parse({"--help"});
+  ASSERT_EQ(help.status().code(), absl::StatusCode::kNotFound);
+  for (const Setting& s : Settings()) {
+    EXPECT_NE(help.status().message().find("--" + s.flag), std::string::npos);
+    EXPECT_NE(help.status().message().find(s.env), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace idem::server

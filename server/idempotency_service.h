@@ -1,0 +1,51 @@
+// The idem.v1.Idempotency gRPC service on the callback API. It validates each
+// request, runs it against the Store and maps the outcome to the reply; it
+// sees nothing of storage beyond the Store interface.
+//
+// A Begin with `wait` that finds the key in progress is parked in a
+// WaitQueue (no thread per parked call) and answered when the key is
+// completed or released, the holder's lease lapses, or the wait ends.
+#ifndef IDEM_SERVER_IDEMPOTENCY_SERVICE_H_
+#define IDEM_SERVER_IDEMPOTENCY_SERVICE_H_
+
+#include "idem/v1/idempotency.grpc.pb.h"
+#include "server/limits.h"
+#include "server/wait_queue.h"
+#include "storage/store.h"
+
+namespace idem::server {
+
+class IdempotencyService final : public v1::Idempotency::CallbackService {
+ public:
+  // `store` and `waits` are not owned and must outlive the service; shut
+  // `waits` down before the gRPC server so that parked calls end promptly.
+  IdempotencyService(storage::Store* store, WaitQueue* waits,
+                     const Limits& limits);
+
+  grpc::ServerUnaryReactor* Begin(grpc::CallbackServerContext* context,
+                                  const v1::BeginRequest* request,
+                                  v1::BeginResponse* response) override;
+  grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* context,
+                                     const v1::CompleteRequest* request,
+                                     v1::CompleteResponse* response) override;
+  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* context,
+                                    const v1::ReleaseRequest* request,
+                                    v1::ReleaseResponse* response) override;
+  grpc::ServerUnaryReactor* Extend(grpc::CallbackServerContext* context,
+                                   const v1::ExtendRequest* request,
+                                   v1::ExtendResponse* response) override;
+  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* context,
+                                   const v1::LookupRequest* request,
+                                   v1::LookupResponse* response) override;
+
+ private:
+  class BeginReactor;
+
+  storage::Store* const store_;
+  WaitQueue* const waits_;
+  const Limits limits_;
+};
+
+}  // namespace idem::server
+
+#endif  // IDEM_SERVER_IDEMPOTENCY_SERVICE_H_

@@ -1,0 +1,35 @@
+// The limits and defaults the server applies to every request. Set from
+// flags at start-up (see config.h); each has a documented default.
+#ifndef IDEM_SERVER_LIMITS_H_
+#define IDEM_SERVER_LIMITS_H_
+
+#include <cstddef>
+
+#include "absl/time/time.h"
+
+namespace idem::server {
+
+struct Limits {
+  // Identity of a key: printable ASCII (0x20-0x7E), fixed by the API.
+  static constexpr size_t kMaxNamespaceBytes = 128;
+  static constexpr size_t kMaxKeyBytes = 255;
+  static constexpr size_t kMaxFingerprintBytes = 64;
+  static constexpr size_t kMaxOwnerBytes = 128;
+  // Shortest lease and retention a caller may ask for.
+  static constexpr absl::Duration kMinLease = absl::Seconds(1);
+  static constexpr absl::Duration kMinRetention = absl::Seconds(1);
+
+  absl::Duration default_lease = absl::Seconds(30);
+  absl::Duration max_lease = absl::Hours(1);
+  absl::Duration default_retention = absl::Hours(24);
+  absl::Duration max_retention = absl::Hours(24 * 30);
+  absl::Duration max_wait = absl::Minutes(5);
+  size_t max_body_bytes = size_t{1} << 20;
+  size_t max_metadata_entries = 64;
+  size_t max_metadata_key_bytes = 256;
+  size_t max_metadata_value_bytes = 8192;
+};
+
+}  // namespace idem::server
+
+#endif  // IDEM_SERVER_LIMITS_H_

@@ -1,0 +1,117 @@
+#include "server/wait_queue.h"
+
+#include <atomic>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "gtest/gtest.h"
+
+namespace idem::server {
+namespace {
+
+using Wake = WaitQueue::Wake;
+
+// Records the one wake-up a parked call gets.
+struct Recorder {
+  absl::Notification woken;
+  std::atomic<int> calls{0};
+  Wake reason = Wake::kShutdown;
+  WaitQueue::Callback callback() {
+    return [this](Wake w) {
+      reason = w;
+      calls++;
+      woken.Notify();
+    };
+  }
+};
+
+const absl::Time kFar = absl::InfiniteFuture();
+
+TEST(WaitQueueTest, NotifyWakesEveryWaiterOfThatKeyOnly) {
+  WaitQueue queue;
+  Recorder a, b, other;
+  queue.Park("k", queue.Epoch("k"), kFar, a.callback());
+  queue.Park("k", queue.Epoch("k"), kFar, b.callback());
+  queue.Park("other", queue.Epoch("other"), kFar, other.callback());
+  EXPECT_EQ(queue.parked(), 3u);
+  queue.Notify("k");
+  ASSERT_TRUE(a.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  ASSERT_TRUE(b.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(a.reason, Wake::kKeyChanged);
+  EXPECT_FALSE(other.woken.WaitForNotificationWithTimeout(absl::Milliseconds(50)));
+  EXPECT_EQ(queue.parked(), 1u);
+}
+
+TEST(WaitQueueTest, ANotifyBetweenReadAndParkIsNotMissed) {
+  WaitQueue queue;
+  Recorder r;
+  const uint64_t epoch = queue.Epoch("k");
+  queue.Notify("k");  // The key changed after the caller read the store.
+  queue.Park("k", epoch, kFar, r.callback());
+  ASSERT_TRUE(r.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(r.reason, Wake::kKeyChanged);
+  EXPECT_EQ(queue.parked(), 0u);
+}
+
+TEST(WaitQueueTest, RecheckTimeWakesTheWaiter) {
+  WaitQueue queue;
+  Recorder r;
+  const absl::Time start = absl::Now();
+  queue.Park("k", queue.Epoch("k"), start + absl::Milliseconds(100),
+             r.callback());
+  ASSERT_TRUE(r.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(r.reason, Wake::kRecheck);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(100));
+}
+
+TEST(WaitQueueTest, CancelWakesOnceAndLaterEventsAreIgnored) {
+  WaitQueue queue;
+  Recorder r;
+  WaitQueue::Handle handle = queue.Park(
+      "k", queue.Epoch("k"), absl::Now() + absl::Milliseconds(50), r.callback());
+  queue.Cancel(handle);
+  queue.Notify("k");
+  queue.Cancel(handle);
+  ASSERT_TRUE(r.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(r.reason, Wake::kCancelled);
+  EXPECT_EQ(r.calls.load(), 1);
+}
+
+TEST(WaitQueueTest, ShutdownWakesEveryoneAndLaterParksAtOnce) {
+  WaitQueue queue;
+  std::vector<std::unique_ptr<Recorder>> recorders;
+  for (int i = 0; i < 1000; ++i) {
+    recorders.push_back(std::make_unique<Recorder>());
+    const std::string key = "k" + std::to_string(i % 10);
+    queue.Park(key, queue.Epoch(key), kFar, recorders.back()->callback());
+  }
+  queue.Shutdown();
+  for (auto& r : recorders) {
+    ASSERT_TRUE(r->woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
+    EXPECT_EQ(r->reason, Wake::kShutdown);
+  }
+  Recorder late;
+  queue.Park("k", queue.Epoch("k"), kFar, late.callback());
+  ASSERT_TRUE(late.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(late.reason, Wake::kShutdown);
+}
+
+TEST(WaitQueueTest, ACallbackMayParkAgain) {
+  WaitQueue queue;
+  Recorder second;
+  std::atomic<int> first_calls{0};
+  queue.Park("k", queue.Epoch("k"), kFar, [&](Wake) {
+    first_calls++;
+    queue.Park("k", queue.Epoch("k"), kFar, second.callback());
+  });
+  queue.Notify("k");
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(first_calls.load(), 1);
+  EXPECT_EQ(queue.parked(), 1u);
+  queue.Notify("k");
+  ASSERT_TRUE(second.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
+}
+
+}  // namespace
+}  // namespace idem::server
