@@ -99,7 +99,12 @@ void WaitQueue::Shutdown() {
   }
 }
 
-bool WaitQueue::HasWork() const { return !ready_.empty() || stopped_; }
+bool WaitQueue::HasWork() const {
+  // A timer parked after the worker went to sleep may be due earlier.
+  const bool earlier_timer =
+      !timers_.empty() && timers_.begin()->first < sleep_until_;
+  return !ready_.empty() || stopped_ || earlier_timer;
+}
 
 size_t WaitQueue::parked() const {
   absl::MutexLock lock(&mu_);
@@ -125,9 +130,10 @@ void WaitQueue::Run() {
       continue;
     }
     if (stopped_) return;
-    const absl::Time next =
+    sleep_until_ =
         timers_.empty() ? absl::InfiniteFuture() : timers_.begin()->first;
-    mu_.AwaitWithDeadline(absl::Condition(this, &WaitQueue::HasWork), next);
+    mu_.AwaitWithDeadline(absl::Condition(this, &WaitQueue::HasWork),
+                          sleep_until_);
   }
 }
 

@@ -77,6 +77,8 @@ class WaitQueue {
   std::multimap<absl::Time, Handle> timers_ ABSL_GUARDED_BY(mu_);
   std::deque<std::pair<Handle, Wake>> ready_ ABSL_GUARDED_BY(mu_);
   size_t parked_ ABSL_GUARDED_BY(mu_) = 0;
+  // When the worker wakes up by itself next.
+  absl::Time sleep_until_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   std::thread worker_;
 };
 

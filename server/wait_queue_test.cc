@@ -55,6 +55,7 @@ TEST(WaitQueueTest, ANotifyBetweenReadAndParkIsNotMissed) {
 
 TEST(WaitQueueTest, RecheckTimeWakesTheWaiter) {
   WaitQueue queue;
+  absl::SleepFor(absl::Milliseconds(20));  // The worker is asleep by now.
   Recorder r;
   const absl::Time start = absl::Now();
   queue.Park("k", queue.Epoch("k"), start + absl::Milliseconds(100),
@@ -62,6 +63,21 @@ TEST(WaitQueueTest, RecheckTimeWakesTheWaiter) {
   ASSERT_TRUE(r.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
   EXPECT_EQ(r.reason, Wake::kRecheck);
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(100));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+}
+
+TEST(WaitQueueTest, AnEarlierRecheckIsHonouredWhileTheWorkerSleepsLonger) {
+  WaitQueue queue;
+  Recorder late, early;
+  queue.Park("a", queue.Epoch("a"), absl::Now() + absl::Hours(1),
+             late.callback());
+  absl::SleepFor(absl::Milliseconds(20));
+  const absl::Time start = absl::Now();
+  queue.Park("b", queue.Epoch("b"), start + absl::Milliseconds(50),
+             early.callback());
+  ASSERT_TRUE(early.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  EXPECT_EQ(early.reason, Wake::kRecheck);
 }
 
 TEST(WaitQueueTest, CancelWakesOnceAndLaterEventsAreIgnored) {

@@ -168,7 +168,10 @@ Decision<CompleteResult> DecideComplete(const Record* current,
   }
   next.set_expires_at_us(
       ToMicros(now + absl::Microseconds(next.retention_us())));
-  return {CompleteResult{now, FromMicros(next.expires_at_us())}, next};
+  // Replies carry what is stored (microseconds), so replays match exactly.
+  return {CompleteResult{FromMicros(next.completed_at_us()),
+                         FromMicros(next.expires_at_us())},
+          next};
 }
 
 Decision<Released> DecideRelease(const Record* current,

@@ -1,0 +1,111 @@
+#include "tests/testing/server_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+
+#ifndef IDEM_SERVER_BINARY
+#error "IDEM_SERVER_BINARY must name the idem-server executable"
+#endif
+
+namespace idem::testing {
+
+ServerProcess::ServerProcess(std::vector<std::string> extra_flags)
+    : data_dir_(dir_.Sub("data")), extra_flags_(std::move(extra_flags)) {}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) Kill();
+}
+
+absl::Status ServerProcess::Start() {
+  const std::string port_file = dir_.Sub("port");
+  std::remove(port_file.c_str());
+  std::vector<std::string> args = {
+      IDEM_SERVER_BINARY, "--listen=127.0.0.1:0",
+      "--data-dir=" + data_dir_, "--port-file=" + port_file};
+  args.insert(args.end(), extra_flags_.begin(), extra_flags_.end());
+  const std::string log_path = dir_.Sub("server.log");
+
+  pid_ = fork();
+  if (pid_ < 0) return absl::InternalError("fork failed");
+  if (pid_ == 0) {
+    int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (log_fd >= 0) {
+      dup2(log_fd, STDOUT_FILENO);
+      dup2(log_fd, STDERR_FILENO);
+    }
+    std::vector<char*> argv;
+    for (std::string& arg : args) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline) {
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return absl::InternalError(
+          absl::StrCat("idem-server exited during start-up:\n", log()));
+    }
+    std::ifstream in(port_file);
+    if (in >> port_ && port_ > 0) {
+      auto channel = grpc::CreateChannel(address(),
+                                         grpc::InsecureChannelCredentials());
+      if (channel->WaitForConnected(
+              absl::ToChronoTime(absl::Now() + absl::Seconds(10)))) {
+        return absl::OkStatus();
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  Kill();
+  return absl::DeadlineExceededError(
+      absl::StrCat("idem-server did not start in 30s:\n", log()));
+}
+
+void ServerProcess::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
+int ServerProcess::Terminate() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return WIFSIGNALED(status) ? -WTERMSIG(status) : -1;
+}
+
+std::string ServerProcess::address() const {
+  return absl::StrCat("127.0.0.1:", port_);
+}
+
+std::unique_ptr<v1::Idempotency::Stub> ServerProcess::NewStub() const {
+  return v1::Idempotency::NewStub(
+      grpc::CreateChannel(address(), grpc::InsecureChannelCredentials()));
+}
+
+std::string ServerProcess::log() const {
+  std::ifstream in(dir_.path() + "/server.log");
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace idem::testing
