@@ -64,9 +64,9 @@ Setting SizeSetting(std::string flag, std::string env, std::string help,
       [flag, field, min, max](const std::string& v, ServerConfig& c) {
         uint64_t n = 0;
         if (!absl::SimpleAtoi(v, &n) || n < min || n > max) {
-          return Bad(flag, v,
-                     absl::StrCat("must be a whole number from ", min, " to ",
-                                  max));
+          return Bad(
+              flag, v,
+              absl::StrCat("must be a whole number from ", min, " to ", max));
         }
         field(c) = static_cast<size_t>(n);
         return absl::OkStatus();
@@ -136,8 +136,8 @@ std::vector<Setting> MakeSettings() {
           absl::ZeroDuration(), absl::Hours(1)),
       SizeSetting(
           "max-body-bytes", "IDEM_MAX_BODY_BYTES", "largest result body",
-          [](ServerConfig& c) -> size_t& { return c.limits.max_body_bytes; },
-          0, size_t{64} << 20),
+          [](ServerConfig& c) -> size_t& { return c.limits.max_body_bytes; }, 0,
+          size_t{64} << 20),
       SizeSetting(
           "max-metadata-entries", "IDEM_MAX_METADATA_ENTRIES",
           "most result metadata entries",
@@ -185,11 +185,11 @@ absl::Status CheckConsistent(const ServerConfig& c) {
         ")"));
   }
   if (c.limits.default_retention > c.limits.max_retention) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--default-retention (",
-        absl::FormatDuration(c.limits.default_retention),
-        ") exceeds --max-retention (",
-        absl::FormatDuration(c.limits.max_retention), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--default-retention (",
+                     absl::FormatDuration(c.limits.default_retention),
+                     ") exceeds --max-retention (",
+                     absl::FormatDuration(c.limits.max_retention), ")"));
   }
   return absl::OkStatus();
 }

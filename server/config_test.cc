@@ -8,8 +8,9 @@
 namespace idem::server {
 namespace {
 
-absl::StatusOr<ServerConfig> Parse(std::vector<std::string> args,
-                                   std::map<std::string, std::string> env = {}) {
+absl::StatusOr<ServerConfig> Parse(
+    std::vector<std::string> args,
+    std::map<std::string, std::string> env = {}) {
   return ParseConfig(args, [&env](const char* name) -> const char* {
     auto it = env.find(name);
     return it == env.end() ? nullptr : it->second.c_str();

@@ -92,8 +92,7 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
 // progress and the wait has not ended, the call parks in the WaitQueue and
 // tries again when woken. Finish() is called exactly once, and is the last
 // thing an attempt does with `this`.
-class IdempotencyService::BeginReactor final
-    : public grpc::ServerUnaryReactor {
+class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
  public:
   BeginReactor(IdempotencyService* service, ValidBegin begin,
                absl::Time wait_until, v1::BeginResponse* response)
@@ -166,8 +165,8 @@ class IdempotencyService::BeginReactor final
   WaitQueue::Handle waiter_ ABSL_GUARDED_BY(mu_);
 };
 
-IdempotencyService::IdempotencyService(storage::Store* store,
-                                       WaitQueue* waits, const Limits& limits)
+IdempotencyService::IdempotencyService(storage::Store* store, WaitQueue* waits,
+                                       const Limits& limits)
     : store_(store), waits_(waits), limits_(limits) {}
 
 grpc::ServerUnaryReactor* IdempotencyService::Begin(
@@ -180,9 +179,8 @@ grpc::ServerUnaryReactor* IdempotencyService::Begin(
     if (begun.ok()) FillBegin(*begun, response);
     return Answer(context, begun.status());
   }
-  const absl::Time wait_until =
-      std::min(absl::Now() + begin->wait,
-               CallDeadline(context) - kDeadlineMargin);
+  const absl::Time wait_until = std::min(
+      absl::Now() + begin->wait, CallDeadline(context) - kDeadlineMargin);
   auto* reactor =
       new BeginReactor(this, *std::move(begin), wait_until, response);
   reactor->Attempt(/*may_park=*/true);

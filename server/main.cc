@@ -32,10 +32,10 @@ namespace {
 
 // One key=value line per notable event on stderr.
 void Log(absl::string_view event, absl::string_view fields = "") {
-  std::string line =
-      absl::StrCat("ts=", absl::FormatTime(absl::RFC3339_full, absl::Now(),
-                                           absl::UTCTimeZone()),
-                   " event=", event);
+  std::string line = absl::StrCat(
+      "ts=",
+      absl::FormatTime(absl::RFC3339_full, absl::Now(), absl::UTCTimeZone()),
+      " event=", event);
   if (!fields.empty()) absl::StrAppend(&line, " ", fields);
   line.push_back('\n');
   std::fputs(line.c_str(), stderr);
@@ -103,9 +103,8 @@ int Run(int argc, char** argv) {
                            &port);
   builder.RegisterService(&service);
   // Room for the largest valid Complete: body, metadata and framing.
-  const size_t max_message =
-      std::max<size_t>(size_t{4} << 20,
-                       config->limits.max_body_bytes +
+  const size_t max_message = std::max<size_t>(
+      size_t{4} << 20, config->limits.max_body_bytes +
                            config->limits.max_metadata_entries *
                                (config->limits.max_metadata_key_bytes +
                                 config->limits.max_metadata_value_bytes) +

@@ -22,9 +22,9 @@ absl::Status CheckPrintable(absl::string_view field, absl::string_view value,
   for (size_t i = 0; i < value.size(); ++i) {
     const unsigned char c = static_cast<unsigned char>(value[i]);
     if (c < 0x20 || c > 0x7e) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, " must be printable ASCII (0x20-0x7E); byte ", i, " is 0x",
-          absl::Hex(c, absl::kZeroPad2)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, " must be printable ASCII (0x20-0x7E); byte ", i,
+                       " is 0x", absl::Hex(c, absl::kZeroPad2)));
     }
   }
   return absl::OkStatus();
@@ -50,10 +50,10 @@ absl::StatusOr<absl::Duration> ValidateDuration(
     const google::protobuf::Duration& value, absl::Duration fallback,
     absl::Duration min, absl::Duration max) {
   if (!present) return fallback;
-  const bool well_formed =
-      value.nanos() > -1'000'000'000 && value.nanos() < 1'000'000'000 &&
-      !(value.seconds() > 0 && value.nanos() < 0) &&
-      !(value.seconds() < 0 && value.nanos() > 0);
+  const bool well_formed = value.nanos() > -1'000'000'000 &&
+                           value.nanos() < 1'000'000'000 &&
+                           !(value.seconds() > 0 && value.nanos() < 0) &&
+                           !(value.seconds() < 0 && value.nanos() > 0);
   const absl::Duration d =
       absl::Seconds(value.seconds()) + absl::Nanoseconds(value.nanos());
   if (!well_formed || d < min || d > max) {
@@ -93,15 +93,15 @@ absl::StatusOr<storage::Result> ValidateResult(const v1::Result& result,
   out.body = result.body();
   for (const auto& [key, value] : result.metadata()) {
     if (key.size() > limits.max_metadata_key_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "result.metadata key of ", key.size(), " bytes; the limit is ",
-          limits.max_metadata_key_bytes));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("result.metadata key of ", key.size(),
+                       " bytes; the limit is ", limits.max_metadata_key_bytes));
     }
     if (value.size() > limits.max_metadata_value_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "result.metadata value of key \"", key.substr(0, 64), "\" is ",
-          value.size(), " bytes; the limit is ",
-          limits.max_metadata_value_bytes));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("result.metadata value of key \"", key.substr(0, 64),
+                       "\" is ", value.size(), " bytes; the limit is ",
+                       limits.max_metadata_value_bytes));
     }
     out.metadata.emplace(key, value);
   }
@@ -112,8 +112,8 @@ absl::StatusOr<storage::Result> ValidateResult(const v1::Result& result,
 
 std::string Sha256(absl::string_view request) {
   std::string digest(SHA256_DIGEST_LENGTH, '\0');
-  SHA256(reinterpret_cast<const unsigned char*>(request.data()),
-         request.size(), reinterpret_cast<unsigned char*>(digest.data()));
+  SHA256(reinterpret_cast<const unsigned char*>(request.data()), request.size(),
+         reinterpret_cast<unsigned char*>(digest.data()));
   return digest;
 }
 
@@ -127,29 +127,27 @@ absl::StatusOr<ValidBegin> ValidateBegin(const v1::BeginRequest& request,
         "set either fingerprint or request, not both");
   }
   if (request.fingerprint().size() > Limits::kMaxFingerprintBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "fingerprint is ", request.fingerprint().size(),
-        " bytes; the limit is ", Limits::kMaxFingerprintBytes,
-        " (send a hash, or send the request in `request`)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("fingerprint is ", request.fingerprint().size(),
+                     " bytes; the limit is ", Limits::kMaxFingerprintBytes,
+                     " (send a hash, or send the request in `request`)"));
   }
   if (request.owner().size() > Limits::kMaxOwnerBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("owner is ", request.owner().size(),
                      " bytes; the limit is ", Limits::kMaxOwnerBytes));
   }
-  absl::StatusOr<absl::Duration> lease =
-      ValidateDuration("lease", request.has_lease(), request.lease(),
-                       limits.default_lease, Limits::kMinLease,
-                       limits.max_lease);
+  absl::StatusOr<absl::Duration> lease = ValidateDuration(
+      "lease", request.has_lease(), request.lease(), limits.default_lease,
+      Limits::kMinLease, limits.max_lease);
   if (!lease.ok()) return lease.status();
   absl::StatusOr<absl::Duration> retention = ValidateDuration(
       "retention", request.has_retention(), request.retention(),
       limits.default_retention, Limits::kMinRetention, limits.max_retention);
   if (!retention.ok()) return retention.status();
-  absl::StatusOr<absl::Duration> wait =
-      ValidateDuration("wait", request.has_wait(), request.wait(),
-                       absl::ZeroDuration(), absl::ZeroDuration(),
-                       limits.max_wait);
+  absl::StatusOr<absl::Duration> wait = ValidateDuration(
+      "wait", request.has_wait(), request.wait(), absl::ZeroDuration(),
+      absl::ZeroDuration(), limits.max_wait);
   if (!wait.ok()) return wait.status();
 
   ValidBegin valid;
@@ -178,10 +176,9 @@ absl::StatusOr<storage::CompleteCommand> ValidateComplete(
   command.token = request.token();
   command.result = *std::move(result);
   if (request.has_retention()) {
-    absl::StatusOr<absl::Duration> retention =
-        ValidateDuration("retention", true, request.retention(),
-                         limits.default_retention, Limits::kMinRetention,
-                         limits.max_retention);
+    absl::StatusOr<absl::Duration> retention = ValidateDuration(
+        "retention", true, request.retention(), limits.default_retention,
+        Limits::kMinRetention, limits.max_retention);
     if (!retention.ok()) return retention.status();
     command.retention = *retention;
   }
@@ -203,10 +200,9 @@ absl::StatusOr<storage::ExtendCommand> ValidateExtend(
       ValidateKeyId(request.namespace_(), request.key());
   if (!id.ok()) return id.status();
   if (absl::Status s = ValidateToken(request.token()); !s.ok()) return s;
-  absl::StatusOr<absl::Duration> lease =
-      ValidateDuration("lease", request.has_lease(), request.lease(),
-                       limits.default_lease, Limits::kMinLease,
-                       limits.max_lease);
+  absl::StatusOr<absl::Duration> lease = ValidateDuration(
+      "lease", request.has_lease(), request.lease(), limits.default_lease,
+      Limits::kMinLease, limits.max_lease);
   if (!lease.ok()) return lease.status();
   return storage::ExtendCommand{*std::move(id), request.token(), *lease};
 }

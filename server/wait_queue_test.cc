@@ -38,7 +38,8 @@ TEST(WaitQueueTest, NotifyWakesEveryWaiterOfThatKeyOnly) {
   ASSERT_TRUE(a.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
   ASSERT_TRUE(b.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
   EXPECT_EQ(a.reason, Wake::kKeyChanged);
-  EXPECT_FALSE(other.woken.WaitForNotificationWithTimeout(absl::Milliseconds(50)));
+  EXPECT_FALSE(
+      other.woken.WaitForNotificationWithTimeout(absl::Milliseconds(50)));
   EXPECT_EQ(queue.parked(), 1u);
 }
 
@@ -83,8 +84,9 @@ TEST(WaitQueueTest, AnEarlierRecheckIsHonouredWhileTheWorkerSleepsLonger) {
 TEST(WaitQueueTest, CancelWakesOnceAndLaterEventsAreIgnored) {
   WaitQueue queue;
   Recorder r;
-  WaitQueue::Handle handle = queue.Park(
-      "k", queue.Epoch("k"), absl::Now() + absl::Milliseconds(50), r.callback());
+  WaitQueue::Handle handle =
+      queue.Park("k", queue.Epoch("k"), absl::Now() + absl::Milliseconds(50),
+                 r.callback());
   queue.Cancel(handle);
   queue.Notify("k");
   queue.Cancel(handle);

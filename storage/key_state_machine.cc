@@ -48,9 +48,9 @@ absl::Status LeaseLost(const Record* live, uint64_t token) {
     return absl::FailedPreconditionError(absl::StrCat(
         "lease lost: token ", token, " was released; Begin the key again"));
   }
-  return absl::FailedPreconditionError(absl::StrCat(
-      "lease lost: another attempt took the key over; token ", token,
-      " is stale"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("lease lost: another attempt took the key over; token ",
+                   token, " is stale"));
 }
 
 bool Holds(const Record* live, uint64_t token) {

@@ -29,18 +29,24 @@ enum class Stored {
 };
 
 std::vector<Stored> AllStored() {
-  return {Stored::kAbsent,  Stored::kExpired,   Stored::kInProgress,
-          Stored::kLapsed,  Stored::kCompleted, Stored::kReleased};
+  return {Stored::kAbsent, Stored::kExpired,   Stored::kInProgress,
+          Stored::kLapsed, Stored::kCompleted, Stored::kReleased};
 }
 
 std::string Name(Stored s) {
   switch (s) {
-    case Stored::kAbsent: return "absent";
-    case Stored::kExpired: return "expired";
-    case Stored::kInProgress: return "in progress";
-    case Stored::kLapsed: return "lapsed";
-    case Stored::kCompleted: return "completed";
-    case Stored::kReleased: return "released";
+    case Stored::kAbsent:
+      return "absent";
+    case Stored::kExpired:
+      return "expired";
+    case Stored::kInProgress:
+      return "in progress";
+    case Stored::kLapsed:
+      return "lapsed";
+    case Stored::kCompleted:
+      return "completed";
+    case Stored::kReleased:
+      return "released";
   }
   return "?";
 }
@@ -95,8 +101,11 @@ const Record* Ptr(const std::optional<Record>& r) {
 }
 
 BeginCommand Begin(std::string fingerprint, std::string owner = "") {
-  return BeginCommand{{"ns", "k"}, std::move(fingerprint), std::move(owner),
-                      kLease, kRetention};
+  return BeginCommand{{"ns", "k"},
+                      std::move(fingerprint),
+                      std::move(owner),
+                      kLease,
+                      kRetention};
 }
 
 uint64_t NextToken() { return 100; }
@@ -405,8 +414,8 @@ TEST(InvariantsTest, RefusalsNeverWriteAndNewTokensAreNeverReused) {
     }
     for (const char* owner : {"", "holder", "x"}) {
       for (const char* fp : {"fp", "other"}) {
-        auto begin = DecideBegin(Ptr(current), Begin(fp, owner), kNow,
-                                 NextToken);
+        auto begin =
+            DecideBegin(Ptr(current), Begin(fp, owner), kNow, NextToken);
         if (begin.write.has_value() && current.has_value() &&
             begin.write->token() != current->token()) {
           EXPECT_GT(begin.write->token(), current->token());

@@ -49,9 +49,9 @@ std::string EncodeRecord(const Record& record) {
 
 absl::StatusOr<Record> DecodeRecord(absl::string_view value) {
   if (value.size() < kHeaderSize || value[0] != kFormatVersion) {
-    return absl::DataLossError(absl::StrCat(
-        "stored record is corrupt or of an unknown format (", value.size(),
-        " bytes)"));
+    return absl::DataLossError(
+        absl::StrCat("stored record is corrupt or of an unknown format (",
+                     value.size(), " bytes)"));
   }
   Record record;
   value.remove_prefix(kHeaderSize);

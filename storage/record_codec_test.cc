@@ -21,9 +21,13 @@ TEST(RecordCodecTest, RecordRoundTripsAndExpiryIsReadableWithoutParsing) {
 }
 
 TEST(RecordCodecTest, MalformedValuesAreDataLossNotCrashes) {
-  for (const std::string& bad :
-       {std::string(), std::string("\x01", 1), std::string("\x02" "12345678"),
-        std::string("\x01" "12345678" "\xff\xff\xff", 12)}) {
+  for (const std::string& bad : {std::string(), std::string("\x01", 1),
+                                 std::string("\x02"
+                                             "12345678"),
+                                 std::string("\x01"
+                                             "12345678"
+                                             "\xff\xff\xff",
+                                             12)}) {
     EXPECT_STATUS_CODE(DecodeRecord(bad), absl::StatusCode::kDataLoss);
   }
   EXPECT_EQ(PeekExpiryMicros("short"), std::nullopt);

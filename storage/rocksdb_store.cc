@@ -34,8 +34,7 @@ class TtlCompactionFilter final : public rocksdb::CompactionFilter {
     std::optional<int64_t> expiry = PeekExpiryMicros(
         absl::string_view(existing_value.data(), existing_value.size()));
     // A value we cannot read is kept: never drop what we do not understand.
-    if (!expiry.has_value() ||
-        absl::ToUnixMicros(clock_->Now()) < *expiry) {
+    if (!expiry.has_value() || absl::ToUnixMicros(clock_->Now()) < *expiry) {
       return false;
     }
     dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -121,8 +120,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
   return store;
 }
 
-RocksDbStore::RocksDbStore(const RocksDbStoreOptions& options,
-                           rocksdb::DB* db,
+RocksDbStore::RocksDbStore(const RocksDbStoreOptions& options, rocksdb::DB* db,
                            std::unique_ptr<TtlCompactionFilter> filter)
     : options_(options), filter_(std::move(filter)), db_(db) {}
 
@@ -216,11 +214,11 @@ absl::StatusOr<BeginResult> RocksDbStore::Begin(const BeginCommand& command) {
 
 absl::StatusOr<CompleteResult> RocksDbStore::Complete(
     const CompleteCommand& command) {
-  return Apply<CompleteResult>(
-      command.id,
-      [&](const Record* current, absl::Time now, absl::FunctionRef<uint64_t()>) {
-        return DecideComplete(current, command, now);
-      });
+  return Apply<CompleteResult>(command.id,
+                               [&](const Record* current, absl::Time now,
+                                   absl::FunctionRef<uint64_t()>) {
+                                 return DecideComplete(current, command, now);
+                               });
 }
 
 absl::Status RocksDbStore::Release(const ReleaseCommand& command) {
@@ -233,11 +231,11 @@ absl::Status RocksDbStore::Release(const ReleaseCommand& command) {
 }
 
 absl::StatusOr<absl::Time> RocksDbStore::Extend(const ExtendCommand& command) {
-  return Apply<absl::Time>(
-      command.id,
-      [&](const Record* current, absl::Time now, absl::FunctionRef<uint64_t()>) {
-        return DecideExtend(current, command, now);
-      });
+  return Apply<absl::Time>(command.id,
+                           [&](const Record* current, absl::Time now,
+                               absl::FunctionRef<uint64_t()>) {
+                             return DecideExtend(current, command, now);
+                           });
 }
 
 absl::StatusOr<KeySnapshot> RocksDbStore::Lookup(const KeyId& id) {

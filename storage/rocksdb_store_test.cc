@@ -43,15 +43,16 @@ class RocksDbHarness final : public StoreHarness {
 
 INSTANTIATE_TEST_SUITE_P(
     RocksDb, StoreConformanceTest,
-    ::testing::Values(
-        StoreBackend{"SyncWrites",
-                     [](const Clock* clock) {
-                       return std::make_unique<RocksDbHarness>(clock, true);
-                     }},
-        StoreBackend{"UnsyncedWrites",
-                     [](const Clock* clock) {
-                       return std::make_unique<RocksDbHarness>(clock, false);
-                     }}),
+    ::testing::Values(StoreBackend{"SyncWrites",
+                                   [](const Clock* clock) {
+                                     return std::make_unique<RocksDbHarness>(
+                                         clock, true);
+                                   }},
+                      StoreBackend{"UnsyncedWrites",
+                                   [](const Clock* clock) {
+                                     return std::make_unique<RocksDbHarness>(
+                                         clock, false);
+                                   }}),
     [](const ::testing::TestParamInfo<StoreBackend>& info) {
       return info.param.name;
     });
@@ -79,15 +80,18 @@ TEST_F(RocksDbStoreTest, TtlCompactionGivesBackDiskSpaceAndKeys) {
   constexpr int kKeys = 2000;
   const std::string body(4096, 'x');
   for (int i = 0; i < kKeys; ++i) {
-    BeginCommand begin{{"orders", "key-" + std::to_string(i)}, "fp", "",
-                       absl::Seconds(30), absl::Minutes(10)};
+    BeginCommand begin{{"orders", "key-" + std::to_string(i)},
+                       "fp",
+                       "",
+                       absl::Seconds(30),
+                       absl::Minutes(10)};
     ASSERT_OK_AND_ASSIGN(BeginResult begun, store->Begin(begin));
     ASSERT_OK(store->Complete(
         {begin.id, begun.token, Result{200, body, {}}, std::nullopt}));
   }
   // One key that is kept much longer must survive the compaction.
-  BeginCommand keeper{{"orders", "keeper"}, "fp", "", absl::Seconds(30),
-                      absl::Hours(24)};
+  BeginCommand keeper{
+      {"orders", "keeper"}, "fp", "", absl::Seconds(30), absl::Hours(24)};
   ASSERT_OK_AND_ASSIGN(BeginResult kept, store->Begin(keeper));
   ASSERT_OK(store->Complete(
       {keeper.id, kept.token, Result{200, "kept", {}}, std::nullopt}));
@@ -135,9 +139,10 @@ TEST_F(RocksDbStoreTest, CorruptRecordIsDataLossAndIsNotOverwritten) {
   ASSERT_NE(store, nullptr);
   EXPECT_STATUS_CODE(store->Lookup({"orders", "broken"}),
                      absl::StatusCode::kDataLoss);
-  EXPECT_STATUS_CODE(store->Begin({{"orders", "broken"}, "fp", "",
-                                   absl::Seconds(30), absl::Hours(1)}),
-                     absl::StatusCode::kDataLoss);
+  EXPECT_STATUS_CODE(
+      store->Begin(
+          {{"orders", "broken"}, "fp", "", absl::Seconds(30), absl::Hours(1)}),
+      absl::StatusCode::kDataLoss);
   EXPECT_STATUS_CODE(store->Lookup({"orders", "broken"}),
                      absl::StatusCode::kDataLoss);
 }

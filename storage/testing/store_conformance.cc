@@ -13,9 +13,11 @@ namespace {
 constexpr absl::Duration kLease = absl::Seconds(30);
 constexpr absl::Duration kRetention = absl::Hours(24);
 
-BeginCommand BeginOf(const std::string& key, const std::string& fingerprint = "fp",
+BeginCommand BeginOf(const std::string& key,
+                     const std::string& fingerprint = "fp",
                      const std::string& owner = "") {
-  return BeginCommand{{"payments", key}, fingerprint, owner, kLease, kRetention};
+  return BeginCommand{
+      {"payments", key}, fingerprint, owner, kLease, kRetention};
 }
 
 Result Created(const std::string& body = "order-1") {
@@ -48,9 +50,10 @@ TEST_P(StoreConformanceTest, CompletedResultIsReplayed) {
   ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
   // Sub-microsecond time: replies must still match what is stored.
   clock_.Advance(absl::Seconds(2) + absl::Nanoseconds(1500));
-  ASSERT_OK_AND_ASSIGN(CompleteResult done,
-                       store().Complete({{"payments", "k1"}, begun.token,
-                                         Created(), std::nullopt}));
+  ASSERT_OK_AND_ASSIGN(
+      CompleteResult done,
+      store().Complete(
+          {{"payments", "k1"}, begun.token, Created(), std::nullopt}));
   const absl::Time completed_at = done.completed_at;
   EXPECT_LE(completed_at, clock_.Now());
   EXPECT_GT(completed_at, clock_.Now() - absl::Microseconds(1));
@@ -72,8 +75,8 @@ TEST_P(StoreConformanceTest, DifferentFingerprintIsMismatchAndChangesNothing) {
                        store().Begin(BeginOf("k1", "b", "other-owner")));
   EXPECT_EQ(mismatch.outcome, BeginOutcome::kMismatch);
 
-  ASSERT_OK(store().Complete({{"payments", "k1"}, begun.token, Created(),
-                              std::nullopt}));
+  ASSERT_OK(store().Complete(
+      {{"payments", "k1"}, begun.token, Created(), std::nullopt}));
   ASSERT_OK_AND_ASSIGN(BeginResult after_complete,
                        store().Begin(BeginOf("k1", "b")));
   EXPECT_EQ(after_complete.outcome, BeginOutcome::kMismatch);
@@ -102,16 +105,18 @@ TEST_P(StoreConformanceTest, LapsedLeaseIsTakenOverAndOldHolderIsFenced) {
   EXPECT_GT(taker.token, old_holder.token);
   EXPECT_EQ(taker.attempt, 2u);
 
-  EXPECT_STATUS_CODE(store().Complete({{"payments", "k1"}, old_holder.token,
-                                       Created("stale"), std::nullopt}),
+  EXPECT_STATUS_CODE(store().Complete({{"payments", "k1"},
+                                       old_holder.token,
+                                       Created("stale"),
+                                       std::nullopt}),
                      absl::StatusCode::kFailedPrecondition);
-  EXPECT_STATUS_CODE(store().Extend({{"payments", "k1"}, old_holder.token,
-                                     kLease}),
-                     absl::StatusCode::kFailedPrecondition);
+  EXPECT_STATUS_CODE(
+      store().Extend({{"payments", "k1"}, old_holder.token, kLease}),
+      absl::StatusCode::kFailedPrecondition);
   EXPECT_STATUS_CODE(store().Release({{"payments", "k1"}, old_holder.token}),
                      absl::StatusCode::kFailedPrecondition);
-  ASSERT_OK(store().Complete({{"payments", "k1"}, taker.token, Created(),
-                              std::nullopt}));
+  ASSERT_OK(store().Complete(
+      {{"payments", "k1"}, taker.token, Created(), std::nullopt}));
   ASSERT_OK_AND_ASSIGN(BeginResult replay, store().Begin(BeginOf("k1")));
   EXPECT_EQ(replay.result, Created());
 }
@@ -119,8 +124,8 @@ TEST_P(StoreConformanceTest, LapsedLeaseIsTakenOverAndOldHolderIsFenced) {
 TEST_P(StoreConformanceTest, LapsedLeaseNobodyTookOverMayStillComplete) {
   ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
   clock_.Advance(kLease + absl::Minutes(5));
-  ASSERT_OK(store().Complete({{"payments", "k1"}, begun.token, Created(),
-                              std::nullopt}));
+  ASSERT_OK(store().Complete(
+      {{"payments", "k1"}, begun.token, Created(), std::nullopt}));
   ASSERT_OK_AND_ASSIGN(KeySnapshot seen, store().Lookup({"payments", "k1"}));
   EXPECT_EQ(seen.state, KeyState::kCompleted);
 }
@@ -131,31 +136,36 @@ TEST_P(StoreConformanceTest, ReleaseFreesTheKeyForAnyFingerprint) {
                      absl::StatusCode::kFailedPrecondition);
   ASSERT_OK(store().Release({{"payments", "k1"}, first.token}));
   ASSERT_OK(store().Release({{"payments", "k1"}, first.token}));  // Retried.
-  ASSERT_OK_AND_ASSIGN(KeySnapshot released, store().Lookup({"payments", "k1"}));
+  ASSERT_OK_AND_ASSIGN(KeySnapshot released,
+                       store().Lookup({"payments", "k1"}));
   EXPECT_EQ(released.state, KeyState::kAbsent);
 
   ASSERT_OK_AND_ASSIGN(BeginResult second, store().Begin(BeginOf("k1", "b")));
   EXPECT_EQ(second.outcome, BeginOutcome::kAcquired);
   EXPECT_GT(second.token, first.token);
   EXPECT_EQ(second.attempt, 2u);
-  EXPECT_STATUS_CODE(store().Complete({{"payments", "k1"}, first.token,
-                                       Created(), std::nullopt}),
-                     absl::StatusCode::kFailedPrecondition);
+  EXPECT_STATUS_CODE(
+      store().Complete(
+          {{"payments", "k1"}, first.token, Created(), std::nullopt}),
+      absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_P(StoreConformanceTest, CompleteIsIdempotentButNeverOverwrites) {
   ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
-  ASSERT_OK_AND_ASSIGN(CompleteResult first,
-                       store().Complete({{"payments", "k1"}, begun.token,
-                                         Created(), std::nullopt}));
+  ASSERT_OK_AND_ASSIGN(
+      CompleteResult first,
+      store().Complete(
+          {{"payments", "k1"}, begun.token, Created(), std::nullopt}));
   clock_.Advance(absl::Seconds(3));
-  ASSERT_OK_AND_ASSIGN(CompleteResult again,
-                       store().Complete({{"payments", "k1"}, begun.token,
-                                         Created(), std::nullopt}));
+  ASSERT_OK_AND_ASSIGN(
+      CompleteResult again,
+      store().Complete(
+          {{"payments", "k1"}, begun.token, Created(), std::nullopt}));
   EXPECT_EQ(again.completed_at, first.completed_at);
-  EXPECT_STATUS_CODE(store().Complete({{"payments", "k1"}, begun.token,
-                                       Created("other"), std::nullopt}),
-                     absl::StatusCode::kAlreadyExists);
+  EXPECT_STATUS_CODE(
+      store().Complete(
+          {{"payments", "k1"}, begun.token, Created("other"), std::nullopt}),
+      absl::StatusCode::kAlreadyExists);
   EXPECT_STATUS_CODE(store().Release({{"payments", "k1"}, begun.token}),
                      absl::StatusCode::kFailedPrecondition);
   ASSERT_OK_AND_ASSIGN(KeySnapshot seen, store().Lookup({"payments", "k1"}));
@@ -165,9 +175,9 @@ TEST_P(StoreConformanceTest, CompleteIsIdempotentButNeverOverwrites) {
 TEST_P(StoreConformanceTest, ExtendMovesTheLeaseForward) {
   ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
   clock_.Advance(absl::Seconds(20));
-  ASSERT_OK_AND_ASSIGN(absl::Time expires,
-                       store().Extend({{"payments", "k1"}, begun.token,
-                                       absl::Seconds(60)}));
+  ASSERT_OK_AND_ASSIGN(
+      absl::Time expires,
+      store().Extend({{"payments", "k1"}, begun.token, absl::Seconds(60)}));
   EXPECT_EQ(expires, clock_.Now() + absl::Seconds(60));
   clock_.Advance(absl::Seconds(30));  // Past the original lease.
   ASSERT_OK_AND_ASSIGN(BeginResult other, store().Begin(BeginOf("k1")));
@@ -177,10 +187,11 @@ TEST_P(StoreConformanceTest, ExtendMovesTheLeaseForward) {
 
 TEST_P(StoreConformanceTest, ExpiredResultIsAbsentAndKeyStartsOver) {
   ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
-  ASSERT_OK(store().Complete({{"payments", "k1"}, begun.token, Created(),
-                              absl::Seconds(10)}));
+  ASSERT_OK(store().Complete(
+      {{"payments", "k1"}, begun.token, Created(), absl::Seconds(10)}));
   clock_.Advance(absl::Seconds(9));
-  ASSERT_OK_AND_ASSIGN(BeginResult replay, store().Begin(BeginOf("k1", "other")));
+  ASSERT_OK_AND_ASSIGN(BeginResult replay,
+                       store().Begin(BeginOf("k1", "other")));
   EXPECT_EQ(replay.outcome, BeginOutcome::kMismatch);
   clock_.Advance(absl::Seconds(1));
   ASSERT_OK_AND_ASSIGN(KeySnapshot gone, store().Lookup({"payments", "k1"}));
@@ -245,10 +256,9 @@ TEST_P(StoreConformanceTest, TokensIncreaseAcrossKeysAndRestarts) {
   uint64_t last = 0;
   for (int round = 0; round < 3; ++round) {
     for (int i = 0; i < 5; ++i) {
-      ASSERT_OK_AND_ASSIGN(
-          BeginResult begun,
-          store().Begin(BeginOf("r" + std::to_string(round) + "-" +
-                                std::to_string(i))));
+      ASSERT_OK_AND_ASSIGN(BeginResult begun,
+                           store().Begin(BeginOf("r" + std::to_string(round) +
+                                                 "-" + std::to_string(i))));
       EXPECT_GT(begun.token, last);
       last = begun.token;
     }
@@ -262,8 +272,8 @@ TEST_P(StoreConformanceTest, TokensIncreaseAcrossKeysAndRestarts) {
 
 TEST_P(StoreConformanceTest, CompletedResultSurvivesRestart) {
   ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
-  ASSERT_OK(store().Complete({{"payments", "k1"}, begun.token, Created(),
-                              std::nullopt}));
+  ASSERT_OK(store().Complete(
+      {{"payments", "k1"}, begun.token, Created(), std::nullopt}));
   harness_->Reopen();
   ASSERT_OK_AND_ASSIGN(BeginResult replay, store().Begin(BeginOf("k1")));
   EXPECT_EQ(replay.outcome, BeginOutcome::kCompleted);

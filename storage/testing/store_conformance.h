@@ -14,8 +14,8 @@
 #define IDEM_STORAGE_TESTING_STORE_CONFORMANCE_H_
 
 #include <functional>
-#include <ostream>
 #include <memory>
+#include <ostream>
 #include <string>
 
 #include "gtest/gtest.h"

@@ -72,8 +72,9 @@ class ServerIntegrationTest : public ::testing::Test {
     return response;
   }
 
-  static CompleteRequest Complete(const std::string& key, uint64_t token,
-                                  const std::string& body = "{\"id\":\"ch_1\"}") {
+  static CompleteRequest Complete(
+      const std::string& key, uint64_t token,
+      const std::string& body = "{\"id\":\"ch_1\"}") {
     CompleteRequest request;
     request.set_namespace_(kNamespace);
     request.set_key(key);
@@ -141,10 +142,11 @@ TEST_F(ServerIntegrationTest, FullLifecycleBeginWorkCompleteReplay) {
             FromProto(extended.expires_at()));
 
   CompleteResponse completed;
-  ASSERT_TRUE(Call(Complete("order-1", begun.lease().token()), &completed).ok());
-  EXPECT_EQ(FromProto(completed.expires_at()) -
-                FromProto(completed.completed_at()),
-            absl::Hours(24));
+  ASSERT_TRUE(
+      Call(Complete("order-1", begun.lease().token()), &completed).ok());
+  EXPECT_EQ(
+      FromProto(completed.expires_at()) - FromProto(completed.completed_at()),
+      absl::Hours(24));
 
   for (int retry = 0; retry < 3; ++retry) {
     BeginResponse replay = MustBegin(Begin("order-1"));
@@ -155,7 +157,8 @@ TEST_F(ServerIntegrationTest, FullLifecycleBeginWorkCompleteReplay) {
               "application/json");
     EXPECT_EQ(FromProto(replay.result().completed_at()),
               FromProto(completed.completed_at()));
-    EXPECT_EQ(FromProto(replay.expires_at()), FromProto(completed.expires_at()));
+    EXPECT_EQ(FromProto(replay.expires_at()),
+              FromProto(completed.expires_at()));
   }
   LookupResponse done = MustLookup("order-1");
   EXPECT_EQ(done.state(), LookupResponse::STATE_COMPLETED);
@@ -219,7 +222,8 @@ TEST_F(ServerIntegrationTest, LapsedLeaseIsTakenOverAndOldHolderIsRefused) {
   EXPECT_GT(taker.lease().token(), crashed_worker.lease().token());
   EXPECT_EQ(taker.attempt(), 2u);
 
-  grpc::Status stale = Call(Complete("order-2", crashed_worker.lease().token()));
+  grpc::Status stale =
+      Call(Complete("order-2", crashed_worker.lease().token()));
   EXPECT_EQ(stale.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(stale.error_message().find("lease lost"), std::string::npos)
       << stale.error_message();
@@ -396,8 +400,8 @@ TEST_F(ServerIntegrationTest, BadInputIsRejectedClearlyAndChangesNothing) {
   EXPECT_EQ(too_big.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(too_big.error_message().find("result.body"), std::string::npos);
   // Larger than any message the server accepts: refused by gRPC itself.
-  CompleteRequest huge = Complete("order-10", holder.lease().token(),
-                                  std::string(8 << 20, 'b'));
+  CompleteRequest huge =
+      Complete("order-10", holder.lease().token(), std::string(8 << 20, 'b'));
   EXPECT_EQ(Call(huge).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   CompleteRequest no_token = Complete("order-10", 0);
   EXPECT_EQ(Call(no_token).error_code(), grpc::StatusCode::INVALID_ARGUMENT);

@@ -30,9 +30,9 @@ ServerProcess::~ServerProcess() {
 absl::Status ServerProcess::Start() {
   const std::string port_file = dir_.Sub("port");
   std::remove(port_file.c_str());
-  std::vector<std::string> args = {
-      IDEM_SERVER_BINARY, "--listen=127.0.0.1:0",
-      "--data-dir=" + data_dir_, "--port-file=" + port_file};
+  std::vector<std::string> args = {IDEM_SERVER_BINARY, "--listen=127.0.0.1:0",
+                                   "--data-dir=" + data_dir_,
+                                   "--port-file=" + port_file};
   args.insert(args.end(), extra_flags_.begin(), extra_flags_.end());
   const std::string log_path = dir_.Sub("server.log");
 
@@ -61,8 +61,8 @@ absl::Status ServerProcess::Start() {
     }
     std::ifstream in(port_file);
     if (in >> port_ && port_ > 0) {
-      auto channel = grpc::CreateChannel(address(),
-                                         grpc::InsecureChannelCredentials());
+      auto channel =
+          grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
       if (channel->WaitForConnected(
               absl::ToChronoTime(absl::Now() + absl::Seconds(10)))) {
         return absl::OkStatus();

@@ -22,16 +22,19 @@ const absl::Status& ToStatus(const absl::StatusOr<T>& status_or) {
 #define IDEM_CONCAT_INNER_(a, b) a##b
 #define IDEM_CONCAT_(a, b) IDEM_CONCAT_INNER_(a, b)
 
-#define EXPECT_OK(expr) EXPECT_EQ(::idem::testing::ToStatus(expr), ::absl::OkStatus())
-#define ASSERT_OK(expr) ASSERT_EQ(::idem::testing::ToStatus(expr), ::absl::OkStatus())
-#define EXPECT_STATUS_CODE(expr, code_) \
-  EXPECT_EQ(::idem::testing::ToStatus(expr).code(), code_) << ::idem::testing::ToStatus(expr)
+#define EXPECT_OK(expr) \
+  EXPECT_EQ(::idem::testing::ToStatus(expr), ::absl::OkStatus())
+#define ASSERT_OK(expr) \
+  ASSERT_EQ(::idem::testing::ToStatus(expr), ::absl::OkStatus())
+#define EXPECT_STATUS_CODE(expr, code_)                    \
+  EXPECT_EQ(::idem::testing::ToStatus(expr).code(), code_) \
+      << ::idem::testing::ToStatus(expr)
 
 // ASSERT_OK_AND_ASSIGN(auto value, StatusOrReturningCall());
-#define ASSERT_OK_AND_ASSIGN(lhs, rexpr)                                  \
-  auto IDEM_CONCAT_(status_or_, __LINE__) = (rexpr);                      \
-  ASSERT_TRUE(IDEM_CONCAT_(status_or_, __LINE__).ok())                    \
-      << IDEM_CONCAT_(status_or_, __LINE__).status();                     \
+#define ASSERT_OK_AND_ASSIGN(lhs, rexpr)               \
+  auto IDEM_CONCAT_(status_or_, __LINE__) = (rexpr);   \
+  ASSERT_TRUE(IDEM_CONCAT_(status_or_, __LINE__).ok()) \
+      << IDEM_CONCAT_(status_or_, __LINE__).status();  \
   lhs = *std::move(IDEM_CONCAT_(status_or_, __LINE__))
 
 #endif  // IDEM_TESTS_TESTING_STATUS_MATCHERS_H_
