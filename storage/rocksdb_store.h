@@ -5,7 +5,10 @@
 // `sync_writes` (the default) the WAL is fsynced before an operation returns;
 // RocksDB's write group lets concurrent writers share one fsync. Expired
 // records are dropped by a compaction filter; `periodic_compaction` makes
-// RocksDB rewrite old files even when nothing new is written.
+// RocksDB rewrite old files even when nothing new is written. RocksDB 7.8
+// only looks for such files when something changes, so a maintenance thread
+// nudges it every quarter period (at most hourly): it flushes the memtable
+// and re-applies the setting, which makes RocksDB re-evaluate every file.
 //
 // Fencing tokens come from one counter for the whole database. The counter
 // is persisted in blocks (a synced write reserves the next block before any
@@ -19,6 +22,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -79,6 +83,9 @@ class RocksDbStore final : public Store {
 
   // Flushes memtables and compacts everything, dropping expired records.
   absl::Status CompactAll();
+  // What the maintenance thread does each tick: flushes the memtable and
+  // makes RocksDB look for files due for periodic compaction.
+  absl::Status NudgeCompaction();
   StorageStats Stats() const;
 
  private:
@@ -95,6 +102,7 @@ class RocksDbStore final : public Store {
   absl::Status LoadTokenCounter();
   absl::StatusOr<uint64_t> NextToken();
   absl::Mutex& StripeFor(const std::string& encoded_key);
+  void MaintenanceLoop(absl::Duration tick);
 
   const RocksDbStoreOptions options_;
   // Declared before db_: the database refers to the filter until closed.
@@ -106,6 +114,10 @@ class RocksDbStore final : public Store {
   uint64_t next_token_ ABSL_GUARDED_BY(token_mu_) = 1;
   // Tokens up to and including this value may be handed out.
   uint64_t reserved_token_ ABSL_GUARDED_BY(token_mu_) = 0;
+
+  absl::Mutex maintenance_mu_;
+  bool stopping_ ABSL_GUARDED_BY(maintenance_mu_) = false;
+  std::thread maintenance_;
 };
 
 }  // namespace idem::storage

@@ -114,6 +114,36 @@ TEST_F(RocksDbStoreTest, TtlCompactionGivesBackDiskSpaceAndKeys) {
   EXPECT_EQ(survivor.result.body, "kept");
 }
 
+// Real time: RocksDB measures file age with its own clock.
+TEST_F(RocksDbStoreTest, PeriodicCompactionDropsExpiredRecordsWithoutWrites) {
+  RocksDbStoreOptions options;
+  options.path = dir_.Sub("db");
+  options.sync_writes = false;
+  options.periodic_compaction = absl::Seconds(2);
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> opened =
+      RocksDbStore::Open(options);
+  ASSERT_OK(opened);
+  RocksDbStore& store = **opened;
+  constexpr int kKeys = 500;
+  for (int i = 0; i < kKeys; ++i) {
+    BeginCommand begin{{"orders", "key-" + std::to_string(i)},
+                       "fp",
+                       "",
+                       absl::Seconds(1),
+                       absl::Seconds(1)};
+    ASSERT_OK_AND_ASSIGN(BeginResult begun, store.Begin(begin));
+    ASSERT_OK(store.Complete(
+        {begin.id, begun.token, Result{200, "x", {}}, std::nullopt}));
+  }
+  // From here on nothing is written: only the maintenance thread acts.
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (store.Stats().ttl_dropped < kKeys && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_EQ(store.Stats().ttl_dropped, uint64_t{kKeys});
+  EXPECT_LE(store.Stats().estimated_keys, 1u);  // The token counter.
+}
+
 TEST_F(RocksDbStoreTest, SecondOpenOfTheSameDirectoryFails) {
   std::unique_ptr<RocksDbStore> store = Open();
   ASSERT_NE(store, nullptr);
