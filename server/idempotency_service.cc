@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -117,22 +118,26 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
       Finish(grpc::Status::OK);
       return;
     }
-    absl::MutexLock lock(&mu_);
-    if (cancelled_) {
+    // A wake-up may finish the call, and delete `this`, while this thread
+    // still holds the lock: keep the lock's owner alive through `park`.
+    std::shared_ptr<ParkState> park = park_;
+    WaitQueue* waits = service_->waits_;
+    absl::MutexLock lock(&park->mu);
+    if (park->cancelled) {
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
       return;
     }
-    waiter_ = service_->waits_->Park(
-        wait_key_, epoch, std::min(begun->lease_expires_at, wait_until_),
-        [this](WaitQueue::Wake wake) { OnWake(wake); });
+    park->waiter = waits->Park(wait_key_, epoch,
+                               std::min(begun->lease_expires_at, wait_until_),
+                               [this](WaitQueue::Wake wake) { OnWake(wake); });
   }
 
   void OnCancel() override {
     WaitQueue::Handle waiter;
     {
-      absl::MutexLock lock(&mu_);
-      cancelled_ = true;
-      waiter = waiter_;
+      absl::MutexLock lock(&park_->mu);
+      park_->cancelled = true;
+      waiter = park_->waiter;
     }
     service_->waits_->Cancel(waiter);
   }
@@ -160,9 +165,13 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
   const std::string wait_key_;
   const absl::Time wait_until_;
   v1::BeginResponse* const response_;
-  absl::Mutex mu_;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  WaitQueue::Handle waiter_ ABSL_GUARDED_BY(mu_);
+  // Shared with the thread that parks the call (see Attempt).
+  struct ParkState {
+    absl::Mutex mu;
+    bool cancelled ABSL_GUARDED_BY(mu) = false;
+    WaitQueue::Handle waiter ABSL_GUARDED_BY(mu);
+  };
+  const std::shared_ptr<ParkState> park_ = std::make_shared<ParkState>();
 };
 
 IdempotencyService::IdempotencyService(storage::Store* store, WaitQueue* waits,

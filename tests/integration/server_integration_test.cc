@@ -437,6 +437,34 @@ TEST_F(ServerIntegrationTest, CompletedResultSurvivesKillNine) {
   EXPECT_GT(next.lease().token(), begun.lease().token());
 }
 
+TEST_F(ServerIntegrationTest, CancelledWaitersLeaveTheKeyWorking) {
+  BeginResponse holder = MustBegin(Begin("order-15"));
+  constexpr int kWaiters = 16;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<grpc::Status> statuses(kWaiters);
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < kWaiters; ++i) {
+    contexts.push_back(Context(absl::Seconds(30)));
+  }
+  for (int i = 0; i < kWaiters; ++i) {
+    waiters.emplace_back([&, i] {
+      BeginRequest request = Begin("order-15");
+      request.mutable_wait()->set_seconds(20);
+      BeginResponse response;
+      statuses[i] = stub_->Begin(contexts[i].get(), request, &response);
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  for (auto& context : contexts) context->TryCancel();
+  for (std::thread& t : waiters) t.join();
+  for (const grpc::Status& status : statuses) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  }
+  ASSERT_TRUE(Call(Complete("order-15", holder.lease().token())).ok());
+  EXPECT_EQ(MustBegin(Begin("order-15")).outcome(),
+            BeginResponse::OUTCOME_COMPLETED);
+}
+
 TEST_F(ServerIntegrationTest, SigtermAnswersParkedWaitersAndExitsCleanly) {
   MustBegin(Begin("order-14"));
   BeginResponse waited;

@@ -15,5 +15,15 @@ fi
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIDEM_WERROR=ON >/dev/null
 cmake --build build -j"$(nproc)"
-cd build
-ctest --output-on-failure -j"$(nproc)" --timeout 300
+(cd build && ctest --output-on-failure -j"$(nproc)" --timeout 300)
+
+# The same tests under AddressSanitizer and UndefinedBehaviorSanitizer (the
+# integration tests then run a sanitized idem-server too). About two more
+# minutes on 2 cores; IDEM_SKIP_SANITIZERS=1 skips it for a quick local run.
+if [ "${IDEM_SKIP_SANITIZERS:-0}" != 1 ]; then
+  sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DIDEM_WERROR=ON \
+    -DCMAKE_CXX_FLAGS="$sanitize" -DCMAKE_EXE_LINKER_FLAGS="$sanitize" >/dev/null
+  cmake --build build-asan -j"$(nproc)"
+  (cd build-asan && ctest --output-on-failure -j"$(nproc)" --timeout 300)
+fi
