@@ -36,7 +36,8 @@ Setting DurationSetting(std::string flag, std::string env, std::string help,
   return Setting{
       flag, std::move(env), std::move(help),
       [field](const ServerConfig& c) {
-        return absl::FormatDuration(field(const_cast<ServerConfig&>(c)));
+        ServerConfig copy = c;  // The accessor is shared with the setter.
+        return absl::FormatDuration(field(copy));
       },
       [flag, field, min, max](const std::string& v, ServerConfig& c) {
         absl::Duration d;
@@ -59,7 +60,8 @@ Setting SizeSetting(std::string flag, std::string env, std::string help,
   return Setting{
       flag, std::move(env), std::move(help),
       [field](const ServerConfig& c) {
-        return absl::StrCat(field(const_cast<ServerConfig&>(c)));
+        ServerConfig copy = c;  // The accessor is shared with the setter.
+        return absl::StrCat(field(copy));
       },
       [flag, field, min, max](const std::string& v, ServerConfig& c) {
         uint64_t n = 0;
@@ -75,7 +77,9 @@ Setting SizeSetting(std::string flag, std::string env, std::string help,
 
 Setting BoolSetting(std::string flag, std::string env, std::string help,
                     bool ServerConfig::*field) {
-  return Setting{flag, std::move(env), std::move(help),
+  return Setting{flag,
+                 std::move(env),
+                 std::move(help),
                  [field](const ServerConfig& c) {
                    return std::string(c.*field ? "true" : "false");
                  },
@@ -89,7 +93,8 @@ Setting BoolSetting(std::string flag, std::string env, std::string help,
                      return Bad(flag, v, "must be true or false");
                    }
                    return absl::OkStatus();
-                 }};
+                 },
+                 /*is_bool=*/true};
 }
 
 std::vector<Setting> MakeSettings() {
@@ -251,15 +256,13 @@ absl::StatusOr<ServerConfig> ParseConfig(
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag --", name, " (see --help)"));
     }
-    if (!has_value) {
-      const bool is_bool = name == "sync-writes";
-      if (!is_bool) {
-        if (i + 1 >= args.size()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("flag --", name, " needs a value"));
-        }
-        value = args[++i];
+    // "--flag value"; a boolean flag alone means true.
+    if (!has_value && !setting->is_bool) {
+      if (i + 1 >= args.size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("flag --", name, " needs a value"));
       }
+      value = args[++i];
     }
     if (absl::Status set = setting->set(value, config); !set.ok()) return set;
   }

@@ -34,6 +34,8 @@ struct Setting {
   std::string help;
   std::function<std::string(const ServerConfig&)> show;
   std::function<absl::Status(const std::string&, ServerConfig&)> set;
+  // A boolean flag may stand alone ("--sync-writes" means true).
+  bool is_bool = false;
 };
 
 // Every setting, in the order the README documents them.
