@@ -47,6 +47,7 @@ void FillBegin(const storage::BeginResult& begun, v1::BeginResponse* out) {
       SetTimestamp(begun.lease_expires_at,
                    out->mutable_lease()->mutable_expires_at());
       out->set_attempt(begun.attempt);
+      out->set_checkpoint(begun.checkpoint);
       break;
     case storage::BeginOutcome::kCompleted:
       out->set_outcome(v1::BeginResponse::OUTCOME_COMPLETED);
@@ -258,11 +259,21 @@ grpc::ServerUnaryReactor* IdempotencyService::Lookup(
     response->set_fingerprint(seen->fingerprint);
     SetTimestamp(seen->created_at, response->mutable_created_at());
     response->set_attempt(seen->attempt);
+    response->set_checkpoint(seen->checkpoint);
   }
   if (seen->state != storage::KeyState::kAbsent) {
     SetTimestamp(seen->expires_at, response->mutable_expires_at());
   }
   return Answer(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* IdempotencyService::Checkpoint(
+    grpc::CallbackServerContext* context, const v1::CheckpointRequest* request,
+    v1::CheckpointResponse* /*response*/) {
+  absl::StatusOr<storage::CheckpointCommand> command =
+      ValidateCheckpoint(*request);
+  if (!command.ok()) return Answer(context, command.status());
+  return Answer(context, store_->Checkpoint(*command));
 }
 
 }  // namespace idem::server

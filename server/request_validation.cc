@@ -207,6 +207,21 @@ absl::StatusOr<storage::ExtendCommand> ValidateExtend(
   return storage::ExtendCommand{*std::move(id), request.token(), *lease};
 }
 
+absl::StatusOr<storage::CheckpointCommand> ValidateCheckpoint(
+    const v1::CheckpointRequest& request) {
+  absl::StatusOr<storage::KeyId> id =
+      ValidateKeyId(request.namespace_(), request.key());
+  if (!id.ok()) return id.status();
+  if (absl::Status s = ValidateToken(request.token()); !s.ok()) return s;
+  if (request.checkpoint().size() > Limits::kMaxCheckpointBytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("checkpoint is ", request.checkpoint().size(),
+                     " bytes; the limit is ", Limits::kMaxCheckpointBytes));
+  }
+  return storage::CheckpointCommand{*std::move(id), request.token(),
+                                    request.checkpoint()};
+}
+
 absl::StatusOr<storage::KeyId> ValidateLookup(
     const v1::LookupRequest& request) {
   return ValidateKeyId(request.namespace_(), request.key());

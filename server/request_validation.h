@@ -31,6 +31,8 @@ absl::StatusOr<storage::ReleaseCommand> ValidateRelease(
 absl::StatusOr<storage::ExtendCommand> ValidateExtend(
     const v1::ExtendRequest& request, const Limits& limits);
 absl::StatusOr<storage::KeyId> ValidateLookup(const v1::LookupRequest& request);
+absl::StatusOr<storage::CheckpointCommand> ValidateCheckpoint(
+    const v1::CheckpointRequest& request);
 
 // The raw 32-byte SHA-256 digest of `request`, the fingerprint the server
 // computes when a caller sends its request instead of a fingerprint.

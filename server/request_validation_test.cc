@@ -167,6 +167,19 @@ TEST(ValidateOtherRequestsTest, CheckKeysTokensAndLeases) {
   ExpectRejected(ValidateExtend(extend, Limits()).status(),
                  absl::StatusCode::kInvalidArgument, "lease");
 
+  v1::CheckpointRequest checkpoint;
+  checkpoint.set_namespace_("ns");
+  checkpoint.set_key("k");
+  checkpoint.set_checkpoint(std::string(64 << 10, 'c'));
+  ExpectRejected(ValidateCheckpoint(checkpoint).status(),
+                 absl::StatusCode::kInvalidArgument, "token");
+  checkpoint.set_token(3);
+  EXPECT_OK(ValidateCheckpoint(checkpoint));
+  checkpoint.mutable_checkpoint()->push_back('!');
+  ExpectRejected(ValidateCheckpoint(checkpoint).status(),
+                 absl::StatusCode::kResourceExhausted,
+                 "checkpoint is 65537 bytes; the limit is 65536");
+
   v1::LookupRequest lookup;
   lookup.set_namespace_("ns");
   ExpectRejected(ValidateLookup(lookup).status(),

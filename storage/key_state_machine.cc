@@ -64,6 +64,7 @@ BeginResult Acquired(const Record& record) {
   result.token = record.token();
   result.lease_expires_at = FromMicros(record.lease_expires_at_us());
   result.attempt = record.attempt();
+  result.checkpoint = record.checkpoint();
   return result;
 }
 
@@ -89,6 +90,11 @@ Decision<BeginResult> DecideBegin(const Record* current,
                                            : ToMicros(now));
     next.set_retention_us(absl::ToInt64Microseconds(command.retention));
     next.set_attempt(live != nullptr ? live->attempt() + 1 : 1);
+    // Work that was released half-way resumes from its checkpoint, but only
+    // for the same request.
+    if (live != nullptr && live->fingerprint() == command.fingerprint) {
+      next.set_checkpoint(live->checkpoint());
+    }
     SetLease(next, now + command.lease);
     return {Acquired(next), next};
   }
@@ -174,13 +180,12 @@ Decision<CompleteResult> DecideComplete(const Record* current,
           next};
 }
 
-Decision<Released> DecideRelease(const Record* current,
-                                 const ReleaseCommand& command,
-                                 absl::Time now) {
+Decision<NoReply> DecideRelease(const Record* current,
+                                const ReleaseCommand& command, absl::Time now) {
   const Record* live = Live(current, now);
   if (live != nullptr && live->state() == Record::STATE_RELEASED &&
       live->token() == command.token) {
-    return {Released{}, std::nullopt};  // A retried Release.
+    return {NoReply{}, std::nullopt};  // A retried Release.
   }
   if (live != nullptr && live->state() == Record::STATE_COMPLETED &&
       live->token() == command.token) {
@@ -197,7 +202,7 @@ Decision<Released> DecideRelease(const Record* current,
   next.set_lease_expires_at_us(ToMicros(now));
   next.set_expires_at_us(
       ToMicros(now + absl::Microseconds(next.retention_us())));
-  return {Released{}, next};
+  return {NoReply{}, next};
 }
 
 Decision<absl::Time> DecideExtend(const Record* current,
@@ -212,6 +217,18 @@ Decision<absl::Time> DecideExtend(const Record* current,
   return {FromMicros(next.lease_expires_at_us()), next};
 }
 
+Decision<NoReply> DecideCheckpoint(const Record* current,
+                                   const CheckpointCommand& command,
+                                   absl::Time now) {
+  const Record* live = Live(current, now);
+  if (!Holds(live, command.token)) {
+    return {LeaseLost(live, command.token), std::nullopt};
+  }
+  Record next = *live;
+  next.set_checkpoint(command.checkpoint);
+  return {NoReply{}, next};
+}
+
 KeySnapshot Snapshot(const Record* current, absl::Time now) {
   KeySnapshot snapshot;
   const Record* live = Live(current, now);
@@ -219,6 +236,7 @@ KeySnapshot Snapshot(const Record* current, absl::Time now) {
   snapshot.fingerprint = live->fingerprint();
   snapshot.created_at = FromMicros(live->created_at_us());
   snapshot.attempt = live->attempt();
+  snapshot.checkpoint = live->checkpoint();
   switch (live->state()) {
     case Record::STATE_IN_PROGRESS:
       snapshot.state = KeyState::kInProgress;

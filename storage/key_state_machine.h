@@ -30,7 +30,8 @@ struct Decision {
   std::optional<Record> write;
 };
 
-struct Released {};
+// The reply of operations that return nothing but their status.
+struct NoReply {};
 
 // True when `record` is past its retention and must be treated as absent.
 bool IsExpired(const Record& record, absl::Time now);
@@ -44,10 +45,13 @@ Decision<BeginResult> DecideBegin(const Record* current,
 Decision<CompleteResult> DecideComplete(const Record* current,
                                         const CompleteCommand& command,
                                         absl::Time now);
-Decision<Released> DecideRelease(const Record* current,
-                                 const ReleaseCommand& command, absl::Time now);
+Decision<NoReply> DecideRelease(const Record* current,
+                                const ReleaseCommand& command, absl::Time now);
 Decision<absl::Time> DecideExtend(const Record* current,
                                   const ExtendCommand& command, absl::Time now);
+Decision<NoReply> DecideCheckpoint(const Record* current,
+                                   const CheckpointCommand& command,
+                                   absl::Time now);
 KeySnapshot Snapshot(const Record* current, absl::Time now);
 
 // Conversions between the stored and the public form of a result.

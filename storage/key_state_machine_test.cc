@@ -323,7 +323,7 @@ TEST(DecideReleaseTest, OnlyTheHolderReleasesAndRetriesAreOk) {
   for (const TokenCase& c : cases) {
     SCOPED_TRACE(Name(c.stored) + " token=" + std::to_string(c.token));
     std::optional<Record> current = Make(c.stored);
-    Decision<Released> d =
+    Decision<NoReply> d =
         DecideRelease(Ptr(current), {{"ns", "k"}, c.token}, kNow);
     EXPECT_EQ(d.reply.status().code(), c.code) << d.reply.status();
     EXPECT_EQ(d.write.has_value(), c.writes);
@@ -361,6 +361,57 @@ TEST(DecideExtendTest, OnlyTheNewestInProgressTokenExtends) {
                 Us(kNow + absl::Minutes(2) + kRetention));
     }
   }
+}
+
+TEST(DecideCheckpointTest, OnlyTheNewestInProgressTokenRecordsProgress) {
+  const std::vector<TokenCase> cases = {
+      {Stored::kAbsent, kHolderToken, absl::StatusCode::kFailedPrecondition,
+       false},
+      {Stored::kInProgress, kHolderToken, absl::StatusCode::kOk, true},
+      {Stored::kInProgress, 1, absl::StatusCode::kFailedPrecondition, false},
+      {Stored::kLapsed, kHolderToken, absl::StatusCode::kOk, true},
+      {Stored::kReleased, kHolderToken, absl::StatusCode::kFailedPrecondition,
+       false},
+      {Stored::kCompleted, kHolderToken, absl::StatusCode::kFailedPrecondition,
+       false},
+  };
+  for (const TokenCase& c : cases) {
+    SCOPED_TRACE(Name(c.stored) + " token=" + std::to_string(c.token));
+    std::optional<Record> current = Make(c.stored);
+    Decision<NoReply> d =
+        DecideCheckpoint(Ptr(current), {{"ns", "k"}, c.token, "step-2"}, kNow);
+    EXPECT_EQ(d.reply.status().code(), c.code) << d.reply.status();
+    EXPECT_EQ(d.write.has_value(), c.writes);
+    if (c.writes) {
+      EXPECT_EQ(d.write->checkpoint(), "step-2");
+      EXPECT_EQ(d.write->lease_expires_at_us(), current->lease_expires_at_us());
+    }
+  }
+}
+
+TEST(DecideCheckpointTest, NextHolderOfTheSameRequestReceivesTheCheckpoint) {
+  for (Stored s : {Stored::kLapsed, Stored::kReleased, Stored::kInProgress}) {
+    SCOPED_TRACE(Name(s));
+    std::optional<Record> current = Make(s);
+    current->set_checkpoint("step-2");
+    const std::string owner = s == Stored::kInProgress ? "holder" : "";
+    Decision<BeginResult> same =
+        DecideBegin(Ptr(current), Begin("fp", owner), kNow, NextToken);
+    EXPECT_EQ(same.reply->checkpoint, "step-2");
+    EXPECT_EQ(same.write->checkpoint(), "step-2");
+  }
+  // A released key taken by a different request starts from scratch.
+  std::optional<Record> released = Make(Stored::kReleased);
+  released->set_checkpoint("step-2");
+  Decision<BeginResult> other =
+      DecideBegin(Ptr(released), Begin("other"), kNow, NextToken);
+  EXPECT_EQ(other.reply->checkpoint, "");
+  // So does a key whose record expired.
+  std::optional<Record> expired = Make(Stored::kExpired);
+  expired->set_checkpoint("step-2");
+  EXPECT_EQ(
+      DecideBegin(Ptr(expired), Begin("fp"), kNow, NextToken).reply->checkpoint,
+      "");
 }
 
 // --- Lookup and invariants ---------------------------------------------------

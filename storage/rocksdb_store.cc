@@ -235,11 +235,11 @@ absl::StatusOr<CompleteResult> RocksDbStore::Complete(
 }
 
 absl::Status RocksDbStore::Release(const ReleaseCommand& command) {
-  return Apply<Released>(command.id,
-                         [&](const Record* current, absl::Time now,
-                             absl::FunctionRef<uint64_t()>) {
-                           return DecideRelease(current, command, now);
-                         })
+  return Apply<NoReply>(command.id,
+                        [&](const Record* current, absl::Time now,
+                            absl::FunctionRef<uint64_t()>) {
+                          return DecideRelease(current, command, now);
+                        })
       .status();
 }
 
@@ -249,6 +249,15 @@ absl::StatusOr<absl::Time> RocksDbStore::Extend(const ExtendCommand& command) {
                                absl::FunctionRef<uint64_t()>) {
                              return DecideExtend(current, command, now);
                            });
+}
+
+absl::Status RocksDbStore::Checkpoint(const CheckpointCommand& command) {
+  return Apply<NoReply>(command.id,
+                        [&](const Record* current, absl::Time now,
+                            absl::FunctionRef<uint64_t()>) {
+                          return DecideCheckpoint(current, command, now);
+                        })
+      .status();
 }
 
 absl::StatusOr<KeySnapshot> RocksDbStore::Lookup(const KeyId& id) {

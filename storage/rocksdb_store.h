@@ -79,6 +79,7 @@ class RocksDbStore final : public Store {
       const CompleteCommand& command) override;
   absl::Status Release(const ReleaseCommand& command) override;
   absl::StatusOr<absl::Time> Extend(const ExtendCommand& command) override;
+  absl::Status Checkpoint(const CheckpointCommand& command) override;
   absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) override;
 
   // Flushes memtables and compacts everything, dropping expired records.

@@ -67,6 +67,9 @@ struct BeginResult {
   absl::Time expires_at = absl::InfinitePast();
   // kAcquired and kCompleted: how many times the key was acquired.
   uint32_t attempt = 0;
+  // kAcquired: the last checkpoint of an earlier holder of this request
+  // (after a takeover or a release), empty if none.
+  std::string checkpoint;
 };
 
 struct CompleteCommand {
@@ -87,6 +90,12 @@ struct ReleaseCommand {
   uint64_t token = 0;
 };
 
+struct CheckpointCommand {
+  KeyId id;
+  uint64_t token = 0;
+  std::string checkpoint;
+};
+
 struct ExtendCommand {
   KeyId id;
   uint64_t token = 0;
@@ -105,6 +114,7 @@ struct KeySnapshot {
   absl::Time created_at = absl::InfinitePast();
   absl::Time expires_at = absl::InfinitePast();
   uint32_t attempt = 0;
+  std::string checkpoint;
 };
 
 class Store {
@@ -117,6 +127,8 @@ class Store {
   virtual absl::Status Release(const ReleaseCommand& command) = 0;
   // Returns the new lease expiry.
   virtual absl::StatusOr<absl::Time> Extend(const ExtendCommand& command) = 0;
+  // Records the holder's progress; fenced by its token like Complete.
+  virtual absl::Status Checkpoint(const CheckpointCommand& command) = 0;
   // No side effects.
   virtual absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) = 0;
 };

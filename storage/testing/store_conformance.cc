@@ -203,6 +203,26 @@ TEST_P(StoreConformanceTest, ExpiredResultIsAbsentAndKeyStartsOver) {
   EXPECT_EQ(anew.attempt, 1u);
 }
 
+TEST_P(StoreConformanceTest, CheckpointIsFencedAndHandedToTheNextHolder) {
+  ASSERT_OK_AND_ASSIGN(BeginResult first, store().Begin(BeginOf("k1")));
+  EXPECT_EQ(first.checkpoint, "");
+  ASSERT_OK(store().Checkpoint({{"payments", "k1"}, first.token, "step-1"}));
+  ASSERT_OK(store().Checkpoint({{"payments", "k1"}, first.token, "step-2"}));
+  ASSERT_OK_AND_ASSIGN(KeySnapshot seen, store().Lookup({"payments", "k1"}));
+  EXPECT_EQ(seen.checkpoint, "step-2");
+
+  clock_.Advance(kLease);
+  ASSERT_OK_AND_ASSIGN(BeginResult taker, store().Begin(BeginOf("k1")));
+  EXPECT_EQ(taker.checkpoint, "step-2");
+  EXPECT_STATUS_CODE(
+      store().Checkpoint({{"payments", "k1"}, first.token, "stale"}),
+      absl::StatusCode::kFailedPrecondition);
+  ASSERT_OK(store().Checkpoint({{"payments", "k1"}, taker.token, "step-3"}));
+  ASSERT_OK(store().Release({{"payments", "k1"}, taker.token}));
+  ASSERT_OK_AND_ASSIGN(BeginResult third, store().Begin(BeginOf("k1")));
+  EXPECT_EQ(third.checkpoint, "step-3");
+}
+
 TEST_P(StoreConformanceTest, NamespacesNeverInteract) {
   BeginCommand a = BeginOf("same-key");
   BeginCommand b = BeginOf("same-key");
