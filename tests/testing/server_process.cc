@@ -30,9 +30,10 @@ ServerProcess::~ServerProcess() {
 absl::Status ServerProcess::Start() {
   const std::string port_file = dir_.Sub("port");
   std::remove(port_file.c_str());
-  std::vector<std::string> args = {IDEM_SERVER_BINARY, "--listen=127.0.0.1:0",
-                                   "--data-dir=" + data_dir_,
-                                   "--port-file=" + port_file};
+  // A restart keeps the port, so clients reconnect to the same address.
+  std::vector<std::string> args = {
+      IDEM_SERVER_BINARY, absl::StrCat("--listen=127.0.0.1:", port_),
+      "--data-dir=" + data_dir_, "--port-file=" + port_file};
   args.insert(args.end(), extra_flags_.begin(), extra_flags_.end());
   const std::string log_path = dir_.Sub("server.log");
 

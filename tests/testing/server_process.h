@@ -27,7 +27,8 @@ class ServerProcess {
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
 
-  // Starts the server and waits until it answers RPCs.
+  // Starts the server and waits until it answers RPCs. The first start picks
+  // a free port; restarts reuse it.
   absl::Status Start();
   // SIGKILL, as in a crash: nothing is flushed or closed.
   void Kill();

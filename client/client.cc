@@ -1,0 +1,527 @@
+#include "idem/client.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <thread>
+
+#include "absl/random/random.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "grpc/grpc.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "idem/keys.h"
+#include "idem/v1/idempotency.grpc.pb.h"
+
+namespace idem::client {
+namespace {
+
+constexpr char kErrorKindUrl[] = "type.idem.dev/idem.client.ErrorKind";
+
+absl::Status WithKind(absl::Status status, absl::string_view kind) {
+  status.SetPayload(kErrorKindUrl, absl::Cord(kind));
+  return status;
+}
+
+absl::Status FromGrpc(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  // gRPC and Abseil share the canonical code numbers.
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
+}
+
+bool Retriable(grpc::StatusCode code) {
+  return code == grpc::StatusCode::UNAVAILABLE ||
+         code == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
+absl::Time FromProto(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+}
+
+void ToProto(absl::Duration d, google::protobuf::Duration* out) {
+  const int64_t nanos = absl::ToInt64Nanoseconds(d);
+  out->set_seconds(nanos / 1'000'000'000);
+  out->set_nanos(static_cast<int32_t>(nanos % 1'000'000'000));
+}
+
+Result FromProto(const v1::Result& r) {
+  Result result;
+  result.code = r.code();
+  result.body = r.body();
+  result.metadata.insert(r.metadata().begin(), r.metadata().end());
+  if (r.has_completed_at()) result.completed_at = FromProto(r.completed_at());
+  return result;
+}
+
+void ToProto(const Result& r, v1::Result* out) {
+  out->set_code(r.code);
+  out->set_body(r.body);
+  out->mutable_metadata()->insert(r.metadata.begin(), r.metadata.end());
+}
+
+Outcome FromProto(v1::BeginResponse::Outcome outcome) {
+  switch (outcome) {
+    case v1::BeginResponse::OUTCOME_ACQUIRED:
+      return Outcome::kAcquired;
+    case v1::BeginResponse::OUTCOME_COMPLETED:
+      return Outcome::kCompleted;
+    case v1::BeginResponse::OUTCOME_IN_PROGRESS:
+      return Outcome::kInProgress;
+    default:
+      return Outcome::kMismatch;
+  }
+}
+
+}  // namespace
+
+bool SameResponse(const Result& a, const Result& b) {
+  return a.code == b.code && a.body == b.body && a.metadata == b.metadata;
+}
+
+absl::string_view OutcomeName(Outcome outcome) {
+  switch (outcome) {
+    case Outcome::kAcquired:
+      return "ACQUIRED";
+    case Outcome::kCompleted:
+      return "COMPLETED";
+    case Outcome::kInProgress:
+      return "IN_PROGRESS";
+    case Outcome::kMismatch:
+      return "MISMATCH";
+  }
+  return "UNKNOWN";
+}
+
+absl::string_view KeyStateName(KeyState state) {
+  switch (state) {
+    case KeyState::kAbsent:
+      return "ABSENT";
+    case KeyState::kInProgress:
+      return "IN_PROGRESS";
+    case KeyState::kCompleted:
+      return "COMPLETED";
+  }
+  return "UNKNOWN";
+}
+
+ErrorKind ErrorKindOf(const absl::Status& status) {
+  absl::optional<absl::Cord> kind = status.GetPayload(kErrorKindUrl);
+  if (!kind.has_value()) return ErrorKind::kOther;
+  if (*kind == "mismatch") return ErrorKind::kMismatch;
+  if (*kind == "in_progress") return ErrorKind::kInProgress;
+  if (*kind == "lease_lost") return ErrorKind::kLeaseLost;
+  return ErrorKind::kOther;
+}
+
+absl::Duration Backoff(const RetryPolicy& policy, int retry,
+                       double unit_random) {
+  const double factor = std::ldexp(1.0, std::clamp(retry - 1, 0, 30));
+  const absl::Duration cap =
+      std::min(policy.max_backoff, policy.initial_backoff * factor);
+  return cap * std::clamp(unit_random, 0.0, 1.0);
+}
+
+class Client::Impl {
+ public:
+  Impl(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options)
+      : options_(options),
+        channel_(std::move(channel)),
+        stub_(v1::Idempotency::NewStub(channel_)),
+        health_(grpc::health::v1::Health::NewStub(channel_)) {}
+
+  // Runs `call` with a fresh context per attempt, retrying transient
+  // failures. `extra` lengthens each attempt's deadline (a Begin's wait).
+  template <typename Call>
+  absl::Status WithRetries(absl::Duration extra, Call call) {
+    const RetryPolicy& retry = options_.retry;
+    const absl::Time give_up = absl::Now() + retry.total_timeout + extra;
+    for (int attempt = 1;; ++attempt) {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(
+          std::min(absl::Now() + options_.rpc_timeout + extra, give_up)));
+      const grpc::Status status = call(context);
+      if (status.ok()) return absl::OkStatus();
+      if (!Retriable(status.error_code()) ||
+          attempt >= std::max(1, retry.max_attempts)) {
+        return FromGrpc(status);
+      }
+      double unit;
+      {
+        absl::MutexLock lock(&random_mu_);
+        unit = absl::Uniform(random_, 0.0, 1.0);
+      }
+      const absl::Duration pause = Backoff(retry, attempt, unit);
+      if (absl::Now() + pause >= give_up) return FromGrpc(status);
+      absl::SleepFor(pause);
+    }
+  }
+
+  const ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Idempotency::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  absl::Mutex random_mu_;
+  absl::BitGen random_ ABSL_GUARDED_BY(random_mu_);
+};
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
+    const ClientOptions& options) {
+  if (options.target.empty()) {
+    return absl::InvalidArgumentError("client target is empty");
+  }
+  grpc::ChannelArguments arguments = options.channel_arguments;
+  // Reconnect quickly after a server restart (gRPC's defaults wait up to
+  // 120 s). SetInt keeps a value the caller set explicitly.
+  auto is_set = [&arguments](absl::string_view name) {
+    // Re-read each time: SetInt may move the underlying array.
+    const grpc_channel_args raw = arguments.c_channel_args();
+    for (size_t i = 0; i < raw.num_args; ++i) {
+      if (name == raw.args[i].key) return true;
+    }
+    return false;
+  };
+  if (!is_set(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS)) {
+    arguments.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  }
+  if (!is_set(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS)) {
+    arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  }
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      options.credentials != nullptr ? options.credentials
+                                     : grpc::InsecureChannelCredentials();
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(options.target, credentials, arguments);
+  if (channel == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot create a channel to ", options.target));
+  }
+  return std::make_unique<Client>(std::move(channel), options);
+}
+
+Client::Client(std::shared_ptr<grpc::Channel> channel,
+               const ClientOptions& options)
+    : impl_(std::make_unique<Impl>(std::move(channel), options)) {}
+
+Client::~Client() = default;
+
+absl::StatusOr<BeginReply> Client::Begin(absl::string_view name_space,
+                                         absl::string_view key,
+                                         const BeginOptions& options) {
+  v1::BeginRequest request;
+  request.set_namespace_(std::string(name_space));
+  request.set_key(std::string(key));
+  request.set_fingerprint(options.fingerprint);
+  if (options.lease > absl::ZeroDuration()) {
+    ToProto(options.lease, request.mutable_lease());
+  }
+  if (options.retention > absl::ZeroDuration()) {
+    ToProto(options.retention, request.mutable_retention());
+  }
+  if (options.wait > absl::ZeroDuration()) {
+    ToProto(options.wait, request.mutable_wait());
+  }
+  // Every retry of this Begin carries the same owner: if a reply granting the
+  // lease is lost, the retry gets the same lease back.
+  request.set_owner(options.owner.empty() ? NewKey() : options.owner);
+
+  v1::BeginResponse response;
+  absl::Status status = impl_->WithRetries(
+      std::max(options.wait, absl::ZeroDuration()),
+      [&](grpc::ClientContext& context) {
+        return impl_->stub_->Begin(&context, request, &response);
+      });
+  if (!status.ok()) return status;
+  BeginReply reply;
+  reply.outcome = FromProto(response.outcome());
+  reply.token = response.lease().token();
+  if (response.lease().has_expires_at()) {
+    reply.lease_expires_at = FromProto(response.lease().expires_at());
+  }
+  if (response.has_result()) reply.result = FromProto(response.result());
+  if (response.has_expires_at()) {
+    reply.expires_at = FromProto(response.expires_at());
+  }
+  reply.attempt = response.attempt();
+  reply.checkpoint = response.checkpoint();
+  reply.owner = request.owner();
+  return reply;
+}
+
+absl::StatusOr<Completion> Client::Complete(
+    absl::string_view name_space, absl::string_view key, uint64_t token,
+    const Result& result, std::optional<absl::Duration> retention) {
+  v1::CompleteRequest request;
+  request.set_namespace_(std::string(name_space));
+  request.set_key(std::string(key));
+  request.set_token(token);
+  ToProto(result, request.mutable_result());
+  if (retention.has_value()) ToProto(*retention, request.mutable_retention());
+  v1::CompleteResponse response;
+  absl::Status status = impl_->WithRetries(
+      absl::ZeroDuration(), [&](grpc::ClientContext& context) {
+        return impl_->stub_->Complete(&context, request, &response);
+      });
+  if (!status.ok()) return status;
+  return Completion{FromProto(response.completed_at()),
+                    FromProto(response.expires_at())};
+}
+
+absl::Status Client::Release(absl::string_view name_space,
+                             absl::string_view key, uint64_t token) {
+  v1::ReleaseRequest request;
+  request.set_namespace_(std::string(name_space));
+  request.set_key(std::string(key));
+  request.set_token(token);
+  v1::ReleaseResponse response;
+  return impl_->WithRetries(
+      absl::ZeroDuration(), [&](grpc::ClientContext& context) {
+        return impl_->stub_->Release(&context, request, &response);
+      });
+}
+
+absl::StatusOr<absl::Time> Client::Extend(absl::string_view name_space,
+                                          absl::string_view key, uint64_t token,
+                                          absl::Duration lease) {
+  v1::ExtendRequest request;
+  request.set_namespace_(std::string(name_space));
+  request.set_key(std::string(key));
+  request.set_token(token);
+  if (lease > absl::ZeroDuration()) ToProto(lease, request.mutable_lease());
+  v1::ExtendResponse response;
+  absl::Status status = impl_->WithRetries(
+      absl::ZeroDuration(), [&](grpc::ClientContext& context) {
+        return impl_->stub_->Extend(&context, request, &response);
+      });
+  if (!status.ok()) return status;
+  return FromProto(response.expires_at());
+}
+
+absl::Status Client::Checkpoint(absl::string_view name_space,
+                                absl::string_view key, uint64_t token,
+                                absl::string_view checkpoint) {
+  v1::CheckpointRequest request;
+  request.set_namespace_(std::string(name_space));
+  request.set_key(std::string(key));
+  request.set_token(token);
+  request.set_checkpoint(std::string(checkpoint));
+  v1::CheckpointResponse response;
+  return impl_->WithRetries(
+      absl::ZeroDuration(), [&](grpc::ClientContext& context) {
+        return impl_->stub_->Checkpoint(&context, request, &response);
+      });
+}
+
+absl::StatusOr<KeyInfo> Client::Lookup(absl::string_view name_space,
+                                       absl::string_view key) {
+  v1::LookupRequest request;
+  request.set_namespace_(std::string(name_space));
+  request.set_key(std::string(key));
+  v1::LookupResponse response;
+  absl::Status status = impl_->WithRetries(
+      absl::ZeroDuration(), [&](grpc::ClientContext& context) {
+        return impl_->stub_->Lookup(&context, request, &response);
+      });
+  if (!status.ok()) return status;
+  KeyInfo info;
+  switch (response.state()) {
+    case v1::LookupResponse::STATE_IN_PROGRESS:
+      info.state = KeyState::kInProgress;
+      break;
+    case v1::LookupResponse::STATE_COMPLETED:
+      info.state = KeyState::kCompleted;
+      break;
+    default:
+      info.state = KeyState::kAbsent;
+      break;
+  }
+  if (response.lease().has_expires_at()) {
+    info.lease_expires_at = FromProto(response.lease().expires_at());
+  }
+  if (response.has_result()) info.result = FromProto(response.result());
+  info.fingerprint = response.fingerprint();
+  if (response.has_created_at()) {
+    info.created_at = FromProto(response.created_at());
+  }
+  if (response.has_expires_at()) {
+    info.expires_at = FromProto(response.expires_at());
+  }
+  info.attempt = response.attempt();
+  info.checkpoint = response.checkpoint();
+  return info;
+}
+
+absl::Status Client::Ping() {
+  grpc::health::v1::HealthCheckRequest request;
+  grpc::health::v1::HealthCheckResponse response;
+  absl::Status status = impl_->WithRetries(
+      absl::ZeroDuration(), [&](grpc::ClientContext& context) {
+        return impl_->health_->Check(&context, request, &response);
+      });
+  if (!status.ok()) return status;
+  if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
+    return absl::UnavailableError(
+        absl::StrCat("server is not serving (health status ",
+                     grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
+                         response.status()),
+                     ")"));
+  }
+  return absl::OkStatus();
+}
+
+RunContext::RunContext(Client* client, std::string name_space, std::string key,
+                       uint64_t token, uint32_t attempt,
+                       absl::string_view checkpoint)
+    : client_(client),
+      name_space_(std::move(name_space)),
+      key_(std::move(key)),
+      token_(token),
+      attempt_(attempt) {
+  v1::StepLog log;
+  // A checkpoint this client cannot read is treated as no progress.
+  if (!checkpoint.empty() &&
+      log.ParseFromArray(checkpoint.data(),
+                         static_cast<int>(checkpoint.size()))) {
+    for (const v1::StepLog::Step& step : log.steps()) {
+      steps_.emplace_back(step.name(), step.output());
+    }
+  }
+}
+
+absl::StatusOr<std::string> RunContext::Step(
+    absl::string_view name,
+    absl::FunctionRef<absl::StatusOr<std::string>()> step) {
+  for (const auto& [done, output] : steps_) {
+    if (done == name) {
+      ++steps_skipped_;
+      return output;
+    }
+  }
+  absl::StatusOr<std::string> output = step();
+  if (!output.ok()) return output;
+  ++steps_run_;
+  steps_.emplace_back(std::string(name), *output);
+  v1::StepLog log;
+  for (const auto& [done, recorded] : steps_) {
+    v1::StepLog::Step* entry = log.add_steps();
+    entry->set_name(done);
+    entry->set_output(recorded);
+  }
+  absl::Status recorded =
+      client_->Checkpoint(name_space_, key_, token_, log.SerializeAsString());
+  if (recorded.code() == absl::StatusCode::kFailedPrecondition) {
+    lease_lost_ = true;
+    return WithKind(absl::AbortedError(absl::StrCat(
+                        "step \"", name,
+                        "\" ran but the lease was lost: ", recorded.message())),
+                    "lease_lost");
+  }
+  if (!recorded.ok()) return recorded;
+  return output;
+}
+
+absl::StatusOr<RunResult> Client::Run(absl::string_view name_space,
+                                      absl::string_view key,
+                                      absl::string_view request, Work work,
+                                      const RunOptions& options) {
+  BeginOptions begin;
+  begin.fingerprint = Fingerprint(request);
+  begin.lease = options.lease;
+  begin.retention = options.retention;
+  begin.wait = options.wait;
+  begin.owner = options.owner;
+  absl::StatusOr<BeginReply> begun = Begin(name_space, key, begin);
+  if (!begun.ok()) return begun.status();
+
+  switch (begun->outcome) {
+    case Outcome::kCompleted:
+      return RunResult{begun->result, /*replayed=*/true, /*stored=*/true,
+                       begun->attempt};
+    case Outcome::kMismatch:
+      return WithKind(absl::FailedPreconditionError(absl::StrCat(
+                          "idempotency key \"", key,
+                          "\" was already used with a different request")),
+                      "mismatch");
+    case Outcome::kInProgress:
+      return WithKind(
+          absl::UnavailableError(absl::StrCat(
+              "another attempt with idempotency key \"", key,
+              "\" is still in progress (lease until ",
+              absl::FormatTime(begun->lease_expires_at), "); retry later")),
+          "in_progress");
+    case Outcome::kAcquired:
+      break;
+  }
+
+  RunContext context(this, std::string(name_space), std::string(key),
+                     begun->token, begun->attempt, begun->checkpoint);
+
+  // The heartbeat: extends the lease until the work returns.
+  const absl::Duration interval = options.heartbeat == absl::ZeroDuration()
+                                      ? options.lease / 3
+                                      : options.heartbeat;
+  absl::Mutex heartbeat_mu;
+  bool work_done = false;
+  std::thread heartbeat;
+  if (interval != absl::InfiniteDuration()) {
+    heartbeat = std::thread([&] {
+      absl::MutexLock lock(&heartbeat_mu);
+      while (!heartbeat_mu.AwaitWithTimeout(absl::Condition(&work_done),
+                                            interval)) {
+        heartbeat_mu.Unlock();
+        absl::StatusOr<absl::Time> extended =
+            Extend(name_space, key, begun->token, options.lease);
+        heartbeat_mu.Lock();
+        if (extended.status().code() == absl::StatusCode::kFailedPrecondition) {
+          context.lease_lost_ = true;
+          return;
+        }
+      }
+    });
+  }
+  auto stop_heartbeat = [&] {
+    {
+      absl::MutexLock lock(&heartbeat_mu);
+      work_done = true;
+    }
+    if (heartbeat.joinable()) heartbeat.join();
+  };
+
+  absl::StatusOr<Result> result;
+  try {
+    result = work(context);
+  } catch (...) {
+    stop_heartbeat();
+    Release(name_space, key, begun->token).IgnoreError();
+    throw;
+  }
+  stop_heartbeat();
+
+  if (!result.ok() || (options.release_if && options.release_if(*result))) {
+    // Best effort: if the release is lost, the lease lapses on its own.
+    Release(name_space, key, begun->token).IgnoreError();
+    if (!result.ok()) return result.status();
+    return RunResult{*std::move(result), /*replayed=*/false, /*stored=*/false,
+                     begun->attempt};
+  }
+  absl::StatusOr<Completion> completed =
+      Complete(name_space, key, begun->token, *result, std::nullopt);
+  if (completed.status().code() == absl::StatusCode::kFailedPrecondition) {
+    return WithKind(absl::AbortedError(absl::StrCat(
+                        "the work ran but its result was not stored: ",
+                        completed.status().message(),
+                        ". Retry the request to get the stored result")),
+                    "lease_lost");
+  }
+  if (!completed.ok()) return completed.status();
+  result->completed_at = completed->completed_at;
+  return RunResult{*std::move(result), /*replayed=*/false, /*stored=*/true,
+                   begun->attempt};
+}
+
+}  // namespace idem::client
