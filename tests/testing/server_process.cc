@@ -37,6 +37,11 @@ absl::Status ServerProcess::Start() {
   args.insert(args.end(), extra_flags_.begin(), extra_flags_.end());
   const std::string log_path = dir_.Sub("server.log");
 
+  // Built before fork(): a threaded parent's child may only make
+  // async-signal-safe calls.
+  std::vector<char*> argv;
+  for (std::string& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
   pid_ = fork();
   if (pid_ < 0) return absl::InternalError("fork failed");
   if (pid_ == 0) {
@@ -45,9 +50,6 @@ absl::Status ServerProcess::Start() {
       dup2(log_fd, STDOUT_FILENO);
       dup2(log_fd, STDERR_FILENO);
     }
-    std::vector<char*> argv;
-    for (std::string& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
     execv(argv[0], argv.data());
     _exit(127);
   }

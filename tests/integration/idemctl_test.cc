@@ -1,0 +1,201 @@
+// idemctl, the real binary, against the real idem-server.
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "google/protobuf/struct.pb.h"
+#include "google/protobuf/util/json_util.h"
+#include "gtest/gtest.h"
+#include "tests/testing/server_process.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/temp_dir.h"
+
+#ifndef IDEMCTL_BINARY
+#error "IDEMCTL_BINARY must name the idemctl executable"
+#endif
+
+namespace idem {
+namespace {
+
+using testing::CommandResult;
+
+class IdemctlTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(server_.Start().ok()) << server_.log(); }
+
+  CommandResult Idemctl(std::vector<std::string> args) {
+    args.insert(args.begin(), IDEMCTL_BINARY);
+    return testing::RunCommand(args, {{"IDEM_SERVER", server_.address()}});
+  }
+
+  // Parses idemctl's --json output; fails the test if it is not one object.
+  static google::protobuf::Struct Json(const CommandResult& r) {
+    google::protobuf::Struct parsed;
+    auto status = google::protobuf::util::JsonStringToMessage(r.out, &parsed);
+    EXPECT_TRUE(status.ok()) << status.ToString() << " in: " << r.out;
+    return parsed;
+  }
+  static std::string Field(const google::protobuf::Struct& s,
+                           const std::string& a, const std::string& b = "") {
+    auto it = s.fields().find(a);
+    if (it == s.fields().end()) return "<missing>";
+    if (b.empty()) {
+      return it->second.has_number_value()
+                 ? std::to_string(
+                       static_cast<int64_t>(it->second.number_value()))
+                 : it->second.string_value();
+    }
+    return Field(it->second.struct_value(), b);
+  }
+
+  testing::ServerProcess server_;
+  testing::TempDir dir_;
+};
+
+TEST_F(IdemctlTest, HelpWorksForTheToolAndEveryCommand) {
+  CommandResult help = Idemctl({"--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.out.find("Exit codes"), std::string::npos);
+  for (const char* command : {"begin", "complete", "release", "extend",
+                              "checkpoint", "lookup", "ping"}) {
+    CommandResult r = Idemctl({command, "--help"});
+    EXPECT_EQ(r.exit_code, 0) << command;
+    EXPECT_NE(r.out.find(std::string("usage: idemctl ") + command),
+              std::string::npos)
+        << r.out;
+  }
+}
+
+TEST_F(IdemctlTest, BadArgumentsAreUsageErrorsThatNameTheProblem) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string mentions;
+  };
+  const std::vector<Case> cases = {
+      {{}, "no command"},
+      {{"frobnicate"}, "unknown command"},
+      {{"begin", "ns"}, "NAMESPACE KEY"},
+      {{"begin", "ns", "k", "--fingerprint=xyz"}, "hex"},
+      {{"begin", "ns", "k", "--fingerprint=ab", "--request=x"}, "not both"},
+      {{"begin", "ns", "k", "--lease=soon"}, "--lease"},
+      {{"begin", "ns", "k", "--token=1"}, "unknown flag --token"},
+      {{"complete", "ns", "k"}, "--token"},
+      {{"complete", "ns", "k", "--token=1", "--meta=novalue"}, "KEY=VALUE"},
+      {{"complete", "ns", "k", "--token=1", "--body=@/no/such/file"},
+       "cannot read"},
+      {{"ping", "extra"}, "no arguments"},
+      {{"--timeout=0s", "ping"}, "--timeout"},
+  };
+  for (const Case& c : cases) {
+    CommandResult r = Idemctl(c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.mentions << ": " << r.err;
+    EXPECT_NE(r.err.find(c.mentions), std::string::npos) << r.err;
+  }
+}
+
+TEST_F(IdemctlTest, ExitCodesFollowTheOutcomes) {
+  EXPECT_EQ(Idemctl({"ping"}).exit_code, 0);
+  CommandResult begun =
+      Idemctl({"--json", "begin", "pay", "k1", "--request=charge 10 EUR"});
+  ASSERT_EQ(begun.exit_code, 0) << begun.err;
+  google::protobuf::Struct acquired = Json(begun);
+  EXPECT_EQ(Field(acquired, "outcome"), "OUTCOME_ACQUIRED");
+  const std::string token = Field(acquired, "lease", "token");
+  ASSERT_NE(token, "<missing>");
+
+  EXPECT_EQ(
+      Idemctl({"begin", "pay", "k1", "--request=charge 10 EUR"}).exit_code, 11);
+  EXPECT_EQ(
+      Idemctl({"begin", "pay", "k1", "--request=charge 99 EUR"}).exit_code, 12);
+
+  const std::string body_file = dir_.Sub("body.json");
+  std::ofstream(body_file) << "{\"charge\":\"ch_1\"}";
+  CommandResult done =
+      Idemctl({"complete", "pay", "k1", "--token=" + token, "--code=201",
+               "--body=@" + body_file, "--meta=content-type=application/json"});
+  ASSERT_EQ(done.exit_code, 0) << done.err;
+  EXPECT_EQ(done.out.rfind("COMPLETED completed_at=", 0), 0u) << done.out;
+
+  CommandResult replay =
+      Idemctl({"--json", "begin", "pay", "k1", "--request=charge 10 EUR"});
+  EXPECT_EQ(replay.exit_code, 10);
+  google::protobuf::Struct completed = Json(replay);
+  EXPECT_EQ(Field(completed, "outcome"), "OUTCOME_COMPLETED");
+  EXPECT_EQ(Field(completed, "result", "code"), "201");
+  EXPECT_EQ(Field(completed, "result", "body"), "{\"charge\":\"ch_1\"}");
+  EXPECT_NE(Field(completed, "expires_at"), "<missing>");
+
+  // Errors have their own codes, distinct from the outcomes.
+  CommandResult different =
+      Idemctl({"complete", "pay", "k1", "--token=" + token, "--body=other"});
+  EXPECT_EQ(different.exit_code, 6) << different.err;
+  CommandResult stale = Idemctl({"release", "pay", "k1", "--token=999999"});
+  EXPECT_EQ(stale.exit_code, 5);
+  EXPECT_NE(stale.err.find("lease lost"), std::string::npos) << stale.err;
+  CommandResult invalid = Idemctl({"lookup", "pay", std::string(256, 'k')});
+  EXPECT_EQ(invalid.exit_code, 4);
+  EXPECT_NE(invalid.err.find("key must be 1 to 255"), std::string::npos);
+}
+
+TEST_F(IdemctlTest, LookupShowsTheKeyAndBinaryBodiesAreMarked) {
+  CommandResult begun = Idemctl(
+      {"--json", "begin", "files", "f1", "--fingerprint=00ff", "--lease=1m"});
+  ASSERT_EQ(begun.exit_code, 0);
+  const std::string token = Field(Json(begun), "lease", "token");
+  CommandResult extended = Idemctl(
+      {"--json", "extend", "files", "f1", "--token=" + token, "--lease=2m"});
+  EXPECT_EQ(extended.exit_code, 0) << extended.err;
+  EXPECT_NE(Field(Json(extended), "expires_at"), "<missing>");
+  EXPECT_EQ(Idemctl({"checkpoint", "files", "f1", "--token=" + token,
+                     "--data=step 1 done"})
+                .exit_code,
+            0);
+
+  google::protobuf::Struct working =
+      Json(Idemctl({"--json", "lookup", "files", "f1"}));
+  EXPECT_EQ(Field(working, "state"), "STATE_IN_PROGRESS");
+  EXPECT_EQ(Field(working, "checkpoint"), "step 1 done");
+  EXPECT_EQ(Field(working, "fingerprint"), "AP8=");  // base64 of 00ff
+  EXPECT_EQ(Field(working, "attempt"), "1");
+
+  const std::string binary = dir_.Sub("body.bin");
+  std::ofstream(binary, std::ios::binary) << std::string("\xff\x00\x01", 3);
+  ASSERT_EQ(Idemctl({"complete", "files", "f1", "--token=" + token,
+                     "--body=@" + binary})
+                .exit_code,
+            0);
+  google::protobuf::Struct done =
+      Json(Idemctl({"--json", "lookup", "files", "f1"}));
+  EXPECT_EQ(Field(done, "state"), "STATE_COMPLETED");
+  EXPECT_EQ(Field(done, "result", "body_base64"), "/wAB");
+  EXPECT_EQ(Field(done, "result", "body"), "<missing>");
+
+  CommandResult human = Idemctl({"lookup", "files", "f1"});
+  EXPECT_EQ(human.exit_code, 0);
+  EXPECT_NE(human.out.find("COMPLETED attempt=1"), std::string::npos)
+      << human.out;
+  EXPECT_NE(human.out.find("fingerprint: 00ff"), std::string::npos);
+  EXPECT_NE(human.out.find("body (base64): /wAB"), std::string::npos);
+
+  CommandResult absent = Idemctl({"--json", "lookup", "files", "nope"});
+  EXPECT_EQ(absent.exit_code, 0);
+  EXPECT_EQ(Field(Json(absent), "state"), "STATE_ABSENT");
+}
+
+TEST_F(IdemctlTest, ADownServerIsReportedClearlyWithinTheTimeout) {
+  server_.Kill();
+  const absl::Time start = absl::Now();
+  CommandResult r = Idemctl({"--timeout=1s", "lookup", "pay", "k1"});
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("cannot reach the Idem server at " + server_.address()),
+            std::string::npos)
+      << r.err;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  CommandResult bad =
+      Idemctl({"--server=no such host:1", "--timeout=1s", "ping"});
+  EXPECT_EQ(bad.exit_code, 3);
+  EXPECT_NE(bad.err.find("no such host:1"), std::string::npos) << bad.err;
+}
+
+}  // namespace
+}  // namespace idem
