@@ -140,7 +140,9 @@ Decision<BeginResult> DecideBegin(const Record* current,
   next.set_retention_us(absl::ToInt64Microseconds(command.retention));
   next.set_attempt(live->attempt() + 1);
   SetLease(next, now + command.lease);
-  return {Acquired(next), next};
+  BeginResult taken = Acquired(next);
+  taken.took_over = true;
+  return {taken, next};
 }
 
 Decision<CompleteResult> DecideComplete(const Record* current,
@@ -227,6 +229,26 @@ Decision<NoReply> DecideCheckpoint(const Record* current,
   Record next = *live;
   next.set_checkpoint(command.checkpoint);
   return {NoReply{}, next};
+}
+
+Decision<uint64_t> DecideForceRelease(
+    const Record* current, absl::Time now,
+    absl::FunctionRef<uint64_t()> next_token) {
+  const Record* live = Live(current, now);
+  if (live == nullptr || live->state() != Record::STATE_IN_PROGRESS) {
+    return {absl::FailedPreconditionError(
+                "the key is not in progress; only in-progress keys can be "
+                "force-released"),
+            std::nullopt};
+  }
+  Record next = *live;
+  next.set_state(Record::STATE_RELEASED);
+  next.set_token(next_token());  // Fences out the holder.
+  next.set_owner("");
+  next.set_lease_expires_at_us(ToMicros(now));
+  next.set_expires_at_us(
+      ToMicros(now + absl::Microseconds(next.retention_us())));
+  return {next.token(), next};
 }
 
 KeySnapshot Snapshot(const Record* current, absl::Time now) {

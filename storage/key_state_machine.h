@@ -52,6 +52,9 @@ Decision<absl::Time> DecideExtend(const Record* current,
 Decision<NoReply> DecideCheckpoint(const Record* current,
                                    const CheckpointCommand& command,
                                    absl::Time now);
+// Operator action: frees an in-progress key under a new token.
+Decision<uint64_t> DecideForceRelease(const Record* current, absl::Time now,
+                                      absl::FunctionRef<uint64_t()> next_token);
 KeySnapshot Snapshot(const Record* current, absl::Time now);
 
 // Conversions between the stored and the public form of a result.

@@ -414,6 +414,31 @@ TEST(DecideCheckpointTest, NextHolderOfTheSameRequestReceivesTheCheckpoint) {
       "");
 }
 
+TEST(DecideForceReleaseTest, FreesOnlyInProgressKeysUnderANewToken) {
+  for (Stored s : AllStored()) {
+    SCOPED_TRACE(Name(s));
+    std::optional<Record> current = Make(s);
+    Decision<uint64_t> d = DecideForceRelease(Ptr(current), kNow, NextToken);
+    const bool in_progress = s == Stored::kInProgress || s == Stored::kLapsed;
+    EXPECT_EQ(d.reply.ok(), in_progress) << d.reply.status();
+    EXPECT_EQ(d.write.has_value(), in_progress);
+    if (in_progress) {
+      EXPECT_EQ(*d.reply, 100u);
+      EXPECT_EQ(d.write->state(), Record::STATE_RELEASED);
+      EXPECT_EQ(d.write->token(), 100u);
+      EXPECT_EQ(d.write->owner(), "");
+      // The old holder is now fenced out.
+      EXPECT_FALSE(
+          DecideComplete(&*d.write,
+                         {{"ns", "k"}, kHolderToken, Result{}, std::nullopt},
+                         kNow)
+              .reply.ok());
+    } else {
+      EXPECT_EQ(d.reply.status().code(), absl::StatusCode::kFailedPrecondition);
+    }
+  }
+}
+
 // --- Lookup and invariants ---------------------------------------------------
 
 TEST(SnapshotTest, ReportsEachStoredState) {

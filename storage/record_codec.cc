@@ -39,6 +39,15 @@ bool IsRecordKey(absl::string_view encoded_key) {
   return !encoded_key.empty() && encoded_key.front() == kRecordTag;
 }
 
+std::optional<KeyId> DecodeKey(absl::string_view encoded_key) {
+  if (!IsRecordKey(encoded_key)) return std::nullopt;
+  encoded_key.remove_prefix(1);
+  const size_t separator = encoded_key.find('\0');
+  if (separator == absl::string_view::npos) return std::nullopt;
+  return KeyId{std::string(encoded_key.substr(0, separator)),
+               std::string(encoded_key.substr(separator + 1))};
+}
+
 std::string EncodeRecord(const Record& record) {
   std::string value(kHeaderSize, '\0');
   value[0] = kFormatVersion;

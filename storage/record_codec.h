@@ -24,6 +24,8 @@ namespace idem::storage {
 std::string EncodeKey(const KeyId& id);
 std::string NamespacePrefix(absl::string_view name_space);
 bool IsRecordKey(absl::string_view encoded_key);
+// The (namespace, key) of a record key; nullopt for other keys.
+std::optional<KeyId> DecodeKey(absl::string_view encoded_key);
 
 std::string EncodeRecord(const Record& record);
 // DATA_LOSS when `value` is not a record this version can read.

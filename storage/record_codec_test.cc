@@ -39,6 +39,12 @@ TEST(RecordCodecTest, NamespacePrefixCoversExactlyItsKeys) {
   EXPECT_NE(EncodeKey({"payments", "k"}).rfind(prefix, 0), 0u);
   EXPECT_NE(EncodeKey({"pa", "yk"}), EncodeKey({"pay", "k"}));
   EXPECT_TRUE(IsRecordKey(EncodeKey({"pay", "k"})));
+  std::optional<KeyId> decoded = DecodeKey(EncodeKey({"pay", "k 1"}));
+  ASSERT_TRUE(decoded.has_value());
+  EXPECT_EQ(decoded->name_space, "pay");
+  EXPECT_EQ(decoded->key, "k 1");
+  EXPECT_FALSE(DecodeKey("m/token_reserved").has_value());
+  EXPECT_FALSE(DecodeKey("knoseparator").has_value());
   EXPECT_FALSE(IsRecordKey("m/token_reserved"));
 }
 

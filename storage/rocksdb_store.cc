@@ -308,14 +308,118 @@ void RocksDbStore::MaintenanceLoop(absl::Duration tick) {
   }
 }
 
-StorageStats RocksDbStore::Stats() const {
-  StorageStats stats;
-  db_->GetIntProperty(rocksdb::DB::Properties::kTotalSstFilesSize,
-                      &stats.sst_bytes);
+StoreStats RocksDbStore::Stats() {
+  StoreStats stats;
+  uint64_t sst_bytes = 0;
+  db_->GetIntProperty(rocksdb::DB::Properties::kTotalSstFilesSize, &sst_bytes);
+  uint64_t wal_bytes = 0;
+  rocksdb::VectorLogPtr wal_files;
+  if (db_->GetSortedWalFiles(wal_files).ok()) {
+    for (const auto& wal : wal_files) wal_bytes += wal->SizeFileBytes();
+  }
+  stats.disk_bytes = sst_bytes + wal_bytes;
   db_->GetIntProperty(rocksdb::DB::Properties::kEstimateNumKeys,
                       &stats.estimated_keys);
-  stats.ttl_dropped = filter_->dropped();
+  stats.expired_dropped = filter_->dropped();
   return stats;
+}
+
+absl::StatusOr<bool> RocksDbStore::Delete(const KeyId& id) {
+  const std::string db_key = EncodeKey(id);
+  absl::MutexLock lock(&StripeFor(db_key));
+  std::string value;
+  rocksdb::Status got = db_->Get(rocksdb::ReadOptions(), db_key, &value);
+  if (got.IsNotFound()) return false;
+  if (!got.ok()) return FromRocks(got, "read");
+  bool existed = true;  // A record we cannot decode still existed.
+  if (absl::StatusOr<Record> record = DecodeRecord(value); record.ok()) {
+    existed =
+        Snapshot(&*record, options_.clock->Now()).state != KeyState::kAbsent;
+  }
+  rocksdb::WriteOptions write_options;
+  write_options.sync = options_.sync_writes;
+  if (absl::Status deleted =
+          FromRocks(db_->Delete(write_options, db_key), "delete");
+      !deleted.ok()) {
+    return deleted;
+  }
+  return existed;
+}
+
+absl::StatusOr<uint64_t> RocksDbStore::ForceRelease(const KeyId& id) {
+  return Apply<uint64_t>(id, [&](const Record* current, absl::Time now,
+                                 absl::FunctionRef<uint64_t()> next_token) {
+    return DecideForceRelease(current, now, next_token);
+  });
+}
+
+absl::StatusOr<ListPage> RocksDbStore::List(const ListQuery& query) {
+  const std::string prefix = NamespacePrefix(query.name_space);
+  const size_t page_size = std::max<size_t>(1, query.page_size);
+  // Filters may skip most records: bound the work of one call.
+  const size_t scan_limit = std::max<size_t>(1000, page_size * 10);
+  const absl::Time now = options_.clock->Now();
+
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions()));
+  const std::string start = prefix + query.page_token;
+  ListPage page;
+  size_t scanned = 0;
+  std::string last_scanned;
+  for (it->Seek(start); it->Valid() && it->key().starts_with(prefix);
+       it->Next()) {
+    const absl::string_view db_key(it->key().data(), it->key().size());
+    if (!query.page_token.empty() && db_key == start) continue;
+    if (page.keys.size() == page_size || scanned == scan_limit) {
+      // More records follow: the next page starts after the last one seen.
+      page.next_page_token = last_scanned;
+      return page;
+    }
+    ++scanned;
+    last_scanned = std::string(db_key.substr(prefix.size()));
+    absl::StatusOr<Record> record =
+        DecodeRecord(absl::string_view(it->value().data(), it->value().size()));
+    if (!record.ok()) continue;  // Lookup reports it as DATA_LOSS.
+    KeySnapshot snapshot = Snapshot(&*record, now);
+    if (snapshot.state == KeyState::kAbsent) continue;
+    if (query.state != KeyState::kAbsent && snapshot.state != query.state) {
+      continue;
+    }
+    const bool lapsed = snapshot.state == KeyState::kInProgress &&
+                        snapshot.lease_expires_at <= now;
+    if (query.lease_lapsed_only && !lapsed) continue;
+    page.keys.push_back(KeyListing{last_scanned, std::move(snapshot)});
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "scan");
+  return page;
+}
+
+absl::StatusOr<std::map<std::string, StateCounts>> RocksDbStore::CountKeys(
+    const std::string& name_space) {
+  const std::string prefix =
+      name_space.empty() ? std::string(1, 'k') : NamespacePrefix(name_space);
+  const absl::Time now = options_.clock->Now();
+  std::map<std::string, StateCounts> counts;
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix);
+       it->Next()) {
+    std::optional<KeyId> id =
+        DecodeKey(absl::string_view(it->key().data(), it->key().size()));
+    absl::StatusOr<Record> record =
+        DecodeRecord(absl::string_view(it->value().data(), it->value().size()));
+    if (!id.has_value() || !record.ok()) continue;
+    const KeySnapshot snapshot = Snapshot(&*record, now);
+    StateCounts& c = counts[id->name_space];
+    if (snapshot.state == KeyState::kInProgress) {
+      ++c.in_progress;
+      if (snapshot.lease_expires_at <= now) ++c.lease_lapsed;
+    } else if (snapshot.state == KeyState::kCompleted) {
+      ++c.completed;
+    }
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "scan");
+  return counts;
 }
 
 }  // namespace idem::storage

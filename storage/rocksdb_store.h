@@ -53,15 +53,6 @@ struct RocksDbStoreOptions {
   const Clock* clock = Clock::Real();
 };
 
-struct StorageStats {
-  // Bytes in live SST files (WAL and memtables not counted).
-  uint64_t sst_bytes = 0;
-  // RocksDB's estimate of live keys, including expired ones not yet compacted.
-  uint64_t estimated_keys = 0;
-  // Records dropped by the TTL compaction filter since open.
-  uint64_t ttl_dropped = 0;
-};
-
 class TtlCompactionFilter;
 
 class RocksDbStore final : public Store {
@@ -81,13 +72,18 @@ class RocksDbStore final : public Store {
   absl::StatusOr<absl::Time> Extend(const ExtendCommand& command) override;
   absl::Status Checkpoint(const CheckpointCommand& command) override;
   absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) override;
+  absl::StatusOr<bool> Delete(const KeyId& id) override;
+  absl::StatusOr<uint64_t> ForceRelease(const KeyId& id) override;
+  absl::StatusOr<ListPage> List(const ListQuery& query) override;
+  absl::StatusOr<std::map<std::string, StateCounts>> CountKeys(
+      const std::string& name_space) override;
+  StoreStats Stats() override;
 
   // Flushes memtables and compacts everything, dropping expired records.
   absl::Status CompactAll();
   // What the maintenance thread does each tick: flushes the memtable and
   // makes RocksDB look for files due for periodic compaction.
   absl::Status NudgeCompaction();
-  StorageStats Stats() const;
 
  private:
   static constexpr size_t kLockStripes = 1024;

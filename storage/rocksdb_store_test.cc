@@ -97,16 +97,16 @@ TEST_F(RocksDbStoreTest, TtlCompactionGivesBackDiskSpaceAndKeys) {
       {keeper.id, kept.token, Result{200, "kept", {}}, std::nullopt}));
 
   ASSERT_OK(store->CompactAll());  // Nothing expired yet: nothing dropped.
-  const StorageStats before = store->Stats();
-  EXPECT_GT(before.sst_bytes, uint64_t{kKeys} * 4096);
+  const StoreStats before = store->Stats();
+  EXPECT_GT(before.disk_bytes, uint64_t{kKeys} * 4096);
   EXPECT_GE(before.estimated_keys, uint64_t{kKeys});
-  EXPECT_EQ(before.ttl_dropped, 0u);
+  EXPECT_EQ(before.expired_dropped, 0u);
 
   clock_.Advance(absl::Minutes(11));
   ASSERT_OK(store->CompactAll());
-  const StorageStats after = store->Stats();
-  EXPECT_EQ(after.ttl_dropped, uint64_t{kKeys});
-  EXPECT_LT(after.sst_bytes, before.sst_bytes / 20);
+  const StoreStats after = store->Stats();
+  EXPECT_EQ(after.expired_dropped, uint64_t{kKeys});
+  EXPECT_LT(after.disk_bytes, before.disk_bytes / 20);
   EXPECT_LE(after.estimated_keys, 2u);  // The keeper and the token counter.
 
   ASSERT_OK_AND_ASSIGN(KeySnapshot survivor, store->Lookup(keeper.id));
@@ -139,12 +139,12 @@ TEST_F(RocksDbStoreTest, PeriodicCompactionDropsExpiredRecordsWithoutWrites) {
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   // The filter counts drops during a compaction; the key estimate follows
   // when the compaction's result is installed.
-  while (
-      (store.Stats().ttl_dropped < kKeys || store.Stats().estimated_keys > 1) &&
-      absl::Now() < deadline) {
+  while ((store.Stats().expired_dropped < kKeys ||
+          store.Stats().estimated_keys > 1) &&
+         absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(200));
   }
-  EXPECT_EQ(store.Stats().ttl_dropped, uint64_t{kKeys});
+  EXPECT_EQ(store.Stats().expired_dropped, uint64_t{kKeys});
   EXPECT_LE(store.Stats().estimated_keys, 1u);  // The token counter.
 }
 

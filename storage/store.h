@@ -20,6 +20,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -70,6 +71,8 @@ struct BeginResult {
   // kAcquired: the last checkpoint of an earlier holder of this request
   // (after a takeover or a release), empty if none.
   std::string checkpoint;
+  // kAcquired: the key was taken over from a holder whose lease lapsed.
+  bool took_over = false;
 };
 
 struct CompleteCommand {
@@ -117,6 +120,46 @@ struct KeySnapshot {
   std::string checkpoint;
 };
 
+// A key as an operator's listing shows it.
+struct KeyListing {
+  std::string key;
+  KeySnapshot snapshot;
+};
+
+struct ListQuery {
+  std::string name_space;
+  // Only keys in this state (kAbsent: any state).
+  KeyState state = KeyState::kAbsent;
+  // Only in-progress keys whose lease lapsed: work that seems stuck.
+  bool lease_lapsed_only = false;
+  // Continue after this key (from ListPage::next_page_token); empty: start.
+  std::string page_token;
+  size_t page_size = 100;
+};
+
+struct ListPage {
+  std::vector<KeyListing> keys;
+  // Empty when the namespace has been listed to its end.
+  std::string next_page_token;
+};
+
+struct StateCounts {
+  uint64_t in_progress = 0;
+  // In progress with a lapsed lease (included in in_progress).
+  uint64_t lease_lapsed = 0;
+  uint64_t completed = 0;
+};
+
+// Cheap figures for monitoring.
+struct StoreStats {
+  // An estimate, including expired records not yet compacted away.
+  uint64_t estimated_keys = 0;
+  // Bytes of live data files and write-ahead logs.
+  uint64_t disk_bytes = 0;
+  // Records dropped by TTL compaction since the store was opened.
+  uint64_t expired_dropped = 0;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -131,6 +174,23 @@ class Store {
   virtual absl::Status Checkpoint(const CheckpointCommand& command) = 0;
   // No side effects.
   virtual absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) = 0;
+
+  // Operator actions.
+  // Forgets the key entirely. Returns whether a live record existed.
+  virtual absl::StatusOr<bool> Delete(const KeyId& id) = 0;
+  // Frees an in-progress key and fences its holder out by issuing a new
+  // token (returned) that the key now carries; the next Begin acquires it
+  // with a higher one. FAILED_PRECONDITION if the key is not in progress.
+  virtual absl::StatusOr<uint64_t> ForceRelease(const KeyId& id) = 0;
+  // Live keys of one namespace in key order, a page at a time. A page may
+  // hold fewer than page_size keys (filters stop a scan early).
+  virtual absl::StatusOr<ListPage> List(const ListQuery& query) = 0;
+  // Counts of live keys per namespace (all namespaces if `name_space` is
+  // empty). Reads every record of the scope: an operator's tool, not for
+  // monitoring loops.
+  virtual absl::StatusOr<std::map<std::string, StateCounts>> CountKeys(
+      const std::string& name_space) = 0;
+  virtual StoreStats Stats() = 0;
 };
 
 }  // namespace idem::storage

@@ -1,5 +1,6 @@
 #include "storage/testing/store_conformance.h"
 
+#include <algorithm>
 #include <atomic>
 #include <set>
 #include <thread>
@@ -221,6 +222,117 @@ TEST_P(StoreConformanceTest, CheckpointIsFencedAndHandedToTheNextHolder) {
   ASSERT_OK(store().Release({{"payments", "k1"}, taker.token}));
   ASSERT_OK_AND_ASSIGN(BeginResult third, store().Begin(BeginOf("k1")));
   EXPECT_EQ(third.checkpoint, "step-3");
+}
+
+TEST_P(StoreConformanceTest, DeleteForgetsTheKeyButNotTheTokenCounter) {
+  ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(BeginOf("k1")));
+  ASSERT_OK(store().Complete(
+      {{"payments", "k1"}, begun.token, Created(), std::nullopt}));
+  ASSERT_OK_AND_ASSIGN(bool existed, store().Delete({"payments", "k1"}));
+  EXPECT_TRUE(existed);
+  ASSERT_OK_AND_ASSIGN(bool again, store().Delete({"payments", "k1"}));
+  EXPECT_FALSE(again);
+  ASSERT_OK_AND_ASSIGN(KeySnapshot gone, store().Lookup({"payments", "k1"}));
+  EXPECT_EQ(gone.state, KeyState::kAbsent);
+  ASSERT_OK_AND_ASSIGN(BeginResult anew, store().Begin(BeginOf("k1", "other")));
+  EXPECT_EQ(anew.outcome, BeginOutcome::kAcquired);
+  EXPECT_GT(anew.token, begun.token);
+}
+
+TEST_P(StoreConformanceTest, ForceReleaseFencesTheHolderOut) {
+  ASSERT_OK_AND_ASSIGN(BeginResult holder, store().Begin(BeginOf("k1")));
+  ASSERT_OK_AND_ASSIGN(uint64_t fence,
+                       store().ForceRelease({"payments", "k1"}));
+  EXPECT_GT(fence, holder.token);
+  EXPECT_STATUS_CODE(
+      store().Complete(
+          {{"payments", "k1"}, holder.token, Created(), std::nullopt}),
+      absl::StatusCode::kFailedPrecondition);
+  EXPECT_STATUS_CODE(store().ForceRelease({"payments", "k1"}),
+                     absl::StatusCode::kFailedPrecondition);
+  ASSERT_OK_AND_ASSIGN(BeginResult next, store().Begin(BeginOf("k1")));
+  EXPECT_EQ(next.outcome, BeginOutcome::kAcquired);
+  EXPECT_GT(next.token, fence);
+  EXPECT_STATUS_CODE(store().ForceRelease({"payments", "absent"}),
+                     absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_P(StoreConformanceTest, TakeoverIsReported) {
+  ASSERT_OK_AND_ASSIGN(BeginResult first, store().Begin(BeginOf("k1")));
+  EXPECT_FALSE(first.took_over);
+  clock_.Advance(kLease);
+  ASSERT_OK_AND_ASSIGN(BeginResult taker, store().Begin(BeginOf("k1")));
+  EXPECT_TRUE(taker.took_over);
+}
+
+TEST_P(StoreConformanceTest, ListPagesThroughANamespaceWithFilters) {
+  // 25 completed, 10 in progress (4 of them lapsed), 3 released, 2 expired,
+  // and keys of a neighbouring namespace that must not show up.
+  for (int i = 0; i < 25; ++i) {
+    const std::string key = "done-" + std::to_string(100 + i);
+    ASSERT_OK_AND_ASSIGN(BeginResult b, store().Begin(BeginOf(key)));
+    ASSERT_OK(store().Complete(
+        {{"payments", key}, b.token, Created(), std::nullopt}));
+  }
+  for (int i = 0; i < 2; ++i) {
+    const std::string key = "expired-" + std::to_string(i);
+    ASSERT_OK_AND_ASSIGN(BeginResult b, store().Begin(BeginOf(key)));
+    ASSERT_OK(store().Complete(
+        {{"payments", key}, b.token, Created(), absl::Seconds(1)}));
+  }
+  for (int i = 0; i < 3; ++i) {
+    const std::string key = "released-" + std::to_string(i);
+    ASSERT_OK_AND_ASSIGN(BeginResult b, store().Begin(BeginOf(key)));
+    ASSERT_OK(store().Release({{"payments", key}, b.token}));
+  }
+  for (int i = 0; i < 4; ++i) {
+    BeginCommand stuck = BeginOf("stuck-" + std::to_string(i));
+    stuck.lease = absl::Seconds(1);
+    ASSERT_OK(store().Begin(stuck));
+  }
+  clock_.Advance(absl::Seconds(2));
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_OK(store().Begin(BeginOf("working-" + std::to_string(i))));
+  }
+  BeginCommand neighbour = BeginOf("done-100");
+  neighbour.id.name_space = "payments-eu";
+  ASSERT_OK(store().Begin(neighbour));
+
+  auto list_all = [&](ListQuery query) {
+    std::vector<std::string> keys;
+    for (int pages = 0; pages < 100; ++pages) {
+      absl::StatusOr<ListPage> page = store().List(query);
+      EXPECT_OK(page);
+      if (!page.ok()) break;
+      EXPECT_LE(page->keys.size(), query.page_size);
+      for (const KeyListing& k : page->keys) keys.push_back(k.key);
+      if (page->next_page_token.empty()) break;
+      query.page_token = page->next_page_token;
+    }
+    return keys;
+  };
+  ListQuery all{"payments", KeyState::kAbsent, false, "", 7};
+  std::vector<std::string> everything = list_all(all);
+  EXPECT_EQ(everything.size(), 35u);
+  EXPECT_TRUE(std::is_sorted(everything.begin(), everything.end()));
+  EXPECT_EQ(std::set<std::string>(everything.begin(), everything.end()).size(),
+            35u);
+
+  ListQuery completed{"payments", KeyState::kCompleted, false, "", 10};
+  EXPECT_EQ(list_all(completed).size(), 25u);
+  ListQuery stuck{"payments", KeyState::kInProgress, true, "", 3};
+  std::vector<std::string> stuck_keys = list_all(stuck);
+  ASSERT_EQ(stuck_keys.size(), 4u);
+  EXPECT_EQ(stuck_keys.front(), "stuck-0");
+
+  ASSERT_OK_AND_ASSIGN(auto counts, store().CountKeys(""));
+  EXPECT_EQ(counts["payments"].completed, 25u);
+  EXPECT_EQ(counts["payments"].in_progress, 10u);
+  EXPECT_EQ(counts["payments"].lease_lapsed, 4u);
+  EXPECT_EQ(counts["payments-eu"].in_progress, 1u);
+  ASSERT_OK_AND_ASSIGN(auto one, store().CountKeys("payments-eu"));
+  EXPECT_EQ(one.size(), 1u);
+  EXPECT_GT(store().Stats().estimated_keys, 0u);
 }
 
 TEST_P(StoreConformanceTest, NamespacesNeverInteract) {
