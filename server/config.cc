@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/log.h"
 
 namespace idem::server {
 namespace {
@@ -176,8 +177,28 @@ std::vector<Setting> MakeSettings() {
           "cancelled",
           [](ServerConfig& c) -> absl::Duration& { return c.shutdown_grace; },
           absl::ZeroDuration(), absl::Hours(1)),
+      StringSetting("metrics-listen", "IDEM_METRICS_LISTEN",
+                    "Prometheus /metrics address HOST:PORT; empty turns it "
+                    "off",
+                    &ServerConfig::metrics_listen, true),
+      Setting{"log-level", "IDEM_LOG_LEVEL", "debug, info, warning or error",
+              [](const ServerConfig& c) { return c.log_level; },
+              [](const std::string& v, ServerConfig& c) {
+                LogLevel level;
+                if (!ParseLogLevel(v, &level)) {
+                  return Bad("log-level", v,
+                             "must be debug, info, warning or error");
+                }
+                c.log_level = v;
+                return absl::OkStatus();
+              }},
+      DurationSetting(
+          "drain-delay", "IDEM_DRAIN_DELAY",
+          "on SIGTERM, report NOT_SERVING this long before draining",
+          [](ServerConfig& c) -> absl::Duration& { return c.drain_delay; },
+          absl::ZeroDuration(), absl::Minutes(10)),
       StringSetting("port-file", "IDEM_PORT_FILE",
-                    "write the bound port to this file once serving",
+                    "write the bound ports to this file once serving",
                     &ServerConfig::port_file, true),
   };
 }

@@ -24,6 +24,13 @@ struct ServerConfig {
   // If set, the bound port is written here once the server serves (useful
   // with --listen=HOST:0).
   std::string port_file;
+  // Prometheus endpoint HOST:PORT; empty turns it off.
+  std::string metrics_listen = "127.0.0.1:9464";
+  // debug, info, warning or error.
+  std::string log_level = "info";
+  // On SIGTERM, how long to report NOT_SERVING before draining, so that load
+  // balancers stop sending new calls first.
+  absl::Duration drain_delay = absl::ZeroDuration();
   Limits limits;
 };
 

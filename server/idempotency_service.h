@@ -10,6 +10,8 @@
 
 #include "idem/v1/idempotency.grpc.pb.h"
 #include "server/limits.h"
+#include "server/rpc_observer.h"
+#include "server/store_gate.h"
 #include "server/wait_queue.h"
 #include "storage/store.h"
 
@@ -17,10 +19,10 @@ namespace idem::server {
 
 class IdempotencyService final : public v1::Idempotency::CallbackService {
  public:
-  // `store` and `waits` are not owned and must outlive the service; shut
-  // `waits` down before the gRPC server so that parked calls end promptly.
-  IdempotencyService(storage::Store* store, WaitQueue* waits,
-                     const Limits& limits);
+  // Nothing is owned; all must outlive the service. Shut `waits` down
+  // before the gRPC server so that parked calls end promptly.
+  IdempotencyService(const StoreGate* store, WaitQueue* waits,
+                     RpcObserver* observer, const Limits& limits);
 
   grpc::ServerUnaryReactor* Begin(grpc::CallbackServerContext* context,
                                   const v1::BeginRequest* request,
@@ -45,8 +47,18 @@ class IdempotencyService final : public v1::Idempotency::CallbackService {
  private:
   class BeginReactor;
 
-  storage::Store* const store_;
+  // Store::Begin, with takeovers counted and logged.
+  absl::StatusOr<storage::BeginResult> RunBegin(
+      const storage::BeginCommand& command);
+  // Records the RPC and finishes it with `status`.
+  grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
+                                   absl::string_view method, absl::Time start,
+                                   const absl::Status& status,
+                                   absl::string_view outcome = "OK");
+
+  const StoreGate* const store_;
   WaitQueue* const waits_;
+  RpcObserver* const observer_;
   const Limits limits_;
 };
 

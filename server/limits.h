@@ -16,6 +16,9 @@ struct Limits {
   static constexpr size_t kMaxFingerprintBytes = 64;
   static constexpr size_t kMaxOwnerBytes = 128;
   static constexpr size_t kMaxCheckpointBytes = size_t{64} << 10;
+  static constexpr size_t kMaxReasonBytes = 512;
+  static constexpr int kDefaultPageSize = 100;
+  static constexpr int kMaxPageSize = 1000;
   // Shortest lease and retention a caller may ask for.
   static constexpr absl::Duration kMinLease = absl::Seconds(1);
   static constexpr absl::Duration kMinRetention = absl::Seconds(1);

@@ -1,15 +1,18 @@
 // idem-server: the Idem gRPC server on its embedded RocksDB store.
-// Reads flags and environment (config.h), opens the store, serves until
-// SIGTERM or SIGINT, then drains: parked waits are answered, in-flight calls
-// get --shutdown-grace to finish, and the database is closed cleanly.
+//
+// Start-up: flags and environment (config.h); the gRPC server starts with
+// health NOT_SERVING, the store opens (RocksDB may replay its log), then
+// health turns SERVING. SIGTERM or SIGINT: NOT_SERVING, --drain-delay, parked
+// waits are answered, in-flight calls get --shutdown-grace to finish, and the
+// database is closed cleanly.
 #include <signal.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,39 +20,34 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
+#include "server/admin_service.h"
 #include "server/config.h"
 #include "server/idempotency_service.h"
+#include "server/log.h"
+#include "server/metrics.h"
+#include "server/metrics_http.h"
+#include "server/rpc_observer.h"
+#include "server/store_gate.h"
 #include "server/wait_queue.h"
 #include "storage/rocksdb_store.h"
 
 namespace idem::server {
 namespace {
 
-// One key=value line per notable event on stderr.
-void Log(absl::string_view event, absl::string_view fields = "") {
-  std::string line = absl::StrCat(
-      "ts=",
-      absl::FormatTime(absl::RFC3339_full, absl::Now(), absl::UTCTimeZone()),
-      " event=", event);
-  if (!fields.empty()) absl::StrAppend(&line, " ", fields);
-  line.push_back('\n');
-  std::fputs(line.c_str(), stderr);
-  std::fflush(stderr);
-}
-
-std::string Quote(absl::string_view s) { return absl::StrCat("\"", s, "\""); }
-
-// Writes atomically, so a reader never sees a partial port number.
-bool WritePortFile(const std::string& path, int port) {
+// Written atomically, so a reader never sees a partial file. Line 1: the
+// gRPC port; line 2, if metrics are on: metrics=PORT.
+bool WritePortFile(const std::string& path, int port, int metrics_port) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
     out << port << "\n";
+    if (metrics_port > 0) out << "metrics=" << metrics_port << "\n";
     if (!out.good()) return false;
   }
   std::error_code error;
@@ -77,31 +75,29 @@ int Run(int argc, char** argv) {
                  std::string(config.status().message()).c_str());
     return 2;
   }
+  LogLevel level = LogLevel::kInfo;
+  ParseLogLevel(config->log_level, &level);
+  SetLogLevel(level);
+  Log(LogLevel::kInfo, "starting", {{"config", Describe(*config)}});
 
-  storage::RocksDbStoreOptions store_options;
-  store_options.path = config->data_dir;
-  store_options.sync_writes = config->sync_writes;
-  store_options.periodic_compaction = config->periodic_compaction;
-  store_options.block_cache_bytes = config->block_cache_bytes;
-  absl::StatusOr<std::unique_ptr<storage::RocksDbStore>> store =
-      storage::RocksDbStore::Open(store_options);
-  if (!store.ok()) {
-    Log("store_open_failed",
-        absl::StrCat("data_dir=", Quote(config->data_dir),
-                     " error=", Quote(store.status().message())));
-    return 1;
-  }
-
+  StoreGate gate;
   WaitQueue waits;
-  IdempotencyService service(store->get(), &waits, config->limits);
+  Metrics metrics;
+  RpcObserver observer(&metrics);
+  IdempotencyService idempotency(&gate, &waits, &observer, config->limits);
+  AdminService admin(&gate, &waits, &observer);
 
+  // Touching a health message keeps its descriptor in the binary, so that
+  // reflection describes grpc.health.v1.Health too (grpcurl describe).
+  grpc::health::v1::HealthCheckRequest::descriptor();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(config->listen, grpc::InsecureServerCredentials(),
                            &port);
-  builder.RegisterService(&service);
+  builder.RegisterService(&idempotency);
+  builder.RegisterService(&admin);
   // Room for the largest valid Complete: body, metadata and framing.
   const size_t max_message = std::max<size_t>(
       size_t{4} << 20, config->limits.max_body_bytes +
@@ -113,25 +109,72 @@ int Run(int argc, char** argv) {
       std::min<size_t>(max_message, std::numeric_limits<int>::max())));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    Log("listen_failed", absl::StrCat("listen=", Quote(config->listen)));
+    Log(LogLevel::kError, "listen_failed", {{"listen", config->listen}});
     return 1;
   }
-  if (!config->port_file.empty() && !WritePortFile(config->port_file, port)) {
-    Log("port_file_failed", absl::StrCat("path=", Quote(config->port_file)));
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(false);  // Until the store is open.
+
+  storage::RocksDbStoreOptions store_options;
+  store_options.path = config->data_dir;
+  store_options.sync_writes = config->sync_writes;
+  store_options.periodic_compaction = config->periodic_compaction;
+  store_options.block_cache_bytes = config->block_cache_bytes;
+  const absl::Time open_start = absl::Now();
+  absl::StatusOr<std::unique_ptr<storage::RocksDbStore>> store =
+      storage::RocksDbStore::Open(store_options);
+  if (!store.ok()) {
+    Log(LogLevel::kError, "store_open_failed",
+        {{"data_dir", config->data_dir},
+         {"error", std::string(store.status().message())}});
+    server->Shutdown();
     return 1;
   }
-  Log("serving", absl::StrCat("port=", port, " ", Describe(*config)));
+  gate.Open(store->get());
+
+  std::unique_ptr<MetricsHttpServer> metrics_http;
+  if (!config->metrics_listen.empty()) {
+    storage::Store* opened = store->get();
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> started =
+        MetricsHttpServer::Start(config->metrics_listen, [&, opened] {
+          return metrics.Render({waits.parked(), opened->Stats()});
+        });
+    if (!started.ok()) {
+      Log(LogLevel::kError, "metrics_listen_failed",
+          {{"listen", config->metrics_listen},
+           {"error", std::string(started.status().message())}});
+      server->Shutdown();
+      return 1;
+    }
+    metrics_http = *std::move(started);
+  }
+  const int metrics_port = metrics_http != nullptr ? metrics_http->port() : 0;
+  if (!config->port_file.empty() &&
+      !WritePortFile(config->port_file, port, metrics_port)) {
+    Log(LogLevel::kError, "port_file_failed", {{"path", config->port_file}});
+    server->Shutdown();
+    return 1;
+  }
+  health->SetServingStatus(true);
+  Log(LogLevel::kInfo, "serving",
+      {{"port", absl::StrCat(port)},
+       {"metrics_port", absl::StrCat(metrics_port)},
+       {"store_open", absl::FormatDuration(absl::Now() - open_start)}});
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
-  Log("shutdown_started",
-      absl::StrCat("signal=", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"));
-  server->GetHealthCheckService()->Shutdown();  // NOT_SERVING from now on.
+  Log(LogLevel::kInfo, "shutdown_started",
+      {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"},
+       {"drain_delay", absl::FormatDuration(config->drain_delay)}});
+  health->SetServingStatus(false);
+  absl::SleepFor(config->drain_delay);  // Let load balancers notice.
+  health->Shutdown();
   waits.Shutdown();  // Parked Begins answer with the state as it is.
   server->Shutdown(absl::ToChronoTime(absl::Now() + config->shutdown_grace));
   server->Wait();
+  metrics_http.reset();
   store->reset();  // Closes RocksDB after the last call.
-  Log("shutdown_complete");
+  Log(LogLevel::kInfo, "shutdown_complete");
   return 0;
 }
 

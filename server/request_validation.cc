@@ -222,6 +222,73 @@ absl::StatusOr<storage::CheckpointCommand> ValidateCheckpoint(
                                     request.checkpoint()};
 }
 
+absl::StatusOr<AdminAction> ValidateAdminAction(absl::string_view name_space,
+                                                absl::string_view key,
+                                                absl::string_view reason) {
+  absl::StatusOr<storage::KeyId> id = ValidateKeyId(name_space, key);
+  if (!id.ok()) return id.status();
+  if (reason.empty() || reason.size() > Limits::kMaxReasonBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("reason is required (1 to ", Limits::kMaxReasonBytes,
+                     " bytes): say why, it is logged"));
+  }
+  return AdminAction{*std::move(id), std::string(reason)};
+}
+
+absl::StatusOr<storage::ListQuery> ValidateList(
+    const v1::ListRequest& request) {
+  if (absl::Status s = CheckPrintable("namespace", request.namespace_(),
+                                      Limits::kMaxNamespaceBytes);
+      !s.ok()) {
+    return s;
+  }
+  storage::ListQuery query;
+  query.name_space = request.namespace_();
+  switch (request.state()) {
+    case v1::LookupResponse::STATE_UNSPECIFIED:
+      query.state = storage::KeyState::kAbsent;  // Any state.
+      break;
+    case v1::LookupResponse::STATE_IN_PROGRESS:
+      query.state = storage::KeyState::kInProgress;
+      break;
+    case v1::LookupResponse::STATE_COMPLETED:
+      query.state = storage::KeyState::kCompleted;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          "state must be STATE_IN_PROGRESS, STATE_COMPLETED or unset; absent "
+          "keys are not stored");
+  }
+  query.lease_lapsed_only = request.lease_lapsed();
+  if (request.page_size() < 0 || request.page_size() > Limits::kMaxPageSize) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "page_size must be between 1 and ", Limits::kMaxPageSize, " (0 means ",
+        Limits::kDefaultPageSize, "); got ", request.page_size()));
+  }
+  query.page_size =
+      request.page_size() == 0 ? Limits::kDefaultPageSize : request.page_size();
+  if (!request.page_token().empty()) {
+    if (absl::Status s = CheckPrintable("page_token", request.page_token(),
+                                        Limits::kMaxKeyBytes);
+        !s.ok()) {
+      return s;
+    }
+  }
+  query.page_token = request.page_token();
+  return query;
+}
+
+absl::StatusOr<std::string> ValidateStats(const v1::StatsRequest& request) {
+  if (!request.namespace_().empty()) {
+    if (absl::Status s = CheckPrintable("namespace", request.namespace_(),
+                                        Limits::kMaxNamespaceBytes);
+        !s.ok()) {
+      return s;
+    }
+  }
+  return request.namespace_();
+}
+
 absl::StatusOr<storage::KeyId> ValidateLookup(
     const v1::LookupRequest& request) {
   return ValidateKeyId(request.namespace_(), request.key());

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "idem/v1/admin.pb.h"
 #include "idem/v1/idempotency.pb.h"
 #include "server/limits.h"
 #include "storage/store.h"
@@ -33,6 +34,18 @@ absl::StatusOr<storage::ExtendCommand> ValidateExtend(
 absl::StatusOr<storage::KeyId> ValidateLookup(const v1::LookupRequest& request);
 absl::StatusOr<storage::CheckpointCommand> ValidateCheckpoint(
     const v1::CheckpointRequest& request);
+
+// Admin requests.
+struct AdminAction {
+  storage::KeyId id;
+  std::string reason;
+};
+absl::StatusOr<AdminAction> ValidateAdminAction(absl::string_view name_space,
+                                                absl::string_view key,
+                                                absl::string_view reason);
+absl::StatusOr<storage::ListQuery> ValidateList(const v1::ListRequest& request);
+// The namespace to count, or empty for all.
+absl::StatusOr<std::string> ValidateStats(const v1::StatsRequest& request);
 
 // The raw 32-byte SHA-256 digest of `request`, the fingerprint the server
 // computes when a caller sends its request instead of a fingerprint.

@@ -6,6 +6,13 @@
 
 namespace idem::server {
 
+std::string WaitKey(const storage::KeyId& id) {
+  std::string key = id.name_space;
+  key.push_back('\0');  // Never part of a namespace.
+  key.append(id.key);
+  return key;
+}
+
 struct WaitQueue::Waiter {
   std::string key;
   WaitQueue::Callback wake;

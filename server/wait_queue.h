@@ -32,8 +32,12 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "storage/store.h"
 
 namespace idem::server {
+
+// The WaitQueue key of an idempotency key.
+std::string WaitKey(const storage::KeyId& id);
 
 class WaitQueue {
  public:

@@ -1,0 +1,138 @@
+#include "server/admin_service.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/grpc_status.h"
+#include "server/log.h"
+#include "server/proto_conversions.h"
+#include "server/request_validation.h"
+
+namespace idem::server {
+AdminService::AdminService(const StoreGate* store, WaitQueue* waits,
+                           RpcObserver* observer)
+    : store_(store), waits_(waits), observer_(observer) {}
+
+grpc::ServerUnaryReactor* AdminService::Answer(
+    grpc::CallbackServerContext* context, absl::string_view method,
+    absl::Time start, const absl::Status& status) {
+  observer_->Answered(method, start, status);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::Delete(
+    grpc::CallbackServerContext* context, const v1::DeleteRequest* request,
+    v1::DeleteResponse* response) {
+  const absl::Time start = absl::Now();
+  absl::StatusOr<AdminAction> action = ValidateAdminAction(
+      request->namespace_(), request->key(), request->reason());
+  if (!action.ok())
+    return Answer(context, "Admin.Delete", start, action.status());
+  absl::StatusOr<storage::Store*> store = store_->Get();
+  if (!store.ok())
+    return Answer(context, "Admin.Delete", start, store.status());
+  absl::StatusOr<bool> existed = (*store)->Delete(action->id);
+  if (existed.ok()) {
+    response->set_existed(*existed);
+    Log(LogLevel::kWarning, "admin_delete",
+        {{"ns", action->id.name_space},
+         {"key", action->id.key},
+         {"existed", *existed ? "true" : "false"},
+         {"reason", action->reason},
+         {"peer", context->peer()}});
+    waits_->Notify(WaitKey(action->id));  // Waiters may now acquire it.
+  }
+  return Answer(context, "Admin.Delete", start, existed.status());
+}
+
+grpc::ServerUnaryReactor* AdminService::ForceRelease(
+    grpc::CallbackServerContext* context,
+    const v1::ForceReleaseRequest* request,
+    v1::ForceReleaseResponse* response) {
+  const absl::Time start = absl::Now();
+  absl::StatusOr<AdminAction> action = ValidateAdminAction(
+      request->namespace_(), request->key(), request->reason());
+  if (!action.ok()) {
+    return Answer(context, "Admin.ForceRelease", start, action.status());
+  }
+  absl::StatusOr<storage::Store*> store = store_->Get();
+  if (!store.ok()) {
+    return Answer(context, "Admin.ForceRelease", start, store.status());
+  }
+  absl::StatusOr<uint64_t> token = (*store)->ForceRelease(action->id);
+  if (token.ok()) {
+    response->set_fencing_token(*token);
+    Log(LogLevel::kWarning, "admin_force_release",
+        {{"ns", action->id.name_space},
+         {"key", action->id.key},
+         {"fencing_token", absl::StrCat(*token)},
+         {"reason", action->reason},
+         {"peer", context->peer()}});
+    waits_->Notify(WaitKey(action->id));
+  }
+  return Answer(context, "Admin.ForceRelease", start, token.status());
+}
+
+grpc::ServerUnaryReactor* AdminService::List(
+    grpc::CallbackServerContext* context, const v1::ListRequest* request,
+    v1::ListResponse* response) {
+  const absl::Time start = absl::Now();
+  absl::StatusOr<storage::ListQuery> query = ValidateList(*request);
+  if (!query.ok()) return Answer(context, "Admin.List", start, query.status());
+  absl::StatusOr<storage::Store*> store = store_->Get();
+  if (!store.ok()) return Answer(context, "Admin.List", start, store.status());
+  absl::StatusOr<storage::ListPage> page = (*store)->List(*query);
+  if (!page.ok()) return Answer(context, "Admin.List", start, page.status());
+  const absl::Time now = absl::Now();
+  for (const storage::KeyListing& listed : page->keys) {
+    v1::KeySummary* summary = response->add_keys();
+    const storage::KeySnapshot& s = listed.snapshot;
+    summary->set_key(listed.key);
+    if (s.state == storage::KeyState::kInProgress) {
+      summary->set_state(v1::LookupResponse::STATE_IN_PROGRESS);
+      SetTimestamp(s.lease_expires_at, summary->mutable_lease_expires_at());
+      summary->set_lease_lapsed(s.lease_expires_at <= now);
+    } else {
+      summary->set_state(v1::LookupResponse::STATE_COMPLETED);
+      summary->set_result_code(s.result.code);
+    }
+    SetTimestamp(s.created_at, summary->mutable_created_at());
+    SetTimestamp(s.expires_at, summary->mutable_expires_at());
+    summary->set_attempt(s.attempt);
+  }
+  response->set_next_page_token(page->next_page_token);
+  return Answer(context, "Admin.List", start, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* AdminService::Stats(
+    grpc::CallbackServerContext* context, const v1::StatsRequest* request,
+    v1::StatsResponse* response) {
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> name_space = ValidateStats(*request);
+  if (!name_space.ok()) {
+    return Answer(context, "Admin.Stats", start, name_space.status());
+  }
+  absl::StatusOr<storage::Store*> store = store_->Get();
+  if (!store.ok()) return Answer(context, "Admin.Stats", start, store.status());
+  absl::StatusOr<std::map<std::string, storage::StateCounts>> counts =
+      (*store)->CountKeys(*name_space);
+  if (!counts.ok())
+    return Answer(context, "Admin.Stats", start, counts.status());
+  for (const auto& [ns, c] : *counts) {
+    v1::NamespaceStats* stats = response->add_namespaces();
+    stats->set_namespace_(ns);
+    stats->set_in_progress(c.in_progress);
+    stats->set_lease_lapsed(c.lease_lapsed);
+    stats->set_completed(c.completed);
+  }
+  const storage::StoreStats totals = (*store)->Stats();
+  response->set_estimated_keys(totals.estimated_keys);
+  response->set_disk_bytes(totals.disk_bytes);
+  response->set_expired_dropped(totals.expired_dropped);
+  return Answer(context, "Admin.Stats", start, absl::OkStatus());
+}
+
+}  // namespace idem::server

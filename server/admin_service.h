@@ -1,0 +1,44 @@
+// The idem.v1.Admin gRPC service: operator actions on keys (Delete,
+// ForceRelease, List, Stats). Every change is logged with its reason.
+#ifndef IDEM_SERVER_ADMIN_SERVICE_H_
+#define IDEM_SERVER_ADMIN_SERVICE_H_
+
+#include "idem/v1/admin.grpc.pb.h"
+#include "server/rpc_observer.h"
+#include "server/store_gate.h"
+#include "server/wait_queue.h"
+
+namespace idem::server {
+
+class AdminService final : public v1::Admin::CallbackService {
+ public:
+  // Nothing is owned; all must outlive the service.
+  AdminService(const StoreGate* store, WaitQueue* waits, RpcObserver* observer);
+
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
+                                   const v1::DeleteRequest* request,
+                                   v1::DeleteResponse* response) override;
+  grpc::ServerUnaryReactor* ForceRelease(
+      grpc::CallbackServerContext* context,
+      const v1::ForceReleaseRequest* request,
+      v1::ForceReleaseResponse* response) override;
+  grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* context,
+                                 const v1::ListRequest* request,
+                                 v1::ListResponse* response) override;
+  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* context,
+                                  const v1::StatsRequest* request,
+                                  v1::StatsResponse* response) override;
+
+ private:
+  grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
+                                   absl::string_view method, absl::Time start,
+                                   const absl::Status& status);
+
+  const StoreGate* const store_;
+  WaitQueue* const waits_;
+  RpcObserver* const observer_;
+};
+
+}  // namespace idem::server
+
+#endif  // IDEM_SERVER_ADMIN_SERVICE_H_
