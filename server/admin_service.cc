@@ -10,7 +10,7 @@
 #include "server/request_validation.h"
 
 namespace idem::server {
-AdminService::AdminService(const StoreGate* store, WaitQueue* waits,
+AdminService::AdminService(storage::Store* store, WaitQueue* waits,
                            RpcObserver* observer)
     : store_(store), waits_(waits), observer_(observer) {}
 
@@ -31,10 +31,7 @@ grpc::ServerUnaryReactor* AdminService::Delete(
       request->namespace_(), request->key(), request->reason());
   if (!action.ok())
     return Answer(context, "Admin.Delete", start, action.status());
-  absl::StatusOr<storage::Store*> store = store_->Get();
-  if (!store.ok())
-    return Answer(context, "Admin.Delete", start, store.status());
-  absl::StatusOr<bool> existed = (*store)->Delete(action->id);
+  absl::StatusOr<bool> existed = store_->Delete(action->id);
   if (existed.ok()) {
     response->set_existed(*existed);
     Log(LogLevel::kWarning, "admin_delete",
@@ -58,11 +55,7 @@ grpc::ServerUnaryReactor* AdminService::ForceRelease(
   if (!action.ok()) {
     return Answer(context, "Admin.ForceRelease", start, action.status());
   }
-  absl::StatusOr<storage::Store*> store = store_->Get();
-  if (!store.ok()) {
-    return Answer(context, "Admin.ForceRelease", start, store.status());
-  }
-  absl::StatusOr<uint64_t> token = (*store)->ForceRelease(action->id);
+  absl::StatusOr<uint64_t> token = store_->ForceRelease(action->id);
   if (token.ok()) {
     response->set_fencing_token(*token);
     Log(LogLevel::kWarning, "admin_force_release",
@@ -82,9 +75,7 @@ grpc::ServerUnaryReactor* AdminService::List(
   const absl::Time start = absl::Now();
   absl::StatusOr<storage::ListQuery> query = ValidateList(*request);
   if (!query.ok()) return Answer(context, "Admin.List", start, query.status());
-  absl::StatusOr<storage::Store*> store = store_->Get();
-  if (!store.ok()) return Answer(context, "Admin.List", start, store.status());
-  absl::StatusOr<storage::ListPage> page = (*store)->List(*query);
+  absl::StatusOr<storage::ListPage> page = store_->List(*query);
   if (!page.ok()) return Answer(context, "Admin.List", start, page.status());
   const absl::Time now = absl::Now();
   for (const storage::KeyListing& listed : page->keys) {
@@ -115,10 +106,8 @@ grpc::ServerUnaryReactor* AdminService::Stats(
   if (!name_space.ok()) {
     return Answer(context, "Admin.Stats", start, name_space.status());
   }
-  absl::StatusOr<storage::Store*> store = store_->Get();
-  if (!store.ok()) return Answer(context, "Admin.Stats", start, store.status());
   absl::StatusOr<std::map<std::string, storage::StateCounts>> counts =
-      (*store)->CountKeys(*name_space);
+      store_->CountKeys(*name_space);
   if (!counts.ok())
     return Answer(context, "Admin.Stats", start, counts.status());
   for (const auto& [ns, c] : *counts) {
@@ -128,7 +117,7 @@ grpc::ServerUnaryReactor* AdminService::Stats(
     stats->set_lease_lapsed(c.lease_lapsed);
     stats->set_completed(c.completed);
   }
-  const storage::StoreStats totals = (*store)->Stats();
+  const storage::StoreStats totals = store_->Stats();
   response->set_estimated_keys(totals.estimated_keys);
   response->set_disk_bytes(totals.disk_bytes);
   response->set_expired_dropped(totals.expired_dropped);

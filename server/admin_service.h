@@ -5,15 +5,15 @@
 
 #include "idem/v1/admin.grpc.pb.h"
 #include "server/rpc_observer.h"
-#include "server/store_gate.h"
 #include "server/wait_queue.h"
+#include "storage/store.h"
 
 namespace idem::server {
 
 class AdminService final : public v1::Admin::CallbackService {
  public:
   // Nothing is owned; all must outlive the service.
-  AdminService(const StoreGate* store, WaitQueue* waits, RpcObserver* observer);
+  AdminService(storage::Store* store, WaitQueue* waits, RpcObserver* observer);
 
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
                                    const v1::DeleteRequest* request,
@@ -34,7 +34,7 @@ class AdminService final : public v1::Admin::CallbackService {
                                    absl::string_view method, absl::Time start,
                                    const absl::Status& status);
 
-  const StoreGate* const store_;
+  storage::Store* const store_;
   WaitQueue* const waits_;
   RpcObserver* const observer_;
 };

@@ -121,16 +121,14 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
   const std::shared_ptr<ParkState> park_ = std::make_shared<ParkState>();
 };
 
-IdempotencyService::IdempotencyService(const StoreGate* store, WaitQueue* waits,
+IdempotencyService::IdempotencyService(storage::Store* store, WaitQueue* waits,
                                        RpcObserver* observer,
                                        const Limits& limits)
     : store_(store), waits_(waits), observer_(observer), limits_(limits) {}
 
 absl::StatusOr<storage::BeginResult> IdempotencyService::RunBegin(
     const storage::BeginCommand& command) {
-  absl::StatusOr<storage::Store*> store = store_->Get();
-  if (!store.ok()) return store.status();
-  absl::StatusOr<storage::BeginResult> begun = (*store)->Begin(command);
+  absl::StatusOr<storage::BeginResult> begun = store_->Begin(command);
   if (begun.ok() && begun->took_over) {
     observer_->TookOver(command.id, begun->token, begun->attempt);
   }
@@ -175,10 +173,8 @@ grpc::ServerUnaryReactor* IdempotencyService::Complete(
       ValidateComplete(*request, limits_);
   if (!command.ok())
     return Answer(context, "Complete", start, command.status());
-  absl::StatusOr<storage::Store*> store = store_->Get();
-  if (!store.ok()) return Answer(context, "Complete", start, store.status());
   absl::StatusOr<storage::CompleteResult> completed =
-      (*store)->Complete(*command);
+      store_->Complete(*command);
   if (completed.ok()) {
     SetTimestamp(completed->completed_at, response->mutable_completed_at());
     SetTimestamp(completed->expires_at, response->mutable_expires_at());
@@ -193,9 +189,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Release(
   const absl::Time start = absl::Now();
   absl::StatusOr<storage::ReleaseCommand> command = ValidateRelease(*request);
   if (!command.ok()) return Answer(context, "Release", start, command.status());
-  absl::StatusOr<storage::Store*> store = store_->Get();
-  if (!store.ok()) return Answer(context, "Release", start, store.status());
-  absl::Status released = (*store)->Release(*command);
+  absl::Status released = store_->Release(*command);
   if (released.ok()) waits_->Notify(WaitKey(command->id));
   return Answer(context, "Release", start, released);
 }
@@ -207,9 +201,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Extend(
   absl::StatusOr<storage::ExtendCommand> command =
       ValidateExtend(*request, limits_);
   if (!command.ok()) return Answer(context, "Extend", start, command.status());
-  absl::StatusOr<storage::Store*> store = store_->Get();
-  if (!store.ok()) return Answer(context, "Extend", start, store.status());
-  absl::StatusOr<absl::Time> expires = (*store)->Extend(*command);
+  absl::StatusOr<absl::Time> expires = store_->Extend(*command);
   if (expires.ok()) SetTimestamp(*expires, response->mutable_expires_at());
   return Answer(context, "Extend", start, expires.status());
 }
@@ -220,9 +212,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Lookup(
   const absl::Time start = absl::Now();
   absl::StatusOr<storage::KeyId> id = ValidateLookup(*request);
   if (!id.ok()) return Answer(context, "Lookup", start, id.status());
-  absl::StatusOr<storage::Store*> store = store_->Get();
-  if (!store.ok()) return Answer(context, "Lookup", start, store.status());
-  absl::StatusOr<storage::KeySnapshot> seen = (*store)->Lookup(*id);
+  absl::StatusOr<storage::KeySnapshot> seen = store_->Lookup(*id);
   if (!seen.ok()) return Answer(context, "Lookup", start, seen.status());
   FillLookup(*seen, response);
   return Answer(context, "Lookup", start, absl::OkStatus());
@@ -237,9 +227,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Checkpoint(
   if (!command.ok()) {
     return Answer(context, "Checkpoint", start, command.status());
   }
-  absl::StatusOr<storage::Store*> store = store_->Get();
-  if (!store.ok()) return Answer(context, "Checkpoint", start, store.status());
-  return Answer(context, "Checkpoint", start, (*store)->Checkpoint(*command));
+  return Answer(context, "Checkpoint", start, store_->Checkpoint(*command));
 }
 
 }  // namespace idem::server

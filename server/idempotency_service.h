@@ -11,7 +11,6 @@
 #include "idem/v1/idempotency.grpc.pb.h"
 #include "server/limits.h"
 #include "server/rpc_observer.h"
-#include "server/store_gate.h"
 #include "server/wait_queue.h"
 #include "storage/store.h"
 
@@ -21,7 +20,7 @@ class IdempotencyService final : public v1::Idempotency::CallbackService {
  public:
   // Nothing is owned; all must outlive the service. Shut `waits` down
   // before the gRPC server so that parked calls end promptly.
-  IdempotencyService(const StoreGate* store, WaitQueue* waits,
+  IdempotencyService(storage::Store* store, WaitQueue* waits,
                      RpcObserver* observer, const Limits& limits);
 
   grpc::ServerUnaryReactor* Begin(grpc::CallbackServerContext* context,
@@ -56,7 +55,7 @@ class IdempotencyService final : public v1::Idempotency::CallbackService {
                                    const absl::Status& status,
                                    absl::string_view outcome = "OK");
 
-  const StoreGate* const store_;
+  storage::Store* const store_;
   WaitQueue* const waits_;
   RpcObserver* const observer_;
   const Limits limits_;

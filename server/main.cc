@@ -1,10 +1,11 @@
 // idem-server: the Idem gRPC server on its embedded RocksDB store.
 //
-// Start-up: flags and environment (config.h); the gRPC server starts with
-// health NOT_SERVING, the store opens (RocksDB may replay its log), then
-// health turns SERVING. SIGTERM or SIGINT: NOT_SERVING, --drain-delay, parked
-// waits are answered, in-flight calls get --shutdown-grace to finish, and the
-// database is closed cleanly.
+// Start-up: flags and environment (config.h), then the store opens (RocksDB
+// may replay its log), then the gRPC server starts listening, SERVING. Until
+// then the port is closed, so probes fail as they would on NOT_SERVING.
+// SIGTERM or SIGINT: NOT_SERVING, --drain-delay, parked waits are answered,
+// in-flight calls get --shutdown-grace to finish, and the database is closed
+// cleanly.
 #include <signal.h>
 
 #include <algorithm>
@@ -33,7 +34,6 @@
 #include "server/metrics.h"
 #include "server/metrics_http.h"
 #include "server/rpc_observer.h"
-#include "server/store_gate.h"
 #include "server/wait_queue.h"
 #include "storage/rocksdb_store.h"
 
@@ -80,12 +80,28 @@ int Run(int argc, char** argv) {
   SetLogLevel(level);
   Log(LogLevel::kInfo, "starting", {{"config", Describe(*config)}});
 
-  StoreGate gate;
+  storage::RocksDbStoreOptions store_options;
+  store_options.path = config->data_dir;
+  store_options.sync_writes = config->sync_writes;
+  store_options.periodic_compaction = config->periodic_compaction;
+  store_options.block_cache_bytes = config->block_cache_bytes;
+  const absl::Time open_start = absl::Now();
+  absl::StatusOr<std::unique_ptr<storage::RocksDbStore>> store =
+      storage::RocksDbStore::Open(store_options);
+  if (!store.ok()) {
+    Log(LogLevel::kError, "store_open_failed",
+        {{"data_dir", config->data_dir},
+         {"error", std::string(store.status().message())}});
+    return 1;
+  }
+  const absl::Duration open_time = absl::Now() - open_start;
+
   WaitQueue waits;
   Metrics metrics;
   RpcObserver observer(&metrics);
-  IdempotencyService idempotency(&gate, &waits, &observer, config->limits);
-  AdminService admin(&gate, &waits, &observer);
+  IdempotencyService idempotency(store->get(), &waits, &observer,
+                                 config->limits);
+  AdminService admin(store->get(), &waits, &observer);
 
   // Touching a health message keeps its descriptor in the binary, so that
   // reflection describes grpc.health.v1.Health too (grpcurl describe).
@@ -113,24 +129,7 @@ int Run(int argc, char** argv) {
     return 1;
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  health->SetServingStatus(false);  // Until the store is open.
-
-  storage::RocksDbStoreOptions store_options;
-  store_options.path = config->data_dir;
-  store_options.sync_writes = config->sync_writes;
-  store_options.periodic_compaction = config->periodic_compaction;
-  store_options.block_cache_bytes = config->block_cache_bytes;
-  const absl::Time open_start = absl::Now();
-  absl::StatusOr<std::unique_ptr<storage::RocksDbStore>> store =
-      storage::RocksDbStore::Open(store_options);
-  if (!store.ok()) {
-    Log(LogLevel::kError, "store_open_failed",
-        {{"data_dir", config->data_dir},
-         {"error", std::string(store.status().message())}});
-    server->Shutdown();
-    return 1;
-  }
-  gate.Open(store->get());
+  health->SetServingStatus(true);  // The store is open: ready.
 
   std::unique_ptr<MetricsHttpServer> metrics_http;
   if (!config->metrics_listen.empty()) {
@@ -155,11 +154,10 @@ int Run(int argc, char** argv) {
     server->Shutdown();
     return 1;
   }
-  health->SetServingStatus(true);
   Log(LogLevel::kInfo, "serving",
       {{"port", absl::StrCat(port)},
        {"metrics_port", absl::StrCat(metrics_port)},
-       {"store_open", absl::FormatDuration(absl::Now() - open_start)}});
+       {"store_open", absl::FormatDuration(open_time)}});
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);

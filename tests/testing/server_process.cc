@@ -9,7 +9,9 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -33,7 +35,8 @@ absl::Status ServerProcess::Start() {
   // A restart keeps the port, so clients reconnect to the same address.
   std::vector<std::string> args = {
       IDEM_SERVER_BINARY, absl::StrCat("--listen=127.0.0.1:", port_),
-      "--data-dir=" + data_dir_, "--port-file=" + port_file};
+      "--data-dir=" + data_dir_, "--port-file=" + port_file,
+      "--metrics-listen=127.0.0.1:0"};
   args.insert(args.end(), extra_flags_.begin(), extra_flags_.end());
   const std::string log_path = dir_.Sub("server.log");
 
@@ -63,7 +66,10 @@ absl::Status ServerProcess::Start() {
           absl::StrCat("idem-server exited during start-up:\n", log()));
     }
     std::ifstream in(port_file);
-    if (in >> port_ && port_ > 0) {
+    std::string metrics_line;
+    if (in >> port_ && port_ > 0 && in >> metrics_line &&
+        absl::SimpleAtoi(absl::StripPrefix(metrics_line, "metrics="),
+                         &metrics_port_)) {
       auto channel =
           grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
       if (channel->WaitForConnected(
@@ -86,8 +92,16 @@ void ServerProcess::Kill() {
 }
 
 int ServerProcess::Terminate() {
+  if (Signal(SIGTERM) != 0) return -1;
+  return Wait();
+}
+
+int ServerProcess::Signal(int signal_number) {
+  return pid_ > 0 ? kill(pid_, signal_number) : -1;
+}
+
+int ServerProcess::Wait() {
   if (pid_ <= 0) return -1;
-  kill(pid_, SIGTERM);
   int status = 0;
   waitpid(pid_, &status, 0);
   pid_ = -1;

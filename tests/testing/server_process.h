@@ -35,7 +35,12 @@ class ServerProcess {
   // SIGTERM, then waits for exit; returns the exit status (or -signal).
   int Terminate();
 
+  // Sends a signal without waiting; Wait() then collects the exit status.
+  int Signal(int signal_number);
+  int Wait();
+
   std::string address() const;
+  int metrics_port() const { return metrics_port_; }
   std::unique_ptr<v1::Idempotency::Stub> NewStub() const;
   std::string log() const;
   const std::string& data_dir() const { return data_dir_; }
@@ -46,6 +51,7 @@ class ServerProcess {
   std::vector<std::string> extra_flags_;
   pid_t pid_ = -1;
   int port_ = 0;
+  int metrics_port_ = 0;
 };
 
 }  // namespace idem::testing

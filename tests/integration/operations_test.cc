@@ -1,0 +1,407 @@
+// Running Idem as infrastructure: reflection (what grpcurl uses), health,
+// the metrics endpoint, the Admin service and the logs, all against the real
+// idem-server.
+#include <httplib.h>
+
+#include <map>
+#include <memory>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/descriptor.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "gtest/gtest.h"
+#include "idem/v1/admin.grpc.pb.h"
+#include "idem/v1/idempotency.grpc.pb.h"
+#include "tests/testing/server_process.h"
+
+namespace idem {
+namespace {
+
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+class OperationsTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start({}); }
+  void Start(std::vector<std::string> flags) {
+    server_ = std::make_unique<testing::ServerProcess>(std::move(flags));
+    ASSERT_TRUE(server_->Start().ok()) << server_->log();
+    channel_ = grpc::CreateChannel(server_->address(),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::Idempotency::NewStub(channel_);
+    admin_ = v1::Admin::NewStub(channel_);
+  }
+  void TearDown() override {
+    if (HasFailure())
+      std::cerr << "--- idem-server log ---\n" << server_->log();
+  }
+
+  static std::unique_ptr<grpc::ClientContext> Context() {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    return context;
+  }
+
+  v1::BeginResponse Begin(const std::string& ns, const std::string& key,
+                          int lease_seconds = 30) {
+    v1::BeginRequest request;
+    request.set_namespace_(ns);
+    request.set_key(key);
+    request.mutable_lease()->set_seconds(lease_seconds);
+    v1::BeginResponse response;
+    grpc::Status status = stub_->Begin(Context().get(), request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response;
+  }
+
+  grpc::Status Complete(const std::string& ns, const std::string& key,
+                        uint64_t token, const std::string& body = "ok") {
+    v1::CompleteRequest request;
+    request.set_namespace_(ns);
+    request.set_key(key);
+    request.set_token(token);
+    request.mutable_result()->set_code(200);
+    request.mutable_result()->set_body(body);
+    v1::CompleteResponse response;
+    return stub_->Complete(Context().get(), request, &response);
+  }
+
+  std::string Scrape() {
+    httplib::Client http("127.0.0.1", server_->metrics_port());
+    auto response = http.Get("/metrics");
+    EXPECT_TRUE(response) << "no answer from the metrics endpoint";
+    if (!response) return "";
+    EXPECT_EQ(response->status, 200);
+    EXPECT_NE(response->get_header_value("Content-Type").find("text/plain"),
+              std::string::npos);
+    return response->body;
+  }
+
+  std::unique_ptr<testing::ServerProcess> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Idempotency::Stub> stub_;
+  std::unique_ptr<v1::Admin::Stub> admin_;
+};
+
+// --- Reflection -------------------------------------------------------------
+
+TEST_F(OperationsTest, ReflectionListsAndDescribesEveryService) {
+  auto reflection =
+      grpc::reflection::v1alpha::ServerReflection::NewStub(channel_);
+  grpc::ClientContext context;
+  auto stream = reflection->ServerReflectionInfo(&context);
+
+  grpc::reflection::v1alpha::ServerReflectionRequest list;
+  list.set_list_services("");
+  ASSERT_TRUE(stream->Write(list));
+  grpc::reflection::v1alpha::ServerReflectionResponse listed;
+  ASSERT_TRUE(stream->Read(&listed));
+  std::set<std::string> services;
+  for (const auto& s : listed.list_services_response().service()) {
+    services.insert(s.name());
+  }
+  for (const char* expected :
+       {"idem.v1.Idempotency", "idem.v1.Admin", "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection"}) {
+    EXPECT_EQ(services.count(expected), 1u) << expected;
+  }
+
+  // What `grpcurl describe` does: fetch the file defining a symbol (with its
+  // dependencies) and build descriptors from it.
+  google::protobuf::DescriptorPool pool;
+  for (const char* symbol :
+       {"idem.v1.Idempotency", "idem.v1.Admin", "grpc.health.v1.Health"}) {
+    grpc::reflection::v1alpha::ServerReflectionRequest request;
+    request.set_file_containing_symbol(symbol);
+    ASSERT_TRUE(stream->Write(request));
+    grpc::reflection::v1alpha::ServerReflectionResponse response;
+    ASSERT_TRUE(stream->Read(&response));
+    ASSERT_TRUE(response.has_file_descriptor_response())
+        << symbol << ": " << response.error_response().error_message();
+    // Dependencies come too; add them in an order the pool accepts.
+    std::vector<google::protobuf::FileDescriptorProto> files;
+    for (const std::string& bytes :
+         response.file_descriptor_response().file_descriptor_proto()) {
+      google::protobuf::FileDescriptorProto file;
+      ASSERT_TRUE(file.ParseFromString(bytes));
+      files.push_back(file);
+    }
+    for (size_t round = 0; round < files.size(); ++round) {
+      for (const auto& file : files) {
+        if (pool.FindFileByName(file.name()) != nullptr) continue;
+        bool ready = true;
+        for (const std::string& dep : file.dependency()) {
+          ready = ready && pool.FindFileByName(dep) != nullptr;
+        }
+        if (ready) pool.BuildFile(file);
+      }
+    }
+    EXPECT_NE(pool.FindServiceByName(symbol), nullptr) << symbol;
+  }
+  stream->WritesDone();
+  const google::protobuf::ServiceDescriptor* idem =
+      pool.FindServiceByName("idem.v1.Idempotency");
+  ASSERT_NE(idem, nullptr);
+  for (const char* method :
+       {"Begin", "Complete", "Release", "Extend", "Lookup", "Checkpoint"}) {
+    EXPECT_NE(idem->FindMethodByName(method), nullptr) << method;
+  }
+  EXPECT_NE(pool.FindMessageTypeByName("idem.v1.BeginRequest")
+                ->FindFieldByName("fingerprint"),
+            nullptr);
+}
+
+// --- Health -----------------------------------------------------------------
+
+TEST_F(OperationsTest, HealthIsServingThenNotServingWhileDraining) {
+  Start({"--drain-delay=2s"});
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  HealthCheckResponse response;
+  ASSERT_TRUE(
+      health->Check(Context().get(), HealthCheckRequest(), &response).ok());
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+
+  grpc::ClientContext watch_context;
+  auto watch = health->Watch(&watch_context, HealthCheckRequest());
+  HealthCheckResponse watched;
+  ASSERT_TRUE(watch->Read(&watched));
+  EXPECT_EQ(watched.status(), HealthCheckResponse::SERVING);
+
+  ASSERT_EQ(server_->Signal(SIGTERM), 0);
+  ASSERT_TRUE(watch->Read(&watched));
+  EXPECT_EQ(watched.status(), HealthCheckResponse::NOT_SERVING);
+  // Still answering during the drain delay, but not serving.
+  ASSERT_TRUE(
+      health->Check(Context().get(), HealthCheckRequest(), &response).ok());
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  watch_context.TryCancel();
+  EXPECT_EQ(server_->Wait(), 0);
+}
+
+// --- Metrics ----------------------------------------------------------------
+
+// Parses the Prometheus text format strictly enough to catch a malformed
+// line: "name{labels} value" or "name value", and # HELP/TYPE comments.
+std::map<std::string, double> ParseMetrics(const std::string& text) {
+  static const std::regex kSample(
+      R"(^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"]*",?)*\})? (-?[0-9.eE+-]+|\+Inf|NaN)$)");
+  static const std::regex kComment(
+      R"(^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* .*$)");
+  std::map<std::string, double> samples;
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    if (line[0] == '#') {
+      EXPECT_TRUE(std::regex_match(line, kComment)) << line;
+      continue;
+    }
+    EXPECT_TRUE(std::regex_match(line, kSample)) << line;
+    const size_t space = line.rfind(' ');
+    double value = 0;
+    EXPECT_TRUE(absl::SimpleAtod(line.substr(space + 1), &value)) << line;
+    samples[line.substr(0, space)] = value;
+  }
+  return samples;
+}
+
+TEST_F(OperationsTest, MetricsCountRpcsByOutcomeAndTimeThem) {
+  v1::BeginResponse first = Begin("shop", "m1");
+  Begin("shop", "m1");  // IN_PROGRESS.
+  ASSERT_TRUE(Complete("shop", "m1", first.lease().token()).ok());
+  Begin("shop", "m1");  // COMPLETED.
+  v1::BeginRequest bad;
+  v1::BeginResponse ignored;
+  EXPECT_FALSE(stub_->Begin(Context().get(), bad, &ignored).ok());
+  v1::BeginResponse lapsing = Begin("shop", "m2", 1);
+  absl::SleepFor(absl::Milliseconds(1100));
+  Begin("shop", "m2");  // Takeover.
+
+  std::map<std::string, double> m = ParseMetrics(Scrape());
+  EXPECT_EQ(m["idem_rpc_total{method=\"Begin\",outcome=\"ACQUIRED\"}"], 3);
+  EXPECT_EQ(m["idem_rpc_total{method=\"Begin\",outcome=\"IN_PROGRESS\"}"], 1);
+  EXPECT_EQ(m["idem_rpc_total{method=\"Begin\",outcome=\"COMPLETED\"}"], 1);
+  EXPECT_EQ(m["idem_rpc_total{method=\"Begin\",outcome=\"INVALID_ARGUMENT\"}"],
+            1);
+  EXPECT_EQ(m["idem_rpc_total{method=\"Complete\",outcome=\"OK\"}"], 1);
+  EXPECT_EQ(m["idem_rpc_duration_seconds_count{method=\"Begin\"}"], 6);
+  EXPECT_EQ(m["idem_rpc_duration_seconds_bucket{method=\"Begin\",le=\"+Inf\"}"],
+            6);
+  EXPECT_GT(m["idem_rpc_duration_seconds_sum{method=\"Begin\"}"], 0);
+  EXPECT_LE(
+      m["idem_rpc_duration_seconds_bucket{method=\"Begin\",le=\"0.001\"}"],
+      m["idem_rpc_duration_seconds_bucket{method=\"Begin\",le=\"0.01\"}"]);
+  EXPECT_EQ(m["idem_lease_takeovers_total"], 1);
+  EXPECT_EQ(m.count("idem_parked_waiters"), 1u);
+  EXPECT_GE(m["idem_keys_stored"], 2);
+  EXPECT_GT(m["idem_disk_bytes"], 0);
+  EXPECT_EQ(m.count("idem_expired_dropped_total"), 1u);
+}
+
+TEST_F(OperationsTest, MetricsShowParkedWaiters) {
+  Begin("shop", "w1");
+  std::thread waiter([&] {
+    v1::BeginRequest request;
+    request.set_namespace_("shop");
+    request.set_key("w1");
+    request.mutable_wait()->set_seconds(2);
+    v1::BeginResponse response;
+    stub_->Begin(Context().get(), request, &response);
+  });
+  absl::SleepFor(absl::Milliseconds(400));
+  std::map<std::string, double> m = ParseMetrics(Scrape());
+  EXPECT_EQ(m["idem_parked_waiters"], 1);
+  waiter.join();
+}
+
+// --- Admin ------------------------------------------------------------------
+
+TEST_F(OperationsTest, AdminDeleteForgetsAKeyAndLogsTheReason) {
+  v1::BeginResponse begun = Begin("shop", "d1");
+  ASSERT_TRUE(Complete("shop", "d1", begun.lease().token()).ok());
+  v1::DeleteRequest request;
+  request.set_namespace_("shop");
+  request.set_key("d1");
+  v1::DeleteResponse response;
+  grpc::Status no_reason = admin_->Delete(Context().get(), request, &response);
+  EXPECT_EQ(no_reason.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(no_reason.error_message().find("reason"), std::string::npos);
+
+  request.set_reason("customer asked to retry order d1 (ticket 4711)");
+  ASSERT_TRUE(admin_->Delete(Context().get(), request, &response).ok());
+  EXPECT_TRUE(response.existed());
+  ASSERT_TRUE(admin_->Delete(Context().get(), request, &response).ok());
+  EXPECT_FALSE(response.existed());
+  v1::BeginResponse again = Begin("shop", "d1");
+  EXPECT_EQ(again.outcome(), v1::BeginResponse::OUTCOME_ACQUIRED);
+  EXPECT_GT(again.lease().token(), begun.lease().token());
+  EXPECT_NE(
+      server_->log().find("event=admin_delete ns=shop key=d1 existed=true "
+                          "reason=\"customer asked to retry order d1 "
+                          "(ticket 4711)\""),
+      std::string::npos);
+}
+
+TEST_F(OperationsTest, AdminForceReleaseFreesAStuckKey) {
+  v1::BeginResponse stuck = Begin("shop", "f1");
+  v1::ForceReleaseRequest request;
+  request.set_namespace_("shop");
+  request.set_key("f1");
+  request.set_reason("worker host lost");
+  v1::ForceReleaseResponse response;
+  ASSERT_TRUE(admin_->ForceRelease(Context().get(), request, &response).ok());
+  EXPECT_GT(response.fencing_token(), stuck.lease().token());
+  EXPECT_EQ(Complete("shop", "f1", stuck.lease().token()).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  v1::BeginResponse next = Begin("shop", "f1");
+  EXPECT_EQ(next.outcome(), v1::BeginResponse::OUTCOME_ACQUIRED);
+  EXPECT_GT(next.lease().token(), response.fencing_token());
+  ASSERT_TRUE(Complete("shop", "f1", next.lease().token()).ok());
+  EXPECT_EQ(
+      admin_->ForceRelease(Context().get(), request, &response).error_code(),
+      grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(server_->log().find("event=admin_force_release ns=shop key=f1"),
+            std::string::npos);
+}
+
+TEST_F(OperationsTest, AdminListPagesAndFindsStuckWorkAndStatsCount) {
+  for (int i = 0; i < 12; ++i) {
+    const std::string key = "done-" + std::to_string(10 + i);
+    ASSERT_TRUE(Complete("shop", key, Begin("shop", key).lease().token()).ok());
+  }
+  for (int i = 0; i < 3; ++i) Begin("shop", "stuck-" + std::to_string(i), 1);
+  for (int i = 0; i < 2; ++i) Begin("shop", "busy-" + std::to_string(i));
+  Begin("other", "x");
+  absl::SleepFor(absl::Milliseconds(1100));
+
+  std::vector<std::string> all;
+  v1::ListRequest list;
+  list.set_namespace_("shop");
+  list.set_page_size(5);
+  for (int page = 0; page < 10; ++page) {
+    v1::ListResponse response;
+    ASSERT_TRUE(admin_->List(Context().get(), list, &response).ok());
+    for (const auto& k : response.keys()) all.push_back(k.key());
+    if (response.next_page_token().empty()) break;
+    list.set_page_token(response.next_page_token());
+  }
+  EXPECT_EQ(all.size(), 17u);
+
+  v1::ListRequest stuck;
+  stuck.set_namespace_("shop");
+  stuck.set_state(v1::LookupResponse::STATE_IN_PROGRESS);
+  stuck.set_lease_lapsed(true);
+  v1::ListResponse stuck_keys;
+  ASSERT_TRUE(admin_->List(Context().get(), stuck, &stuck_keys).ok());
+  ASSERT_EQ(stuck_keys.keys_size(), 3);
+  EXPECT_EQ(stuck_keys.keys(0).key(), "stuck-0");
+  EXPECT_TRUE(stuck_keys.keys(0).lease_lapsed());
+
+  v1::ListRequest bad;
+  bad.set_namespace_("shop");
+  bad.set_page_size(5000);
+  v1::ListResponse ignored;
+  EXPECT_EQ(admin_->List(Context().get(), bad, &ignored).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::StatsResponse stats;
+  ASSERT_TRUE(admin_->Stats(Context().get(), v1::StatsRequest(), &stats).ok());
+  ASSERT_EQ(stats.namespaces_size(), 2);
+  EXPECT_EQ(stats.namespaces(0).namespace_(), "other");
+  EXPECT_EQ(stats.namespaces(1).namespace_(), "shop");
+  EXPECT_EQ(stats.namespaces(1).completed(), 12u);
+  EXPECT_EQ(stats.namespaces(1).in_progress(), 5u);
+  EXPECT_EQ(stats.namespaces(1).lease_lapsed(), 3u);
+  EXPECT_GT(stats.disk_bytes(), 0u);
+}
+
+// --- Logs -------------------------------------------------------------------
+
+TEST_F(OperationsTest, LogsNameTakeoversAndNeverContainBodies) {
+  v1::BeginResponse lapsing = Begin("shop", "l1", 1);
+  absl::SleepFor(absl::Milliseconds(1100));
+  v1::BeginResponse taker = Begin("shop", "l1");
+  ASSERT_TRUE(
+      Complete("shop", "l1", taker.lease().token(), "SECRET-CARD-4242").ok());
+  EXPECT_EQ(server_->Terminate(), 0);
+  const std::string log = server_->log();
+  EXPECT_NE(log.find("event=lease_takeover ns=shop key=l1 token=" +
+                     std::to_string(taker.lease().token()) + " attempt=2"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("event=starting"), std::string::npos);
+  EXPECT_NE(log.find("event=serving"), std::string::npos);
+  EXPECT_NE(log.find("event=shutdown_complete"), std::string::npos);
+  EXPECT_EQ(log.find("SECRET-CARD"), std::string::npos);
+  // Every line is key=value, starting with the time.
+  std::istringstream lines(log);
+  std::string line;
+  while (std::getline(lines, line)) {
+    EXPECT_EQ(line.rfind("ts=", 0), 0u) << line;
+    EXPECT_NE(line.find(" level="), std::string::npos) << line;
+  }
+}
+
+TEST_F(OperationsTest, InvalidConfigurationFailsAtStartWithOneLine) {
+  testing::ServerProcess bad({"--max-lease=forever"});
+  absl::Status started = bad.Start();
+  EXPECT_FALSE(started.ok());
+  EXPECT_NE(bad.log().find("idem-server: invalid --max-lease=\"forever\""),
+            std::string::npos)
+      << bad.log();
+}
+
+}  // namespace
+}  // namespace idem
