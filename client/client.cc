@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "client/internal/rpc.h"
 #include "grpc/grpc.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
@@ -21,33 +22,15 @@
 namespace idem::client {
 namespace {
 
+using internal::FromGrpc;
+using internal::FromProto;
+using internal::ToProto;
+
 constexpr char kErrorKindUrl[] = "type.idem.dev/idem.client.ErrorKind";
 
 absl::Status WithKind(absl::Status status, absl::string_view kind) {
   status.SetPayload(kErrorKindUrl, absl::Cord(kind));
   return status;
-}
-
-absl::Status FromGrpc(const grpc::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  // gRPC and Abseil share the canonical code numbers.
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      status.error_message());
-}
-
-bool Retriable(grpc::StatusCode code) {
-  return code == grpc::StatusCode::UNAVAILABLE ||
-         code == grpc::StatusCode::DEADLINE_EXCEEDED;
-}
-
-absl::Time FromProto(const google::protobuf::Timestamp& t) {
-  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
-}
-
-void ToProto(absl::Duration d, google::protobuf::Duration* out) {
-  const int64_t nanos = absl::ToInt64Nanoseconds(d);
-  out->set_seconds(nanos / 1'000'000'000);
-  out->set_nanos(static_cast<int32_t>(nanos % 1'000'000'000));
 }
 
 Result FromProto(const v1::Result& r) {
@@ -130,78 +113,26 @@ absl::Duration Backoff(const RetryPolicy& policy, int retry,
 class Client::Impl {
  public:
   Impl(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options)
-      : options_(options),
-        channel_(std::move(channel)),
-        stub_(v1::Idempotency::NewStub(channel_)),
-        health_(grpc::health::v1::Health::NewStub(channel_)) {}
+      : retrier_(options),
+        stub_(v1::Idempotency::NewStub(channel)),
+        health_(grpc::health::v1::Health::NewStub(channel)) {}
 
-  // Runs `call` with a fresh context per attempt, retrying transient
-  // failures. `extra` lengthens each attempt's deadline (a Begin's wait).
   template <typename Call>
   absl::Status WithRetries(absl::Duration extra, Call call) {
-    const RetryPolicy& retry = options_.retry;
-    const absl::Time give_up = absl::Now() + retry.total_timeout + extra;
-    for (int attempt = 1;; ++attempt) {
-      grpc::ClientContext context;
-      context.set_deadline(absl::ToChronoTime(
-          std::min(absl::Now() + options_.rpc_timeout + extra, give_up)));
-      const grpc::Status status = call(context);
-      if (status.ok()) return absl::OkStatus();
-      if (!Retriable(status.error_code()) ||
-          attempt >= std::max(1, retry.max_attempts)) {
-        return FromGrpc(status);
-      }
-      double unit;
-      {
-        absl::MutexLock lock(&random_mu_);
-        unit = absl::Uniform(random_, 0.0, 1.0);
-      }
-      const absl::Duration pause = Backoff(retry, attempt, unit);
-      if (absl::Now() + pause >= give_up) return FromGrpc(status);
-      absl::SleepFor(pause);
-    }
+    return retrier_.Run(extra, call);
   }
 
-  const ClientOptions options_;
-  std::shared_ptr<grpc::Channel> channel_;
+  internal::Retrier retrier_;
   std::unique_ptr<v1::Idempotency::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
-  absl::Mutex random_mu_;
-  absl::BitGen random_ ABSL_GUARDED_BY(random_mu_);
 };
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
     const ClientOptions& options) {
-  if (options.target.empty()) {
-    return absl::InvalidArgumentError("client target is empty");
-  }
-  grpc::ChannelArguments arguments = options.channel_arguments;
-  // Reconnect quickly after a server restart (gRPC's defaults wait up to
-  // 120 s). SetInt keeps a value the caller set explicitly.
-  auto is_set = [&arguments](absl::string_view name) {
-    // Re-read each time: SetInt may move the underlying array.
-    const grpc_channel_args raw = arguments.c_channel_args();
-    for (size_t i = 0; i < raw.num_args; ++i) {
-      if (name == raw.args[i].key) return true;
-    }
-    return false;
-  };
-  if (!is_set(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS)) {
-    arguments.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  }
-  if (!is_set(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS)) {
-    arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  }
-  std::shared_ptr<grpc::ChannelCredentials> credentials =
-      options.credentials != nullptr ? options.credentials
-                                     : grpc::InsecureChannelCredentials();
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(options.target, credentials, arguments);
-  if (channel == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot create a channel to ", options.target));
-  }
-  return std::make_unique<Client>(std::move(channel), options);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      internal::MakeChannel(options);
+  if (!channel.ok()) return channel.status();
+  return std::make_unique<Client>(*std::move(channel), options);
 }
 
 Client::Client(std::shared_ptr<grpc::Channel> channel,

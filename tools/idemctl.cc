@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "idem/admin_client.h"
 #include "idem/client.h"
 #include "idem/keys.h"
 
@@ -54,6 +55,13 @@ Commands (one per RPC of idem.v1.Idempotency):
   checkpoint NAMESPACE KEY --token=N --data=TEXT|@FILE
   lookup NAMESPACE KEY
   ping
+
+Operator commands (idem.v1.Admin):
+  list NAMESPACE [--state=in_progress|completed] [--lapsed]
+        [--page-size=N] [--page-token=T] [--all]
+  delete NAMESPACE KEY --reason=TEXT
+  force-release NAMESPACE KEY --reason=TEXT
+  stats [NAMESPACE]
 
 Global flags:
   --server=HOST:PORT  the Idem server (default $IDEM_SERVER or 127.0.0.1:50051)
@@ -94,6 +102,24 @@ const std::map<std::string, std::string>& CommandHelp() {
       {"ping",
        "usage: idemctl ping\n"
        "Checks that the server is serving (gRPC health check).\n"},
+      {"list",
+       "usage: idemctl list NAMESPACE [--state=in_progress|completed] "
+       "[--lapsed]\n"
+       "         [--page-size=N] [--page-token=T] [--all]\n"
+       "Lists keys in key order, one page (default 100) at a time; --all\n"
+       "follows every page. --lapsed: in-progress keys whose lease lapsed\n"
+       "(stuck work).\n"},
+      {"delete",
+       "usage: idemctl delete NAMESPACE KEY --reason=TEXT\n"
+       "Forgets the key (result, lease, history). The reason is logged.\n"},
+      {"force-release",
+       "usage: idemctl force-release NAMESPACE KEY --reason=TEXT\n"
+       "Frees a stuck in-progress key and fences its holder out. The reason\n"
+       "is logged.\n"},
+      {"stats",
+       "usage: idemctl stats [NAMESPACE]\n"
+       "Counts keys per state and namespace (reads every record), and disk\n"
+       "use.\n"},
   };
   return *help;
 }
@@ -274,6 +300,11 @@ Args Parse(int argc, char** argv) {
     }
     if (name == "json") {
       args.json = true;
+    } else if (name == "lapsed" || name == "all") {
+      if (has_value) {
+        throw UsageError{absl::StrCat("--", name, " takes no value")};
+      }
+      args.flags.emplace(name, "true");
     } else if (!has_value) {
       throw UsageError{
           absl::StrCat("flag --", name, " needs a value: --", name, "=VALUE")};
@@ -387,6 +418,159 @@ int ExitFor(const absl::Status& status, const std::string& server) {
   return code;
 }
 
+std::string KeySummaryJson(const client::KeySummary& k) {
+  JsonObject out;
+  out.String("key", k.key)
+      .String("state", absl::StrCat("STATE_", client::KeyStateName(k.state)));
+  if (k.state == client::KeyState::kInProgress) {
+    out.Time("lease_expires_at", k.lease_expires_at);
+    if (k.lease_lapsed) out.Raw("lease_lapsed", "true");
+  }
+  out.Time("created_at", k.created_at).Time("expires_at", k.expires_at);
+  out.Int("attempt", k.attempt);
+  if (k.state == client::KeyState::kCompleted) {
+    out.Int("result_code", k.result_code);
+  }
+  return out.str();
+}
+
+int RunAdmin(const Args& args, const Command& cmd,
+             const client::ClientOptions& options) {
+  // Check arguments before contacting the server.
+  client::ListOptions list;
+  std::string reason;
+  if (args.command == "list") {
+    cmd.Allow({"state", "lapsed", "page-size", "page-token", "all"});
+    if (std::optional<std::string> state = cmd.Flag("state")) {
+      if (*state == "in_progress") {
+        list.state = client::KeyState::kInProgress;
+      } else if (*state == "completed") {
+        list.state = client::KeyState::kCompleted;
+      } else {
+        throw UsageError{"--state must be in_progress or completed"};
+      }
+    }
+    list.lease_lapsed = cmd.Flag("lapsed").has_value();
+    if (std::optional<std::string> size = cmd.Flag("page-size")) {
+      if (!absl::SimpleAtoi(*size, &list.page_size) || list.page_size < 1 ||
+          list.page_size > 1000) {
+        throw UsageError{"--page-size must be 1 to 1000"};
+      }
+    }
+    list.page_token = cmd.Flag("page-token").value_or("");
+  } else if (args.command == "delete" || args.command == "force-release") {
+    cmd.Allow({"reason"});
+    reason = cmd.Flag("reason").value_or("");
+    if (reason.empty()) {
+      throw UsageError{
+          absl::StrCat(args.command, " needs --reason=TEXT (it is logged)")};
+    }
+  } else {
+    cmd.Allow({});
+  }
+
+  absl::StatusOr<std::unique_ptr<client::AdminClient>> connected =
+      client::AdminClient::Connect(options);
+  if (!connected.ok()) return ExitFor(connected.status(), args.server);
+  client::AdminClient& admin = **connected;
+
+  if (args.command == "delete") {
+    absl::StatusOr<bool> existed = admin.Delete(cmd.ns(), cmd.key(), reason);
+    if (!existed.ok()) return ExitFor(existed.status(), args.server);
+    if (args.json) {
+      std::cout << "{\"existed\":" << (*existed ? "true" : "false") << "}\n";
+    } else {
+      std::cout << (*existed ? "DELETED" : "NOT_FOUND (nothing to delete)")
+                << "\n";
+    }
+    return kOk;
+  }
+  if (args.command == "force-release") {
+    absl::StatusOr<uint64_t> token =
+        admin.ForceRelease(cmd.ns(), cmd.key(), reason);
+    if (!token.ok()) return ExitFor(token.status(), args.server);
+    if (args.json) {
+      std::cout
+          << JsonObject().String("fencing_token", absl::StrCat(*token)).str()
+          << "\n";
+    } else {
+      std::cout << "RELEASED fencing_token=" << *token << "\n";
+    }
+    return kOk;
+  }
+  if (args.command == "stats") {
+    absl::StatusOr<client::StoreReport> report =
+        admin.Stats(args.positional.empty() ? "" : args.positional[0]);
+    if (!report.ok()) return ExitFor(report.status(), args.server);
+    if (args.json) {
+      std::vector<std::string> namespaces;
+      for (const client::NamespaceCounts& n : report->namespaces) {
+        namespaces.push_back(
+            JsonObject()
+                .String("namespace", n.name_space)
+                .String("in_progress", absl::StrCat(n.in_progress))
+                .String("lease_lapsed", absl::StrCat(n.lease_lapsed))
+                .String("completed", absl::StrCat(n.completed))
+                .str());
+      }
+      std::cout << JsonObject()
+                       .Raw("namespaces",
+                            absl::StrCat("[", absl::StrJoin(namespaces, ","),
+                                         "]"))
+                       .String("estimated_keys",
+                               absl::StrCat(report->estimated_keys))
+                       .String("disk_bytes", absl::StrCat(report->disk_bytes))
+                       .String("expired_dropped",
+                               absl::StrCat(report->expired_dropped))
+                       .str()
+                << "\n";
+    } else {
+      std::cout << "namespace\tin_progress\tlease_lapsed\tcompleted\n";
+      for (const client::NamespaceCounts& n : report->namespaces) {
+        std::cout << n.name_space << "\t" << n.in_progress << "\t"
+                  << n.lease_lapsed << "\t" << n.completed << "\n";
+      }
+      std::cout << "estimated_keys: " << report->estimated_keys << "\n"
+                << "disk_bytes: " << report->disk_bytes << "\n"
+                << "expired_dropped: " << report->expired_dropped << "\n";
+    }
+    return kOk;
+  }
+  // list
+  const bool all = cmd.Flag("all").has_value();
+  std::vector<std::string> json_keys;
+  std::string next;
+  do {
+    absl::StatusOr<client::KeyPage> page = admin.List(args.positional[0], list);
+    if (!page.ok()) return ExitFor(page.status(), args.server);
+    for (const client::KeySummary& k : page->keys) {
+      if (args.json) {
+        json_keys.push_back(KeySummaryJson(k));
+        continue;
+      }
+      std::cout << k.key << "\t" << client::KeyStateName(k.state);
+      if (k.state == client::KeyState::kInProgress) {
+        std::cout << "\tlease_expires_at=" << Time(k.lease_expires_at)
+                  << (k.lease_lapsed ? " (lapsed)" : "");
+      } else {
+        std::cout << "\tcode=" << k.result_code;
+      }
+      std::cout << "\tattempt=" << k.attempt << "\n";
+    }
+    next = page->next_page_token;
+    list.page_token = next;
+  } while (all && !next.empty());
+  if (args.json) {
+    JsonObject out;
+    out.Raw("keys", absl::StrCat("[", absl::StrJoin(json_keys, ","), "]"));
+    if (!next.empty()) out.String("next_page_token", next);
+    std::cout << out.str() << "\n";
+  } else if (!next.empty()) {
+    std::cout << "next_page_token: " << next << "\n";
+  }
+  return kOk;
+}
+
 int Run(const Args& args) {
   if (args.help || args.command == "help") {
     auto it = CommandHelp().find(args.command);
@@ -407,8 +591,20 @@ int Run(const Args& args) {
   if (args.command == "ping") {
     cmd.Allow({});
     if (!args.positional.empty()) throw UsageError{"ping takes no arguments"};
+  } else if (args.command == "list") {
+    if (args.positional.size() != 1) {
+      throw UsageError{"list takes NAMESPACE"};
+    }
+  } else if (args.command == "stats") {
+    if (args.positional.size() > 1) {
+      throw UsageError{"stats takes at most a NAMESPACE"};
+    }
   } else {
     cmd.NeedKey();
+  }
+  if (args.command == "list" || args.command == "delete" ||
+      args.command == "force-release" || args.command == "stats") {
+    return RunAdmin(args, cmd, options);
   }
 
   // Check every argument before contacting the server.

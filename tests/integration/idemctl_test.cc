@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
@@ -56,8 +57,9 @@ TEST_F(IdemctlTest, HelpWorksForTheToolAndEveryCommand) {
   CommandResult help = Idemctl({"--help"});
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.out.find("Exit codes"), std::string::npos);
-  for (const char* command : {"begin", "complete", "release", "extend",
-                              "checkpoint", "lookup", "ping"}) {
+  for (const char* command :
+       {"begin", "complete", "release", "extend", "checkpoint", "lookup",
+        "ping", "list", "delete", "force-release", "stats"}) {
     CommandResult r = Idemctl({command, "--help"});
     EXPECT_EQ(r.exit_code, 0) << command;
     EXPECT_NE(r.out.find(std::string("usage: idemctl ") + command),
@@ -180,6 +182,65 @@ TEST_F(IdemctlTest, LookupShowsTheKeyAndBinaryBodiesAreMarked) {
   CommandResult absent = Idemctl({"--json", "lookup", "files", "nope"});
   EXPECT_EQ(absent.exit_code, 0);
   EXPECT_EQ(Field(Json(absent), "state"), "STATE_ABSENT");
+}
+
+TEST_F(IdemctlTest, OperatorCommandsListDeleteForceReleaseAndCount) {
+  auto token_of = [&](const CommandResult& r) {
+    return Field(Json(r), "lease", "token");
+  };
+  for (int i = 0; i < 5; ++i) {
+    const std::string key = "done-" + std::to_string(i);
+    const std::string token =
+        token_of(Idemctl({"--json", "begin", "ops", key}));
+    ASSERT_EQ(Idemctl({"complete", "ops", key, "--token=" + token}).exit_code,
+              0);
+  }
+  Idemctl({"begin", "ops", "stuck", "--lease=1s"});
+  const std::string busy_token =
+      token_of(Idemctl({"--json", "begin", "ops", "busy"}));
+  absl::SleepFor(absl::Milliseconds(1100));
+
+  CommandResult page = Idemctl({"list", "ops", "--page-size=2"});
+  EXPECT_EQ(page.exit_code, 0) << page.err;
+  EXPECT_NE(page.out.find("next_page_token: "), std::string::npos) << page.out;
+  CommandResult all =
+      Idemctl({"--json", "list", "ops", "--page-size=2", "--all"});
+  google::protobuf::Struct listed = Json(all);
+  EXPECT_EQ(listed.fields().at("keys").list_value().values_size(), 7);
+  CommandResult lapsed = Idemctl({"list", "ops", "--lapsed"});
+  EXPECT_EQ(lapsed.out.rfind("stuck\tIN_PROGRESS", 0), 0u) << lapsed.out;
+  EXPECT_NE(lapsed.out.find("(lapsed)"), std::string::npos);
+  EXPECT_EQ(lapsed.out.find("busy"), std::string::npos);
+
+  EXPECT_EQ(Idemctl({"delete", "ops", "done-0"}).exit_code, 2);  // No reason.
+  CommandResult deleted =
+      Idemctl({"delete", "ops", "done-0", "--reason=test cleanup"});
+  EXPECT_EQ(deleted.exit_code, 0) << deleted.err;
+  EXPECT_EQ(deleted.out, "DELETED\n");
+  EXPECT_EQ(Idemctl({"delete", "ops", "done-0", "--reason=again"}).out,
+            "NOT_FOUND (nothing to delete)\n");
+
+  CommandResult released =
+      Idemctl({"--json", "force-release", "ops", "busy", "--reason=host lost"});
+  EXPECT_EQ(released.exit_code, 0) << released.err;
+  EXPECT_GT(std::stoull(Field(Json(released), "fencing_token")),
+            std::stoull(busy_token));
+  EXPECT_EQ(
+      Idemctl({"complete", "ops", "busy", "--token=" + busy_token}).exit_code,
+      5);
+  EXPECT_EQ(Idemctl({"force-release", "ops", "done-1", "--reason=x"}).exit_code,
+            5);
+
+  google::protobuf::Struct stats = Json(Idemctl({"--json", "stats"}));
+  const auto& namespaces = stats.fields().at("namespaces").list_value();
+  ASSERT_EQ(namespaces.values_size(), 1);
+  const auto& ops = namespaces.values(0).struct_value();
+  EXPECT_EQ(Field(ops, "namespace"), "ops");
+  EXPECT_EQ(Field(ops, "completed"), "4");
+  EXPECT_EQ(Field(ops, "in_progress"), "1");  // "stuck"; "busy" was released.
+  EXPECT_EQ(Field(ops, "lease_lapsed"), "1");
+  CommandResult table = Idemctl({"stats", "ops"});
+  EXPECT_NE(table.out.find("ops\t1\t1\t4"), std::string::npos) << table.out;
 }
 
 TEST_F(IdemctlTest, ADownServerIsReportedClearlyWithinTheTimeout) {
