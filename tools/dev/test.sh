@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-tools/dev/deps.sh clang-format
+tools/dev/deps.sh clang-format python3-yaml
 
 sources=$(git ls-files '*.cc' '*.h' 2>/dev/null || true)
 if [ -n "$sources" ]; then
