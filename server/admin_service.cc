@@ -4,7 +4,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "server/grpc_status.h"
 #include "server/log.h"
 #include "server/proto_conversions.h"
 #include "server/request_validation.h"
@@ -14,15 +13,6 @@ AdminService::AdminService(storage::Store* store, WaitQueue* waits,
                            RpcObserver* observer)
     : store_(store), waits_(waits), observer_(observer) {}
 
-grpc::ServerUnaryReactor* AdminService::Answer(
-    grpc::CallbackServerContext* context, absl::string_view method,
-    absl::Time start, const absl::Status& status) {
-  observer_->Answered(method, start, status);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
-}
-
 grpc::ServerUnaryReactor* AdminService::Delete(
     grpc::CallbackServerContext* context, const v1::DeleteRequest* request,
     v1::DeleteResponse* response) {
@@ -30,7 +20,7 @@ grpc::ServerUnaryReactor* AdminService::Delete(
   absl::StatusOr<AdminAction> action = ValidateAdminAction(
       request->namespace_(), request->key(), request->reason());
   if (!action.ok())
-    return Answer(context, "Admin.Delete", start, action.status());
+    return observer_->Answer(context, "Admin.Delete", start, action.status());
   absl::StatusOr<bool> existed = store_->Delete(action->id);
   if (existed.ok()) {
     response->set_existed(*existed);
@@ -42,7 +32,7 @@ grpc::ServerUnaryReactor* AdminService::Delete(
          {"peer", context->peer()}});
     waits_->Notify(WaitKey(action->id));  // Waiters may now acquire it.
   }
-  return Answer(context, "Admin.Delete", start, existed.status());
+  return observer_->Answer(context, "Admin.Delete", start, existed.status());
 }
 
 grpc::ServerUnaryReactor* AdminService::ForceRelease(
@@ -53,7 +43,8 @@ grpc::ServerUnaryReactor* AdminService::ForceRelease(
   absl::StatusOr<AdminAction> action = ValidateAdminAction(
       request->namespace_(), request->key(), request->reason());
   if (!action.ok()) {
-    return Answer(context, "Admin.ForceRelease", start, action.status());
+    return observer_->Answer(context, "Admin.ForceRelease", start,
+                             action.status());
   }
   absl::StatusOr<uint64_t> token = store_->ForceRelease(action->id);
   if (token.ok()) {
@@ -66,7 +57,8 @@ grpc::ServerUnaryReactor* AdminService::ForceRelease(
          {"peer", context->peer()}});
     waits_->Notify(WaitKey(action->id));
   }
-  return Answer(context, "Admin.ForceRelease", start, token.status());
+  return observer_->Answer(context, "Admin.ForceRelease", start,
+                           token.status());
 }
 
 grpc::ServerUnaryReactor* AdminService::List(
@@ -74,9 +66,11 @@ grpc::ServerUnaryReactor* AdminService::List(
     v1::ListResponse* response) {
   const absl::Time start = absl::Now();
   absl::StatusOr<storage::ListQuery> query = ValidateList(*request);
-  if (!query.ok()) return Answer(context, "Admin.List", start, query.status());
+  if (!query.ok())
+    return observer_->Answer(context, "Admin.List", start, query.status());
   absl::StatusOr<storage::ListPage> page = store_->List(*query);
-  if (!page.ok()) return Answer(context, "Admin.List", start, page.status());
+  if (!page.ok())
+    return observer_->Answer(context, "Admin.List", start, page.status());
   const absl::Time now = absl::Now();
   for (const storage::KeyListing& listed : page->keys) {
     v1::KeySummary* summary = response->add_keys();
@@ -95,7 +89,7 @@ grpc::ServerUnaryReactor* AdminService::List(
     summary->set_attempt(s.attempt);
   }
   response->set_next_page_token(page->next_page_token);
-  return Answer(context, "Admin.List", start, absl::OkStatus());
+  return observer_->Answer(context, "Admin.List", start, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* AdminService::Stats(
@@ -104,12 +98,13 @@ grpc::ServerUnaryReactor* AdminService::Stats(
   const absl::Time start = absl::Now();
   absl::StatusOr<std::string> name_space = ValidateStats(*request);
   if (!name_space.ok()) {
-    return Answer(context, "Admin.Stats", start, name_space.status());
+    return observer_->Answer(context, "Admin.Stats", start,
+                             name_space.status());
   }
   absl::StatusOr<std::map<std::string, storage::StateCounts>> counts =
       store_->CountKeys(*name_space);
   if (!counts.ok())
-    return Answer(context, "Admin.Stats", start, counts.status());
+    return observer_->Answer(context, "Admin.Stats", start, counts.status());
   for (const auto& [ns, c] : *counts) {
     v1::NamespaceStats* stats = response->add_namespaces();
     stats->set_namespace_(ns);
@@ -121,7 +116,7 @@ grpc::ServerUnaryReactor* AdminService::Stats(
   response->set_estimated_keys(totals.estimated_keys);
   response->set_disk_bytes(totals.disk_bytes);
   response->set_expired_dropped(totals.expired_dropped);
-  return Answer(context, "Admin.Stats", start, absl::OkStatus());
+  return observer_->Answer(context, "Admin.Stats", start, absl::OkStatus());
 }
 
 }  // namespace idem::server

@@ -30,10 +30,6 @@ class AdminService final : public v1::Admin::CallbackService {
                                   v1::StatsResponse* response) override;
 
  private:
-  grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
-                                   absl::string_view method, absl::Time start,
-                                   const absl::Status& status);
-
   storage::Store* const store_;
   WaitQueue* const waits_;
   RpcObserver* const observer_;

@@ -135,27 +135,20 @@ absl::StatusOr<storage::BeginResult> IdempotencyService::RunBegin(
   return begun;
 }
 
-grpc::ServerUnaryReactor* IdempotencyService::Answer(
-    grpc::CallbackServerContext* context, absl::string_view method,
-    absl::Time start, const absl::Status& status, absl::string_view outcome) {
-  observer_->Answered(method, start, status, outcome);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
-}
-
 grpc::ServerUnaryReactor* IdempotencyService::Begin(
     grpc::CallbackServerContext* context, const v1::BeginRequest* request,
     v1::BeginResponse* response) {
   const absl::Time start = absl::Now();
   absl::StatusOr<ValidBegin> begin = ValidateBegin(*request, limits_);
-  if (!begin.ok()) return Answer(context, "Begin", start, begin.status());
+  if (!begin.ok())
+    return observer_->Answer(context, "Begin", start, begin.status());
   if (begin->wait <= absl::ZeroDuration()) {
     absl::StatusOr<storage::BeginResult> begun = RunBegin(begin->command);
-    if (!begun.ok()) return Answer(context, "Begin", start, begun.status());
+    if (!begun.ok())
+      return observer_->Answer(context, "Begin", start, begun.status());
     FillBegin(*begun, response);
-    return Answer(context, "Begin", start, absl::OkStatus(),
-                  OutcomeName(begun->outcome));
+    return observer_->Answer(context, "Begin", start, absl::OkStatus(),
+                             OutcomeName(begun->outcome));
   }
   const absl::Time wait_until =
       std::min(start + begin->wait, CallDeadline(context) - kDeadlineMargin);
@@ -172,7 +165,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Complete(
   absl::StatusOr<storage::CompleteCommand> command =
       ValidateComplete(*request, limits_);
   if (!command.ok())
-    return Answer(context, "Complete", start, command.status());
+    return observer_->Answer(context, "Complete", start, command.status());
   absl::StatusOr<storage::CompleteResult> completed =
       store_->Complete(*command);
   if (completed.ok()) {
@@ -180,7 +173,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Complete(
     SetTimestamp(completed->expires_at, response->mutable_expires_at());
     waits_->Notify(WaitKey(command->id));
   }
-  return Answer(context, "Complete", start, completed.status());
+  return observer_->Answer(context, "Complete", start, completed.status());
 }
 
 grpc::ServerUnaryReactor* IdempotencyService::Release(
@@ -188,10 +181,11 @@ grpc::ServerUnaryReactor* IdempotencyService::Release(
     v1::ReleaseResponse* /*response*/) {
   const absl::Time start = absl::Now();
   absl::StatusOr<storage::ReleaseCommand> command = ValidateRelease(*request);
-  if (!command.ok()) return Answer(context, "Release", start, command.status());
+  if (!command.ok())
+    return observer_->Answer(context, "Release", start, command.status());
   absl::Status released = store_->Release(*command);
   if (released.ok()) waits_->Notify(WaitKey(command->id));
-  return Answer(context, "Release", start, released);
+  return observer_->Answer(context, "Release", start, released);
 }
 
 grpc::ServerUnaryReactor* IdempotencyService::Extend(
@@ -200,10 +194,11 @@ grpc::ServerUnaryReactor* IdempotencyService::Extend(
   const absl::Time start = absl::Now();
   absl::StatusOr<storage::ExtendCommand> command =
       ValidateExtend(*request, limits_);
-  if (!command.ok()) return Answer(context, "Extend", start, command.status());
+  if (!command.ok())
+    return observer_->Answer(context, "Extend", start, command.status());
   absl::StatusOr<absl::Time> expires = store_->Extend(*command);
   if (expires.ok()) SetTimestamp(*expires, response->mutable_expires_at());
-  return Answer(context, "Extend", start, expires.status());
+  return observer_->Answer(context, "Extend", start, expires.status());
 }
 
 grpc::ServerUnaryReactor* IdempotencyService::Lookup(
@@ -211,11 +206,12 @@ grpc::ServerUnaryReactor* IdempotencyService::Lookup(
     v1::LookupResponse* response) {
   const absl::Time start = absl::Now();
   absl::StatusOr<storage::KeyId> id = ValidateLookup(*request);
-  if (!id.ok()) return Answer(context, "Lookup", start, id.status());
+  if (!id.ok()) return observer_->Answer(context, "Lookup", start, id.status());
   absl::StatusOr<storage::KeySnapshot> seen = store_->Lookup(*id);
-  if (!seen.ok()) return Answer(context, "Lookup", start, seen.status());
+  if (!seen.ok())
+    return observer_->Answer(context, "Lookup", start, seen.status());
   FillLookup(*seen, response);
-  return Answer(context, "Lookup", start, absl::OkStatus());
+  return observer_->Answer(context, "Lookup", start, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* IdempotencyService::Checkpoint(
@@ -225,9 +221,10 @@ grpc::ServerUnaryReactor* IdempotencyService::Checkpoint(
   absl::StatusOr<storage::CheckpointCommand> command =
       ValidateCheckpoint(*request);
   if (!command.ok()) {
-    return Answer(context, "Checkpoint", start, command.status());
+    return observer_->Answer(context, "Checkpoint", start, command.status());
   }
-  return Answer(context, "Checkpoint", start, store_->Checkpoint(*command));
+  return observer_->Answer(context, "Checkpoint", start,
+                           store_->Checkpoint(*command));
 }
 
 }  // namespace idem::server

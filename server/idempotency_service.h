@@ -49,11 +49,6 @@ class IdempotencyService final : public v1::Idempotency::CallbackService {
   // Store::Begin, with takeovers counted and logged.
   absl::StatusOr<storage::BeginResult> RunBegin(
       const storage::BeginCommand& command);
-  // Records the RPC and finishes it with `status`.
-  grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
-                                   absl::string_view method, absl::Time start,
-                                   const absl::Status& status,
-                                   absl::string_view outcome = "OK");
 
   storage::Store* const store_;
   WaitQueue* const waits_;

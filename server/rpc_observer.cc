@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/grpc_status.h"
 #include "server/log.h"
 
 namespace idem::server {
@@ -41,6 +42,15 @@ void RpcObserver::Answered(absl::string_view method, absl::Time start,
     default:
       break;
   }
+}
+
+grpc::ServerUnaryReactor* RpcObserver::Answer(
+    grpc::CallbackServerContext* context, absl::string_view method,
+    absl::Time start, const absl::Status& status, absl::string_view outcome) {
+  Answered(method, start, status, outcome);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
 }
 
 void RpcObserver::TookOver(const storage::KeyId& id, uint64_t token,

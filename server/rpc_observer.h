@@ -7,6 +7,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/server_callback.h"
 #include "server/metrics.h"
 #include "storage/store.h"
 
@@ -21,6 +23,12 @@ class RpcObserver {
   void Answered(absl::string_view method, absl::Time start,
                 const absl::Status& status, absl::string_view outcome = "OK");
   void TookOver(const storage::KeyId& id, uint64_t token, uint32_t attempt);
+
+  // Records a unary call and finishes it with `status`.
+  grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
+                                   absl::string_view method, absl::Time start,
+                                   const absl::Status& status,
+                                   absl::string_view outcome = "OK");
 
  private:
   Metrics* const metrics_;
