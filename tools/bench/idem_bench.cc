@@ -1,0 +1,397 @@
+// idem-bench: a closed-loop load generator for idem-server.
+//
+// A fixed number of calls is kept in flight (--concurrency) over a fixed
+// number of channels, each its own connection (--channels), on gRPC's
+// callback client API: each completed call issues the next one. After a
+// warm-up, every call that starts and ends inside the measured window is
+// counted and its latency kept; percentiles are exact (every latency is
+// sorted, nothing is sampled).
+//
+// Workloads:
+//   ping       the standard health Check: the cost of a trivial RPC (ceiling)
+//   begin      Begin on a fresh key (a durable write)
+//   request    a full idempotent request: Begin, then Complete with a
+//              200-byte body (two durable writes); one op = both calls
+//   replay     Begin on keys completed beforehand (a read)
+//   lookup     Lookup on keys completed beforehand (a read)
+//   contended  many callers on --keys keys with wait: the first acquires and
+//              completes, duplicates wait and get its result
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "idem/v1/idempotency.grpc.pb.h"
+
+namespace idem::bench {
+namespace {
+
+struct Options {
+  std::string target = "127.0.0.1:50051";
+  std::string workload = "begin";
+  int concurrency = 64;
+  int channels = 4;
+  absl::Duration warmup = absl::Seconds(2);
+  absl::Duration duration = absl::Seconds(10);
+  int keys = 10000;  // replay/lookup: keys prepared; contended: hot keys.
+  int body_bytes = 200;
+  bool json = false;
+  std::string ns = "bench";
+};
+
+constexpr char kUsage[] =
+    R"(usage: idem-bench [--target=HOST:PORT] [--workload=W] [--concurrency=64]
+                  [--channels=4] [--warmup=2s] [--duration=10s] [--keys=N]
+                  [--body-bytes=200] [--namespace=bench] [--json]
+workloads: ping begin request replay lookup contended
+)";
+
+bool ParseArgs(int argc, char** argv, Options& o) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::cout << kUsage;
+      std::exit(0);
+    }
+    if (arg == "--json") {
+      o.json = true;
+      continue;
+    }
+    const size_t eq = arg.find('=');
+    if (arg.rfind("--", 0) != 0 || eq == std::string::npos) {
+      std::cerr << "idem-bench: bad argument " << arg << "\n" << kUsage;
+      return false;
+    }
+    const std::string name = arg.substr(2, eq - 2);
+    const std::string value = arg.substr(eq + 1);
+    bool ok = true;
+    if (name == "target") {
+      o.target = value;
+    } else if (name == "workload") {
+      o.workload = value;
+    } else if (name == "namespace") {
+      o.ns = value;
+    } else if (name == "concurrency") {
+      ok = absl::SimpleAtoi(value, &o.concurrency) && o.concurrency > 0;
+    } else if (name == "channels") {
+      ok = absl::SimpleAtoi(value, &o.channels) && o.channels > 0;
+    } else if (name == "keys") {
+      ok = absl::SimpleAtoi(value, &o.keys) && o.keys > 0;
+    } else if (name == "body-bytes") {
+      ok = absl::SimpleAtoi(value, &o.body_bytes) && o.body_bytes >= 0;
+    } else if (name == "warmup") {
+      ok = absl::ParseDuration(value, &o.warmup);
+    } else if (name == "duration") {
+      ok = absl::ParseDuration(value, &o.duration) &&
+           o.duration > absl::ZeroDuration();
+    } else {
+      ok = false;
+    }
+    if (!ok) {
+      std::cerr << "idem-bench: bad value for --" << name << ": " << value
+                << "\n";
+      return false;
+    }
+  }
+  for (const char* w :
+       {"ping", "begin", "request", "replay", "lookup", "contended"}) {
+    if (o.workload == w) return true;
+  }
+  std::cerr << "idem-bench: unknown workload " << o.workload << "\n" << kUsage;
+  return false;
+}
+
+// What every slot shares: the phase of the run and the results.
+class Run {
+ public:
+  explicit Run(const Options& options) : options_(options) {}
+
+  const Options& options() const { return options_; }
+  void StartMeasuring() { measure_from_ = absl::GetCurrentTimeNanos(); }
+  void StopMeasuring() { measure_until_ = absl::GetCurrentTimeNanos(); }
+  void Stop() { stopping_ = true; }
+  bool stopping() const { return stopping_.load(); }
+  absl::Duration measured() const {
+    return absl::Nanoseconds(measure_until_.load() - measure_from_.load());
+  }
+
+  // An op started at `start` just ended.
+  void Record(absl::Time start, bool ok, std::vector<int64_t>& latencies) {
+    const absl::Time end = absl::Now();
+    if (absl::ToUnixNanos(start) < measure_from_.load() ||
+        absl::ToUnixNanos(end) > measure_until_.load()) {
+      return;
+    }
+    if (ok) {
+      latencies.push_back(absl::ToInt64Nanoseconds(end - start));
+    } else {
+      errors_.fetch_add(1);
+    }
+  }
+  uint64_t errors() const { return errors_.load(); }
+  uint64_t NextId() { return next_id_.fetch_add(1); }
+
+ private:
+  const Options options_;
+  std::atomic<bool> stopping_{false};
+  // Unix nanoseconds.
+  std::atomic<int64_t> measure_from_{std::numeric_limits<int64_t>::max()};
+  std::atomic<int64_t> measure_until_{std::numeric_limits<int64_t>::max()};
+  std::atomic<uint64_t> errors_{0};
+  std::atomic<uint64_t> next_id_{0};
+};
+
+// Contended keys move on to a new generation once completed, so that every
+// generation sees a burst of duplicates.
+class HotKeys {
+ public:
+  explicit HotKeys(int n) : generations_(n) {}
+  std::string Key(int index) {
+    return absl::StrCat("hot-", index, "-", generations_[index].load());
+  }
+  void Completed(int index, const std::string& key) {
+    if (Key(index) == key) generations_[index].fetch_add(1);
+  }
+
+ private:
+  std::vector<std::atomic<uint64_t>> generations_;
+};
+
+// One call in flight, issuing the next when it completes.
+class Slot {
+ public:
+  Slot(Run* run, std::shared_ptr<grpc::Channel> channel, HotKeys* hot,
+       uint32_t seed)
+      : run_(run),
+        stub_(v1::Idempotency::NewStub(channel)),
+        health_(grpc::health::v1::Health::NewStub(channel)),
+        hot_(hot),
+        random_(seed),
+        body_(run->options().body_bytes, 'x') {
+    latencies_.reserve(1 << 16);
+  }
+
+  void Start() { Next(); }
+  void WaitDone() { done_.WaitForNotification(); }
+  const std::vector<int64_t>& latencies() const { return latencies_; }
+
+ private:
+  void Next() {
+    if (run_->stopping()) {
+      done_.Notify();
+      return;
+    }
+    start_ = absl::Now();
+    const Options& o = run_->options();
+    context_ = std::make_unique<grpc::ClientContext>();
+    context_->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    if (o.workload == "ping") {
+      health_->async()->Check(context_.get(), &health_request_,
+                              &health_response_,
+                              [this](grpc::Status s) { Done(s.ok()); });
+      return;
+    }
+    if (o.workload == "lookup") {
+      lookup_.set_namespace_(o.ns);
+      lookup_.set_key(PreparedKey());
+      stub_->async()->Lookup(context_.get(), &lookup_, &lookup_response_,
+                             [this](grpc::Status s) { Done(s.ok()); });
+      return;
+    }
+    begin_.Clear();
+    begin_.set_namespace_(o.ns);
+    begin_.set_fingerprint("bench-fingerprint");
+    if (o.workload == "replay") {
+      begin_.set_key(PreparedKey());
+    } else if (o.workload == "contended") {
+      hot_index_ = static_cast<int>(random_() % o.keys);
+      begin_.set_key(hot_->Key(hot_index_));
+      begin_.mutable_wait()->set_seconds(5);
+    } else {
+      begin_.set_key(absl::StrCat("fresh-", run_->NextId(), "-", random_()));
+    }
+    stub_->async()->Begin(context_.get(), &begin_, &begin_response_,
+                          [this](grpc::Status s) { Begun(s); });
+  }
+
+  void Begun(const grpc::Status& status) {
+    const std::string& w = run_->options().workload;
+    const bool acquired =
+        status.ok() &&
+        begin_response_.outcome() == v1::BeginResponse::OUTCOME_ACQUIRED;
+    if (!((w == "request" || w == "contended") && acquired)) {
+      const bool expected =
+          status.ok() &&
+          (w != "replay" ||
+           begin_response_.outcome() == v1::BeginResponse::OUTCOME_COMPLETED);
+      Done(expected);
+      return;
+    }
+    complete_.set_namespace_(begin_.namespace_());
+    complete_.set_key(begin_.key());
+    complete_.set_token(begin_response_.lease().token());
+    complete_.mutable_result()->set_code(201);
+    complete_.mutable_result()->set_body(body_);
+    context_ = std::make_unique<grpc::ClientContext>();
+    context_->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    stub_->async()->Complete(
+        context_.get(), &complete_, &complete_response_,
+        [this](grpc::Status s) {
+          if (s.ok() && run_->options().workload == "contended") {
+            hot_->Completed(hot_index_, complete_.key());
+          }
+          Done(s.ok());
+        });
+  }
+
+  void Done(bool ok) {
+    run_->Record(start_, ok, latencies_);
+    Next();
+  }
+
+  std::string PreparedKey() {
+    return absl::StrCat("prepared-", random_() % run_->options().keys);
+  }
+
+  Run* const run_;
+  std::unique_ptr<v1::Idempotency::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  HotKeys* const hot_;
+  std::minstd_rand random_;
+  const std::string body_;
+  absl::Time start_;
+  int hot_index_ = 0;
+  std::unique_ptr<grpc::ClientContext> context_;
+  grpc::health::v1::HealthCheckRequest health_request_;
+  grpc::health::v1::HealthCheckResponse health_response_;
+  v1::LookupRequest lookup_;
+  v1::LookupResponse lookup_response_;
+  v1::BeginRequest begin_;
+  v1::BeginResponse begin_response_;
+  v1::CompleteRequest complete_;
+  v1::CompleteResponse complete_response_;
+  std::vector<int64_t> latencies_;
+  absl::Notification done_;
+};
+
+// Completes --keys keys so that replay and lookup read existing records.
+bool Prepare(const Options& o, const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = v1::Idempotency::NewStub(channel);
+  for (int i = 0; i < o.keys; ++i) {
+    grpc::ClientContext begin_context;
+    v1::BeginRequest begin;
+    begin.set_namespace_(o.ns);
+    begin.set_key(absl::StrCat("prepared-", i));
+    begin.set_fingerprint("bench-fingerprint");
+    v1::BeginResponse begun;
+    if (!stub->Begin(&begin_context, begin, &begun).ok()) return false;
+    if (begun.outcome() != v1::BeginResponse::OUTCOME_ACQUIRED) continue;
+    grpc::ClientContext complete_context;
+    v1::CompleteRequest complete;
+    complete.set_namespace_(o.ns);
+    complete.set_key(begin.key());
+    complete.set_token(begun.lease().token());
+    complete.mutable_result()->set_code(200);
+    complete.mutable_result()->set_body(std::string(o.body_bytes, 'x'));
+    v1::CompleteResponse completed;
+    if (!stub->Complete(&complete_context, complete, &completed).ok()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+double Percentile(const std::vector<int64_t>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  const size_t index =
+      std::min(sorted.size() - 1,
+               static_cast<size_t>(q * static_cast<double>(sorted.size())));
+  return static_cast<double>(sorted[index]) / 1e6;  // ms
+}
+
+int Main(int argc, char** argv) {
+  Options o;
+  if (!ParseArgs(argc, argv, o)) return 2;
+
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (int i = 0; i < o.channels; ++i) {
+    grpc::ChannelArguments args;
+    // A distinct argument per channel gives each its own connection.
+    args.SetInt("idem.bench.channel", i);
+    channels.push_back(grpc::CreateCustomChannel(
+        o.target, grpc::InsecureChannelCredentials(), args));
+  }
+  if (!channels[0]->WaitForConnected(
+          absl::ToChronoTime(absl::Now() + absl::Seconds(10)))) {
+    std::cerr << "idem-bench: cannot connect to " << o.target << "\n";
+    return 1;
+  }
+  if ((o.workload == "replay" || o.workload == "lookup") &&
+      !Prepare(o, channels[0])) {
+    std::cerr << "idem-bench: preparing keys failed\n";
+    return 1;
+  }
+
+  Run run(o);
+  HotKeys hot(o.keys);
+  std::vector<std::unique_ptr<Slot>> slots;
+  for (int i = 0; i < o.concurrency; ++i) {
+    slots.push_back(std::make_unique<Slot>(&run, channels[i % channels.size()],
+                                           &hot, static_cast<uint32_t>(i + 1)));
+  }
+  for (auto& slot : slots) slot->Start();
+  absl::SleepFor(o.warmup);
+  run.StartMeasuring();
+  absl::SleepFor(o.duration);
+  run.StopMeasuring();
+  const absl::Duration measured = run.measured();
+  run.Stop();
+  for (auto& slot : slots) slot->WaitDone();
+
+  std::vector<int64_t> all;
+  for (const auto& slot : slots) {
+    all.insert(all.end(), slot->latencies().begin(), slot->latencies().end());
+  }
+  std::sort(all.begin(), all.end());
+  const double ops =
+      static_cast<double>(all.size()) / absl::ToDoubleSeconds(measured);
+  const double p50 = Percentile(all, 0.50), p99 = Percentile(all, 0.99),
+               p999 = Percentile(all, 0.999),
+               max = all.empty() ? 0 : static_cast<double>(all.back()) / 1e6;
+  if (o.json) {
+    std::cout << absl::StrFormat(
+        "{\"workload\":\"%s\",\"concurrency\":%d,\"channels\":%d,"
+        "\"duration_s\":%.3f,\"ops\":%d,\"ops_per_s\":%.1f,\"errors\":%d,"
+        "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f}\n",
+        o.workload, o.concurrency, o.channels, absl::ToDoubleSeconds(measured),
+        all.size(), ops, run.errors(), p50, p99, p999, max);
+  } else {
+    std::cout << absl::StrFormat(
+        "%-10s %6d in flight %3d ch  %10.0f ops/s  p50 %7.3f ms  p99 %7.3f ms  "
+        "p999 %7.3f ms  max %8.3f ms  errors %d\n",
+        o.workload, o.concurrency, o.channels, ops, p50, p99, p999, max,
+        run.errors());
+  }
+  return run.errors() == 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace idem::bench
+
+int main(int argc, char** argv) { return idem::bench::Main(argc, argv); }
