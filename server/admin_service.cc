@@ -10,8 +10,8 @@
 
 namespace idem::server {
 AdminService::AdminService(storage::Store* store, WaitQueue* waits,
-                           RpcObserver* observer)
-    : store_(store), waits_(waits), observer_(observer) {}
+                           BlockingExecutor* executor, RpcObserver* observer)
+    : store_(store), waits_(waits), executor_(executor), observer_(observer) {}
 
 grpc::ServerUnaryReactor* AdminService::Delete(
     grpc::CallbackServerContext* context, const v1::DeleteRequest* request,
@@ -21,18 +21,23 @@ grpc::ServerUnaryReactor* AdminService::Delete(
       request->namespace_(), request->key(), request->reason());
   if (!action.ok())
     return observer_->Answer(context, "Admin.Delete", start, action.status());
-  absl::StatusOr<bool> existed = store_->Delete(action->id);
-  if (existed.ok()) {
-    response->set_existed(*existed);
-    Log(LogLevel::kWarning, "admin_delete",
-        {{"ns", action->id.name_space},
-         {"key", action->id.key},
-         {"existed", *existed ? "true" : "false"},
-         {"reason", action->reason},
-         {"peer", context->peer()}});
-    waits_->Notify(WaitKey(action->id));  // Waiters may now acquire it.
-  }
-  return observer_->Answer(context, "Admin.Delete", start, existed.status());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor_->Submit([this, reactor, start, response, peer = context->peer(),
+                     action = *std::move(action)] {
+    absl::StatusOr<bool> existed = store_->Delete(action.id);
+    if (existed.ok()) {
+      response->set_existed(*existed);
+      Log(LogLevel::kWarning, "admin_delete",
+          {{"ns", action.id.name_space},
+           {"key", action.id.key},
+           {"existed", *existed ? "true" : "false"},
+           {"reason", action.reason},
+           {"peer", peer}});
+      waits_->Notify(WaitKey(action.id));  // Waiters may now acquire it.
+    }
+    observer_->Finish(reactor, "Admin.Delete", start, existed.status());
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* AdminService::ForceRelease(
@@ -46,19 +51,23 @@ grpc::ServerUnaryReactor* AdminService::ForceRelease(
     return observer_->Answer(context, "Admin.ForceRelease", start,
                              action.status());
   }
-  absl::StatusOr<uint64_t> token = store_->ForceRelease(action->id);
-  if (token.ok()) {
-    response->set_fencing_token(*token);
-    Log(LogLevel::kWarning, "admin_force_release",
-        {{"ns", action->id.name_space},
-         {"key", action->id.key},
-         {"fencing_token", absl::StrCat(*token)},
-         {"reason", action->reason},
-         {"peer", context->peer()}});
-    waits_->Notify(WaitKey(action->id));
-  }
-  return observer_->Answer(context, "Admin.ForceRelease", start,
-                           token.status());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor_->Submit([this, reactor, start, response, peer = context->peer(),
+                     action = *std::move(action)] {
+    absl::StatusOr<uint64_t> token = store_->ForceRelease(action.id);
+    if (token.ok()) {
+      response->set_fencing_token(*token);
+      Log(LogLevel::kWarning, "admin_force_release",
+          {{"ns", action.id.name_space},
+           {"key", action.id.key},
+           {"fencing_token", absl::StrCat(*token)},
+           {"reason", action.reason},
+           {"peer", peer}});
+      waits_->Notify(WaitKey(action.id));
+    }
+    observer_->Finish(reactor, "Admin.ForceRelease", start, token.status());
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* AdminService::List(

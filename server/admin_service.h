@@ -4,6 +4,7 @@
 #define IDEM_SERVER_ADMIN_SERVICE_H_
 
 #include "idem/v1/admin.grpc.pb.h"
+#include "server/blocking_executor.h"
 #include "server/rpc_observer.h"
 #include "server/wait_queue.h"
 #include "storage/store.h"
@@ -13,7 +14,9 @@ namespace idem::server {
 class AdminService final : public v1::Admin::CallbackService {
  public:
   // Nothing is owned; all must outlive the service.
-  AdminService(storage::Store* store, WaitQueue* waits, RpcObserver* observer);
+  // Writes and scans run on `executor`, never on gRPC's threads.
+  AdminService(storage::Store* store, WaitQueue* waits,
+               BlockingExecutor* executor, RpcObserver* observer);
 
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
                                    const v1::DeleteRequest* request,
@@ -32,6 +35,7 @@ class AdminService final : public v1::Admin::CallbackService {
  private:
   storage::Store* const store_;
   WaitQueue* const waits_;
+  BlockingExecutor* const executor_;
   RpcObserver* const observer_;
 };
 

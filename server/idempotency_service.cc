@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -44,9 +45,37 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
         wait_until_(wait_until),
         response_(response) {}
 
+  // Reads inline when Begin needs no write; otherwise the write runs on the
+  // blocking executor and the call continues there.
   void Attempt(bool may_park) {
     const uint64_t epoch = service_->waits_->Epoch(wait_key_);
-    absl::StatusOr<storage::BeginResult> begun = service_->RunBegin(command_);
+    std::optional<absl::StatusOr<storage::BeginResult>> peeked =
+        service_->store_->PeekBegin(command_);
+    if (peeked.has_value()) {
+      Handle(*std::move(peeked), epoch, may_park);
+      return;
+    }
+    service_->executor_->Submit([this, may_park] {
+      const uint64_t epoch = service_->waits_->Epoch(wait_key_);
+      Handle(service_->RunBegin(command_), epoch, may_park);
+    });
+  }
+
+  void OnCancel() override {
+    WaitQueue::Handle waiter;
+    {
+      absl::MutexLock lock(&park_->mu);
+      park_->cancelled = true;
+      waiter = park_->waiter;
+    }
+    service_->waits_->Cancel(waiter);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Handle(absl::StatusOr<storage::BeginResult> begun, uint64_t epoch,
+              bool may_park) {
     if (!begun.ok()) {
       Done(begun.status());
       return;
@@ -72,19 +101,6 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
                                [this](WaitQueue::Wake wake) { OnWake(wake); });
   }
 
-  void OnCancel() override {
-    WaitQueue::Handle waiter;
-    {
-      absl::MutexLock lock(&park_->mu);
-      park_->cancelled = true;
-      waiter = park_->waiter;
-    }
-    service_->waits_->Cancel(waiter);
-  }
-
-  void OnDone() override { delete this; }
-
- private:
   void OnWake(WaitQueue::Wake wake) {
     switch (wake) {
       case WaitQueue::Wake::kCancelled:
@@ -122,9 +138,14 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
 };
 
 IdempotencyService::IdempotencyService(storage::Store* store, WaitQueue* waits,
+                                       BlockingExecutor* executor,
                                        RpcObserver* observer,
                                        const Limits& limits)
-    : store_(store), waits_(waits), observer_(observer), limits_(limits) {}
+    : store_(store),
+      waits_(waits),
+      executor_(executor),
+      observer_(observer),
+      limits_(limits) {}
 
 absl::StatusOr<storage::BeginResult> IdempotencyService::RunBegin(
     const storage::BeginCommand& command) {
@@ -143,12 +164,25 @@ grpc::ServerUnaryReactor* IdempotencyService::Begin(
   if (!begin.ok())
     return observer_->Answer(context, "Begin", start, begin.status());
   if (begin->wait <= absl::ZeroDuration()) {
-    absl::StatusOr<storage::BeginResult> begun = RunBegin(begin->command);
-    if (!begun.ok())
-      return observer_->Answer(context, "Begin", start, begun.status());
-    FillBegin(*begun, response);
-    return observer_->Answer(context, "Begin", start, absl::OkStatus(),
-                             OutcomeName(begun->outcome));
+    std::optional<absl::StatusOr<storage::BeginResult>> peeked =
+        store_->PeekBegin(begin->command);
+    if (peeked.has_value()) {
+      if (!peeked->ok()) {
+        return observer_->Answer(context, "Begin", start, peeked->status());
+      }
+      FillBegin(**peeked, response);
+      return observer_->Answer(context, "Begin", start, absl::OkStatus(),
+                               OutcomeName((*peeked)->outcome));
+    }
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    executor_->Submit(
+        [this, reactor, start, response, command = std::move(begin->command)] {
+          absl::StatusOr<storage::BeginResult> begun = RunBegin(command);
+          if (begun.ok()) FillBegin(*begun, response);
+          observer_->Finish(reactor, "Begin", start, begun.status(),
+                            begun.ok() ? OutcomeName(begun->outcome) : "");
+        });
+    return reactor;
   }
   const absl::Time wait_until =
       std::min(start + begin->wait, CallDeadline(context) - kDeadlineMargin);
@@ -166,14 +200,19 @@ grpc::ServerUnaryReactor* IdempotencyService::Complete(
       ValidateComplete(*request, limits_);
   if (!command.ok())
     return observer_->Answer(context, "Complete", start, command.status());
-  absl::StatusOr<storage::CompleteResult> completed =
-      store_->Complete(*command);
-  if (completed.ok()) {
-    SetTimestamp(completed->completed_at, response->mutable_completed_at());
-    SetTimestamp(completed->expires_at, response->mutable_expires_at());
-    waits_->Notify(WaitKey(command->id));
-  }
-  return observer_->Answer(context, "Complete", start, completed.status());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor_->Submit([this, reactor, start, response,
+                     command = *std::move(command)] {
+    absl::StatusOr<storage::CompleteResult> completed =
+        store_->Complete(command);
+    if (completed.ok()) {
+      SetTimestamp(completed->completed_at, response->mutable_completed_at());
+      SetTimestamp(completed->expires_at, response->mutable_expires_at());
+      waits_->Notify(WaitKey(command.id));
+    }
+    observer_->Finish(reactor, "Complete", start, completed.status());
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* IdempotencyService::Release(
@@ -183,9 +222,13 @@ grpc::ServerUnaryReactor* IdempotencyService::Release(
   absl::StatusOr<storage::ReleaseCommand> command = ValidateRelease(*request);
   if (!command.ok())
     return observer_->Answer(context, "Release", start, command.status());
-  absl::Status released = store_->Release(*command);
-  if (released.ok()) waits_->Notify(WaitKey(command->id));
-  return observer_->Answer(context, "Release", start, released);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor_->Submit([this, reactor, start, command = *std::move(command)] {
+    absl::Status released = store_->Release(command);
+    if (released.ok()) waits_->Notify(WaitKey(command.id));
+    observer_->Finish(reactor, "Release", start, released);
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* IdempotencyService::Extend(
@@ -196,9 +239,15 @@ grpc::ServerUnaryReactor* IdempotencyService::Extend(
       ValidateExtend(*request, limits_);
   if (!command.ok())
     return observer_->Answer(context, "Extend", start, command.status());
-  absl::StatusOr<absl::Time> expires = store_->Extend(*command);
-  if (expires.ok()) SetTimestamp(*expires, response->mutable_expires_at());
-  return observer_->Answer(context, "Extend", start, expires.status());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor_->Submit(
+      [this, reactor, start, response, command = *std::move(command)] {
+        absl::StatusOr<absl::Time> expires = store_->Extend(command);
+        if (expires.ok())
+          SetTimestamp(*expires, response->mutable_expires_at());
+        observer_->Finish(reactor, "Extend", start, expires.status());
+      });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* IdempotencyService::Lookup(
@@ -223,8 +272,12 @@ grpc::ServerUnaryReactor* IdempotencyService::Checkpoint(
   if (!command.ok()) {
     return observer_->Answer(context, "Checkpoint", start, command.status());
   }
-  return observer_->Answer(context, "Checkpoint", start,
-                           store_->Checkpoint(*command));
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor_->Submit([this, reactor, start, command = *std::move(command)] {
+    observer_->Finish(reactor, "Checkpoint", start,
+                      store_->Checkpoint(command));
+  });
+  return reactor;
 }
 
 }  // namespace idem::server

@@ -9,6 +9,7 @@
 #define IDEM_SERVER_IDEMPOTENCY_SERVICE_H_
 
 #include "idem/v1/idempotency.grpc.pb.h"
+#include "server/blocking_executor.h"
 #include "server/limits.h"
 #include "server/rpc_observer.h"
 #include "server/wait_queue.h"
@@ -20,8 +21,10 @@ class IdempotencyService final : public v1::Idempotency::CallbackService {
  public:
   // Nothing is owned; all must outlive the service. Shut `waits` down
   // before the gRPC server so that parked calls end promptly.
+  // Writes run on `executor`, never on gRPC's threads.
   IdempotencyService(storage::Store* store, WaitQueue* waits,
-                     RpcObserver* observer, const Limits& limits);
+                     BlockingExecutor* executor, RpcObserver* observer,
+                     const Limits& limits);
 
   grpc::ServerUnaryReactor* Begin(grpc::CallbackServerContext* context,
                                   const v1::BeginRequest* request,
@@ -52,6 +55,7 @@ class IdempotencyService final : public v1::Idempotency::CallbackService {
 
   storage::Store* const store_;
   WaitQueue* const waits_;
+  BlockingExecutor* const executor_;
   RpcObserver* const observer_;
   const Limits limits_;
 };

@@ -28,6 +28,7 @@
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "server/admin_service.h"
+#include "server/blocking_executor.h"
 #include "server/config.h"
 #include "server/idempotency_service.h"
 #include "server/log.h"
@@ -96,12 +97,15 @@ int Run(int argc, char** argv) {
   }
   const absl::Duration open_time = absl::Now() - open_start;
 
+  // Destroyed in reverse: the wait queue's last wake-ups may still submit
+  // storage work, so the executor outlives it.
+  BlockingExecutor executor(static_cast<int>(config->storage_threads));
   WaitQueue waits;
   Metrics metrics;
   RpcObserver observer(&metrics);
-  IdempotencyService idempotency(store->get(), &waits, &observer,
+  IdempotencyService idempotency(store->get(), &waits, &executor, &observer,
                                  config->limits);
-  AdminService admin(store->get(), &waits, &observer);
+  AdminService admin(store->get(), &waits, &executor, &observer);
 
   // Touching a health message keeps its descriptor in the binary, so that
   // reflection describes grpc.health.v1.Health too (grpcurl describe).

@@ -44,12 +44,19 @@ void RpcObserver::Answered(absl::string_view method, absl::Time start,
   }
 }
 
+void RpcObserver::Finish(grpc::ServerUnaryReactor* reactor,
+                         absl::string_view method, absl::Time start,
+                         const absl::Status& status,
+                         absl::string_view outcome) {
+  Answered(method, start, status, outcome);
+  reactor->Finish(ToGrpcStatus(status));
+}
+
 grpc::ServerUnaryReactor* RpcObserver::Answer(
     grpc::CallbackServerContext* context, absl::string_view method,
     absl::Time start, const absl::Status& status, absl::string_view outcome) {
-  Answered(method, start, status, outcome);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
+  Finish(reactor, method, start, status, outcome);
   return reactor;
 }
 

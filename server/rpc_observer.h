@@ -24,6 +24,10 @@ class RpcObserver {
                 const absl::Status& status, absl::string_view outcome = "OK");
   void TookOver(const storage::KeyId& id, uint64_t token, uint32_t attempt);
 
+  // Records a call and finishes `reactor` (a DefaultReactor) with `status`.
+  void Finish(grpc::ServerUnaryReactor* reactor, absl::string_view method,
+              absl::Time start, const absl::Status& status,
+              absl::string_view outcome = "OK");
   // Records a unary call and finishes it with `status`.
   grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
                                    absl::string_view method, absl::Time start,

@@ -225,6 +225,25 @@ absl::StatusOr<BeginResult> RocksDbStore::Begin(const BeginCommand& command) {
       });
 }
 
+std::optional<absl::StatusOr<BeginResult>> RocksDbStore::PeekBegin(
+    const BeginCommand& command) {
+  std::string value;
+  rocksdb::Status got =
+      db_->Get(rocksdb::ReadOptions(), EncodeKey(command.id), &value);
+  if (got.IsNotFound()) return std::nullopt;  // Begin acquires: a write.
+  if (!got.ok()) return FromRocks(got, "read");
+  absl::StatusOr<Record> record = DecodeRecord(value);
+  if (!record.ok()) return record.status();
+  bool wants_token = false;
+  Decision<BeginResult> decision =
+      DecideBegin(&*record, command, options_.clock->Now(), [&] {
+        wants_token = true;
+        return uint64_t{0};
+      });
+  if (wants_token || decision.write.has_value()) return std::nullopt;
+  return std::move(decision.reply);
+}
+
 absl::StatusOr<CompleteResult> RocksDbStore::Complete(
     const CompleteCommand& command) {
   return Apply<CompleteResult>(command.id,

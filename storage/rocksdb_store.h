@@ -66,6 +66,8 @@ class RocksDbStore final : public Store {
   RocksDbStore& operator=(const RocksDbStore&) = delete;
 
   absl::StatusOr<BeginResult> Begin(const BeginCommand& command) override;
+  std::optional<absl::StatusOr<BeginResult>> PeekBegin(
+      const BeginCommand& command) override;
   absl::StatusOr<CompleteResult> Complete(
       const CompleteCommand& command) override;
   absl::Status Release(const ReleaseCommand& command) override;

@@ -165,6 +165,12 @@ class Store {
   virtual ~Store() = default;
 
   virtual absl::StatusOr<BeginResult> Begin(const BeginCommand& command) = 0;
+  // Begin's answer when giving it needs no write (the key is completed, held
+  // by another attempt, or used with another fingerprint), read without
+  // locking; nullopt when Begin must write (acquire). Lets a server answer
+  // replays without waiting behind writers.
+  virtual std::optional<absl::StatusOr<BeginResult>> PeekBegin(
+      const BeginCommand& command) = 0;
   virtual absl::StatusOr<CompleteResult> Complete(
       const CompleteCommand& command) = 0;
   virtual absl::Status Release(const ReleaseCommand& command) = 0;

@@ -335,6 +335,34 @@ TEST_P(StoreConformanceTest, ListPagesThroughANamespaceWithFilters) {
   EXPECT_GT(store().Stats().estimated_keys, 0u);
 }
 
+TEST_P(StoreConformanceTest, PeekBeginAnswersOnlyWhatNeedsNoWrite) {
+  EXPECT_FALSE(store().PeekBegin(BeginOf("k1")).has_value());  // Absent.
+  BeginCommand holder = BeginOf("k1", "fp", "owner-a");
+  ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(holder));
+  std::optional<absl::StatusOr<BeginResult>> busy =
+      store().PeekBegin(BeginOf("k1"));
+  ASSERT_TRUE(busy.has_value());
+  ASSERT_OK(*busy);
+  EXPECT_EQ((*busy)->outcome, BeginOutcome::kInProgress);
+  EXPECT_FALSE(store().PeekBegin(holder).has_value());  // Same owner: writes.
+  std::optional<absl::StatusOr<BeginResult>> other =
+      store().PeekBegin(BeginOf("k1", "other"));
+  ASSERT_TRUE(other.has_value());
+  EXPECT_EQ((**other).outcome, BeginOutcome::kMismatch);
+  ASSERT_OK(store().Complete(
+      {{"payments", "k1"}, begun.token, Created(), std::nullopt}));
+  std::optional<absl::StatusOr<BeginResult>> replay =
+      store().PeekBegin(BeginOf("k1"));
+  ASSERT_TRUE(replay.has_value());
+  EXPECT_EQ((**replay).outcome, BeginOutcome::kCompleted);
+  EXPECT_EQ((**replay).result, Created());
+  clock_.Advance(absl::Hours(25));  // Expired: acquiring writes.
+  EXPECT_FALSE(store().PeekBegin(BeginOf("k1")).has_value());
+  // Peeking never changed anything.
+  ASSERT_OK_AND_ASSIGN(KeySnapshot seen, store().Lookup({"payments", "k1"}));
+  EXPECT_EQ(seen.state, KeyState::kAbsent);
+}
+
 TEST_P(StoreConformanceTest, NamespacesNeverInteract) {
   BeginCommand a = BeginOf("same-key");
   BeginCommand b = BeginOf("same-key");
