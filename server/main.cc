@@ -116,6 +116,10 @@ int Run(int argc, char** argv) {
   int port = 0;
   builder.AddListeningPort(config->listen, grpc::InsecureServerCredentials(),
                            &port);
+  // gRPC sets SO_REUSEPORT by default: a second server started on the same
+  // port would silently share the traffic with its own, separate store and
+  // run the same key's work twice. Refuse instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(&idempotency);
   builder.RegisterService(&admin);
   // Room for the largest valid Complete: body, metadata and framing.

@@ -394,6 +394,17 @@ TEST_F(OperationsTest, LogsNameTakeoversAndNeverContainBodies) {
   }
 }
 
+TEST_F(OperationsTest, ASecondServerCannotListenOnTheSamePort) {
+  // With SO_REUSEPORT two servers with separate stores would split the
+  // traffic and run the same key's work twice.
+  testing::ServerProcess second(
+      {"--listen=" + server_->address(), "--metrics-listen="});
+  absl::Status started = second.Start();
+  EXPECT_FALSE(started.ok());
+  EXPECT_NE(second.log().find("event=listen_failed"), std::string::npos)
+      << second.log();
+}
+
 TEST_F(OperationsTest, InvalidConfigurationFailsAtStartWithOneLine) {
   testing::ServerProcess bad({"--max-lease=forever"});
   absl::Status started = bad.Start();

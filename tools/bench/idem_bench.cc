@@ -145,7 +145,17 @@ class Run {
     }
   }
   uint64_t errors() const { return errors_.load(); }
+  // Keeps the first error's message for the report.
+  void NoteError(const grpc::Status& status) {
+    std::call_once(first_error_once_, [&] {
+      first_error_ =
+          absl::StrCat(status.error_code(), ": ", status.error_message());
+    });
+  }
+  const std::string& first_error() const { return first_error_; }
   uint64_t NextId() { return next_id_.fetch_add(1); }
+  // Distinguishes this run's fresh keys from those of earlier runs.
+  int64_t run_id() const { return run_id_; }
 
  private:
   const Options options_;
@@ -155,6 +165,9 @@ class Run {
   std::atomic<int64_t> measure_until_{std::numeric_limits<int64_t>::max()};
   std::atomic<uint64_t> errors_{0};
   std::atomic<uint64_t> next_id_{0};
+  const int64_t run_id_ = absl::GetCurrentTimeNanos();
+  std::once_flag first_error_once_;
+  std::string first_error_;
 };
 
 // Contended keys move on to a new generation once completed, so that every
@@ -224,13 +237,15 @@ class Slot {
       begin_.set_key(hot_->Key(hot_index_));
       begin_.mutable_wait()->set_seconds(5);
     } else {
-      begin_.set_key(absl::StrCat("fresh-", run_->NextId(), "-", random_()));
+      begin_.set_key(
+          absl::StrCat("fresh-", run_->run_id(), "-", run_->NextId()));
     }
     stub_->async()->Begin(context_.get(), &begin_, &begin_response_,
                           [this](grpc::Status s) { Begun(s); });
   }
 
   void Begun(const grpc::Status& status) {
+    if (!status.ok()) run_->NoteError(status);
     const std::string& w = run_->options().workload;
     const bool acquired =
         status.ok() &&
@@ -253,6 +268,7 @@ class Slot {
     stub_->async()->Complete(
         context_.get(), &complete_, &complete_response_,
         [this](grpc::Status s) {
+          if (!s.ok()) run_->NoteError(s);
           if (s.ok() && run_->options().workload == "contended") {
             hot_->Completed(hot_index_, complete_.key());
           }
@@ -387,6 +403,9 @@ int Main(int argc, char** argv) {
         "p999 %7.3f ms  max %8.3f ms  errors %d\n",
         o.workload, o.concurrency, o.channels, ops, p50, p99, p999, max,
         run.errors());
+  }
+  if (run.errors() > 0) {
+    std::cerr << "idem-bench: first error: " << run.first_error() << "\n";
   }
   return run.errors() == 0 ? 0 : 1;
 }
