@@ -14,7 +14,8 @@ namespace idem::server {
 class AdminService final : public v1::Admin::CallbackService {
  public:
   // Nothing is owned; all must outlive the service.
-  // Writes and scans run on `executor`, never on gRPC's threads.
+  // Writes use the store's asynchronous operations; scans (List, Stats)
+  // run on `executor`: gRPC's threads wait for neither.
   AdminService(storage::Store* store, WaitQueue* waits,
                BlockingExecutor* executor, RpcObserver* observer);
 

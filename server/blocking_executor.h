@@ -1,7 +1,5 @@
-// A fixed pool of threads for work that blocks (storage writes wait for the
-// WAL fsync), so that gRPC's own threads never do. Many writers waiting at
-// once is what lets RocksDB fold their fsyncs into one: the pool size bounds
-// how many durable writes share an fsync.
+// A fixed pool of threads for work that blocks or runs long (operator scans
+// over many records), so that gRPC's own threads never do.
 #ifndef IDEM_SERVER_BLOCKING_EXECUTOR_H_
 #define IDEM_SERVER_BLOCKING_EXECUTOR_H_
 

@@ -171,11 +171,6 @@ std::vector<Setting> MakeSettings() {
           "RocksDB block cache size",
           [](ServerConfig& c) -> size_t& { return c.block_cache_bytes; },
           size_t{1} << 20, size_t{1} << 40),
-      SizeSetting(
-          "storage-threads", "IDEM_STORAGE_THREADS",
-          "threads for storage writes; bounds how many writes share an fsync",
-          [](ServerConfig& c) -> size_t& { return c.storage_threads; }, 1,
-          1024),
       DurationSetting(
           "shutdown-grace", "IDEM_SHUTDOWN_GRACE",
           "on SIGTERM, how long in-flight calls may take before they are "

@@ -21,9 +21,6 @@ struct ServerConfig {
   absl::Duration periodic_compaction = absl::Hours(12);
   absl::Duration shutdown_grace = absl::Seconds(10);
   size_t block_cache_bytes = size_t{64} << 20;
-  // Threads that run storage writes (and admin scans) off gRPC's threads;
-  // also how many durable writes can share one fsync.
-  size_t storage_threads = 64;
   // If set, the bound port is written here once the server serves (useful
   // with --listen=HOST:0).
   std::string port_file;

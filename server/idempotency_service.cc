@@ -45,8 +45,8 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
         wait_until_(wait_until),
         response_(response) {}
 
-  // Reads inline when Begin needs no write; otherwise the write runs on the
-  // blocking executor and the call continues there.
+  // Reads inline when Begin needs no write; otherwise the store's writer
+  // thread continues the call once the acquisition is durable.
   void Attempt(bool may_park) {
     const uint64_t epoch = service_->waits_->Epoch(wait_key_);
     std::optional<absl::StatusOr<storage::BeginResult>> peeked =
@@ -55,10 +55,12 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
       Handle(*std::move(peeked), epoch, may_park);
       return;
     }
-    service_->executor_->Submit([this, may_park] {
-      const uint64_t epoch = service_->waits_->Epoch(wait_key_);
-      Handle(service_->RunBegin(command_), epoch, may_park);
-    });
+    // The epoch read above precedes the store's read of the key.
+    service_->RunBegin(
+        command_,
+        [this, epoch, may_park](absl::StatusOr<storage::BeginResult> begun) {
+          Handle(std::move(begun), epoch, may_park);
+        });
   }
 
   void OnCancel() override {
@@ -138,22 +140,19 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
 };
 
 IdempotencyService::IdempotencyService(storage::Store* store, WaitQueue* waits,
-                                       BlockingExecutor* executor,
                                        RpcObserver* observer,
                                        const Limits& limits)
-    : store_(store),
-      waits_(waits),
-      executor_(executor),
-      observer_(observer),
-      limits_(limits) {}
+    : store_(store), waits_(waits), observer_(observer), limits_(limits) {}
 
-absl::StatusOr<storage::BeginResult> IdempotencyService::RunBegin(
-    const storage::BeginCommand& command) {
-  absl::StatusOr<storage::BeginResult> begun = store_->Begin(command);
-  if (begun.ok() && begun->took_over) {
-    observer_->TookOver(command.id, begun->token, begun->attempt);
-  }
-  return begun;
+void IdempotencyService::RunBegin(const storage::BeginCommand& command,
+                                  storage::Done<storage::BeginResult> done) {
+  store_->BeginAsync(command, [this, id = command.id, done = std::move(done)](
+                                  absl::StatusOr<storage::BeginResult> begun) {
+    if (begun.ok() && begun->took_over) {
+      observer_->TookOver(id, begun->token, begun->attempt);
+    }
+    done(std::move(begun));
+  });
 }
 
 grpc::ServerUnaryReactor* IdempotencyService::Begin(
@@ -175,13 +174,12 @@ grpc::ServerUnaryReactor* IdempotencyService::Begin(
                                OutcomeName((*peeked)->outcome));
     }
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    executor_->Submit(
-        [this, reactor, start, response, command = std::move(begin->command)] {
-          absl::StatusOr<storage::BeginResult> begun = RunBegin(command);
-          if (begun.ok()) FillBegin(*begun, response);
-          observer_->Finish(reactor, "Begin", start, begun.status(),
-                            begun.ok() ? OutcomeName(begun->outcome) : "");
-        });
+    RunBegin(begin->command, [this, reactor, start, response](
+                                 absl::StatusOr<storage::BeginResult> begun) {
+      if (begun.ok()) FillBegin(*begun, response);
+      observer_->Finish(reactor, "Begin", start, begun.status(),
+                        begun.ok() ? OutcomeName(begun->outcome) : "");
+    });
     return reactor;
   }
   const absl::Time wait_until =
@@ -201,17 +199,17 @@ grpc::ServerUnaryReactor* IdempotencyService::Complete(
   if (!command.ok())
     return observer_->Answer(context, "Complete", start, command.status());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  executor_->Submit([this, reactor, start, response,
-                     command = *std::move(command)] {
-    absl::StatusOr<storage::CompleteResult> completed =
-        store_->Complete(command);
-    if (completed.ok()) {
-      SetTimestamp(completed->completed_at, response->mutable_completed_at());
-      SetTimestamp(completed->expires_at, response->mutable_expires_at());
-      waits_->Notify(WaitKey(command.id));
-    }
-    observer_->Finish(reactor, "Complete", start, completed.status());
-  });
+  store_->CompleteAsync(
+      *command, [this, reactor, start, response, id = command->id](
+                    absl::StatusOr<storage::CompleteResult> completed) {
+        if (completed.ok()) {
+          SetTimestamp(completed->completed_at,
+                       response->mutable_completed_at());
+          SetTimestamp(completed->expires_at, response->mutable_expires_at());
+          waits_->Notify(WaitKey(id));
+        }
+        observer_->Finish(reactor, "Complete", start, completed.status());
+      });
   return reactor;
 }
 
@@ -223,9 +221,9 @@ grpc::ServerUnaryReactor* IdempotencyService::Release(
   if (!command.ok())
     return observer_->Answer(context, "Release", start, command.status());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  executor_->Submit([this, reactor, start, command = *std::move(command)] {
-    absl::Status released = store_->Release(command);
-    if (released.ok()) waits_->Notify(WaitKey(command.id));
+  store_->ReleaseAsync(*command, [this, reactor, start,
+                                  id = command->id](absl::Status released) {
+    if (released.ok()) waits_->Notify(WaitKey(id));
     observer_->Finish(reactor, "Release", start, released);
   });
   return reactor;
@@ -240,13 +238,11 @@ grpc::ServerUnaryReactor* IdempotencyService::Extend(
   if (!command.ok())
     return observer_->Answer(context, "Extend", start, command.status());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  executor_->Submit(
-      [this, reactor, start, response, command = *std::move(command)] {
-        absl::StatusOr<absl::Time> expires = store_->Extend(command);
-        if (expires.ok())
-          SetTimestamp(*expires, response->mutable_expires_at());
-        observer_->Finish(reactor, "Extend", start, expires.status());
-      });
+  store_->ExtendAsync(*command, [this, reactor, start,
+                                 response](absl::StatusOr<absl::Time> expires) {
+    if (expires.ok()) SetTimestamp(*expires, response->mutable_expires_at());
+    observer_->Finish(reactor, "Extend", start, expires.status());
+  });
   return reactor;
 }
 
@@ -273,10 +269,10 @@ grpc::ServerUnaryReactor* IdempotencyService::Checkpoint(
     return observer_->Answer(context, "Checkpoint", start, command.status());
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  executor_->Submit([this, reactor, start, command = *std::move(command)] {
-    observer_->Finish(reactor, "Checkpoint", start,
-                      store_->Checkpoint(command));
-  });
+  store_->CheckpointAsync(
+      *command, [this, reactor, start](absl::Status recorded) {
+        observer_->Finish(reactor, "Checkpoint", start, recorded);
+      });
   return reactor;
 }
 

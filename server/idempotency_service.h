@@ -9,7 +9,6 @@
 #define IDEM_SERVER_IDEMPOTENCY_SERVICE_H_
 
 #include "idem/v1/idempotency.grpc.pb.h"
-#include "server/blocking_executor.h"
 #include "server/limits.h"
 #include "server/rpc_observer.h"
 #include "server/wait_queue.h"
@@ -21,10 +20,10 @@ class IdempotencyService final : public v1::Idempotency::CallbackService {
  public:
   // Nothing is owned; all must outlive the service. Shut `waits` down
   // before the gRPC server so that parked calls end promptly.
-  // Writes run on `executor`, never on gRPC's threads.
+  // Writes use the store's asynchronous operations: gRPC's threads never
+  // wait for the disk; calls are finished from the store's writer thread.
   IdempotencyService(storage::Store* store, WaitQueue* waits,
-                     BlockingExecutor* executor, RpcObserver* observer,
-                     const Limits& limits);
+                     RpcObserver* observer, const Limits& limits);
 
   grpc::ServerUnaryReactor* Begin(grpc::CallbackServerContext* context,
                                   const v1::BeginRequest* request,
@@ -49,13 +48,12 @@ class IdempotencyService final : public v1::Idempotency::CallbackService {
  private:
   class BeginReactor;
 
-  // Store::Begin, with takeovers counted and logged.
-  absl::StatusOr<storage::BeginResult> RunBegin(
-      const storage::BeginCommand& command);
+  // Store::BeginAsync, with takeovers counted and logged.
+  void RunBegin(const storage::BeginCommand& command,
+                storage::Done<storage::BeginResult> done);
 
   storage::Store* const store_;
   WaitQueue* const waits_;
-  BlockingExecutor* const executor_;
   RpcObserver* const observer_;
   const Limits limits_;
 };

@@ -97,15 +97,14 @@ int Run(int argc, char** argv) {
   }
   const absl::Duration open_time = absl::Now() - open_start;
 
-  // Destroyed in reverse: the wait queue's last wake-ups may still submit
-  // storage work, so the executor outlives it.
-  BlockingExecutor executor(static_cast<int>(config->storage_threads));
+  // Operator scans (Admin List and Stats) run here, off gRPC's threads.
+  BlockingExecutor admin_scans(2);
   WaitQueue waits;
   Metrics metrics;
   RpcObserver observer(&metrics);
-  IdempotencyService idempotency(store->get(), &waits, &executor, &observer,
+  IdempotencyService idempotency(store->get(), &waits, &observer,
                                  config->limits);
-  AdminService admin(store->get(), &waits, &executor, &observer);
+  AdminService admin(store->get(), &waits, &admin_scans, &observer);
 
   // Touching a health message keeps its descriptor in the binary, so that
   // reflection describes grpc.health.v1.Health too (grpcurl describe).

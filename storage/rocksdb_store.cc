@@ -1,10 +1,13 @@
 #include "storage/rocksdb_store.h"
 
 #include <algorithm>
+#include <iterator>
+#include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
-#include "absl/hash/hash.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "rocksdb/cache.h"
@@ -118,6 +121,8 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
   if (absl::Status loaded = store->LoadTokenCounter(); !loaded.ok()) {
     return loaded;
   }
+  RocksDbStore* writer = store.get();
+  store->writer_ = std::thread([writer] { writer->WriterLoop(); });
   if (options.periodic_compaction > absl::ZeroDuration()) {
     const absl::Duration tick = std::clamp(options.periodic_compaction / 4,
                                            absl::Seconds(1), absl::Hours(1));
@@ -133,6 +138,11 @@ RocksDbStore::RocksDbStore(const RocksDbStoreOptions& options, rocksdb::DB* db,
     : options_(options), filter_(std::move(filter)), db_(db) {}
 
 RocksDbStore::~RocksDbStore() {
+  {
+    absl::MutexLock lock(&queue_mu_);
+    closing_ = true;  // The writer finishes what is queued, then stops.
+  }
+  if (writer_.joinable()) writer_.join();
   {
     absl::MutexLock lock(&maintenance_mu_);
     stopping_ = true;
@@ -152,7 +162,6 @@ absl::Status RocksDbStore::LoadTokenCounter() {
   if (got.ok() && value.size() != 8) {
     return absl::DataLossError("token counter is corrupt");
   }
-  absl::MutexLock lock(&token_mu_);
   // Any token up to the stored reservation may have been handed out.
   reserved_token_ = got.ok() ? DecodeFixed64(value) : 0;
   next_token_ = reserved_token_ + 1;
@@ -160,7 +169,6 @@ absl::Status RocksDbStore::LoadTokenCounter() {
 }
 
 absl::StatusOr<uint64_t> RocksDbStore::NextToken() {
-  absl::MutexLock lock(&token_mu_);
   if (next_token_ > reserved_token_) {
     const uint64_t reserve = reserved_token_ + kTokenBlock;
     rocksdb::WriteOptions write_options;
@@ -173,56 +181,127 @@ absl::StatusOr<uint64_t> RocksDbStore::NextToken() {
   return next_token_++;
 }
 
-absl::Mutex& RocksDbStore::StripeFor(const std::string& encoded_key) {
-  return stripes_[absl::HashOf(encoded_key) % kLockStripes];
-}
-
 template <typename Reply, typename DecideFn>
-absl::StatusOr<Reply> RocksDbStore::Apply(const KeyId& id, DecideFn decide) {
-  const std::string db_key = EncodeKey(id);
-  absl::MutexLock lock(&StripeFor(db_key));
-
-  std::string value;
-  rocksdb::Status got = db_->Get(rocksdb::ReadOptions(), db_key, &value);
-  if (!got.ok() && !got.IsNotFound()) return FromRocks(got, "read");
-  std::optional<Record> current;
-  if (got.ok()) {
-    absl::StatusOr<Record> decoded = DecodeRecord(value);
-    if (!decoded.ok()) return decoded.status();
-    current = *std::move(decoded);
-  }
-
-  // The state machine cannot fail on a token; remember a storage error and
-  // report it after the decision.
-  absl::Status token_error;
-  auto next_token = [&]() -> uint64_t {
-    absl::StatusOr<uint64_t> token = NextToken();
-    if (!token.ok()) {
-      token_error = token.status();
-      return 0;
+void RocksDbStore::Enqueue(const KeyId& id, DecideFn decide, Done<Reply> done) {
+  auto decision = std::make_shared<std::optional<Decision<Reply>>>();
+  PendingOp op;
+  op.db_key = EncodeKey(id);
+  op.decide = [decision, decide = std::move(decide)](
+                  const Record* current, absl::Time now,
+                  absl::FunctionRef<uint64_t()> next_token) {
+    *decision = decide(current, now, next_token);
+    Change change;
+    if ((*decision)->reply.ok() && (*decision)->write.has_value()) {
+      change.kind = Change::Kind::kPut;
+      change.record = *(*decision)->write;
     }
-    return *token;
+    return change;
   };
-  Decision<Reply> decision = decide(current.has_value() ? &*current : nullptr,
-                                    options_.clock->Now(), next_token);
-  if (!token_error.ok()) return token_error;
-  if (!decision.reply.ok() || !decision.write.has_value()) {
-    return std::move(decision.reply);
-  }
-  rocksdb::WriteOptions write_options;
-  write_options.sync = options_.sync_writes;
-  rocksdb::Status put =
-      db_->Put(write_options, db_key, EncodeRecord(*decision.write));
-  if (!put.ok()) return FromRocks(put, "write");
-  return std::move(decision.reply);
+  op.finish = [decision, done = std::move(done)](const absl::Status& failure) {
+    if (!failure.ok() || !decision->has_value()) {
+      done(failure.ok() ? absl::InternalError("operation was not decided")
+                        : failure);
+    } else {
+      done(std::move((*decision)->reply));
+    }
+  };
+  absl::MutexLock lock(&queue_mu_);
+  queue_.push_back(std::move(op));
 }
 
-absl::StatusOr<BeginResult> RocksDbStore::Begin(const BeginCommand& command) {
-  return Apply<BeginResult>(
-      command.id, [&](const Record* current, absl::Time now,
-                      absl::FunctionRef<uint64_t()> next_token) {
+void RocksDbStore::WriterLoop() {
+  std::vector<PendingOp> batch;
+  while (true) {
+    {
+      absl::MutexLock lock(&queue_mu_);
+      queue_mu_.Await(absl::Condition(this, &RocksDbStore::HasQueuedOps));
+      if (queue_.empty()) return;  // Closing, and nothing left.
+      const size_t n = std::min(queue_.size(), kMaxBatch);
+      batch.assign(std::make_move_iterator(queue_.begin()),
+                   std::make_move_iterator(queue_.begin() + n));
+      queue_.erase(queue_.begin(), queue_.begin() + n);
+    }
+    CommitBatch(batch);
+    batch.clear();
+  }
+}
+
+void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
+  // The records as the operations decided so far leave them; nullopt:
+  // absent (deleted, or never stored).
+  absl::flat_hash_map<std::string, std::optional<Record>> latest;
+  std::vector<absl::Status> failures(ops.size());
+  rocksdb::WriteBatch batch;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    PendingOp& op = ops[i];
+    auto it = latest.find(op.db_key);
+    if (it == latest.end()) {
+      std::string value;
+      rocksdb::Status got = db_->Get(rocksdb::ReadOptions(), op.db_key, &value);
+      std::optional<Record> stored;
+      if (got.ok()) {
+        absl::StatusOr<Record> decoded = DecodeRecord(value);
+        if (!decoded.ok()) {
+          failures[i] = decoded.status();
+          continue;
+        }
+        stored = *std::move(decoded);
+      } else if (!got.IsNotFound()) {
+        failures[i] = FromRocks(got, "read");
+        continue;
+      }
+      it = latest.emplace(op.db_key, std::move(stored)).first;
+    }
+    // The state machine cannot fail on a token; remember a storage error.
+    absl::Status token_error;
+    auto next_token = [&]() -> uint64_t {
+      absl::StatusOr<uint64_t> token = NextToken();
+      if (!token.ok()) {
+        token_error = token.status();
+        return 0;
+      }
+      return *token;
+    };
+    const Record* current = it->second.has_value() ? &*it->second : nullptr;
+    Change change = op.decide(current, options_.clock->Now(), next_token);
+    if (!token_error.ok()) {
+      failures[i] = token_error;
+      continue;
+    }
+    switch (change.kind) {
+      case Change::Kind::kPut:
+        batch.Put(op.db_key, EncodeRecord(change.record));
+        it->second = std::move(change.record);
+        break;
+      case Change::Kind::kDelete:
+        batch.Delete(op.db_key);
+        it->second.reset();
+        break;
+      case Change::Kind::kNone:
+        break;
+    }
+  }
+  absl::Status committed;
+  if (batch.Count() > 0) {
+    rocksdb::WriteOptions write_options;
+    write_options.sync = options_.sync_writes;
+    committed = FromRocks(db_->Write(write_options, &batch), "write");
+  }
+  // If the batch failed, every answer in it may rest on a lost change.
+  for (size_t i = 0; i < ops.size(); ++i) {
+    ops[i].finish(!committed.ok() ? committed : failures[i]);
+  }
+}
+
+void RocksDbStore::BeginAsync(const BeginCommand& command,
+                              Done<BeginResult> done) {
+  Enqueue<BeginResult>(
+      command.id,
+      [command](const Record* current, absl::Time now,
+                absl::FunctionRef<uint64_t()> next_token) {
         return DecideBegin(current, command, now, next_token);
-      });
+      },
+      std::move(done));
 }
 
 std::optional<absl::StatusOr<BeginResult>> RocksDbStore::PeekBegin(
@@ -244,39 +323,52 @@ std::optional<absl::StatusOr<BeginResult>> RocksDbStore::PeekBegin(
   return std::move(decision.reply);
 }
 
-absl::StatusOr<CompleteResult> RocksDbStore::Complete(
-    const CompleteCommand& command) {
-  return Apply<CompleteResult>(command.id,
-                               [&](const Record* current, absl::Time now,
-                                   absl::FunctionRef<uint64_t()>) {
-                                 return DecideComplete(current, command, now);
-                               });
+void RocksDbStore::CompleteAsync(const CompleteCommand& command,
+                                 Done<CompleteResult> done) {
+  Enqueue<CompleteResult>(
+      command.id,
+      [command](const Record* current, absl::Time now,
+                absl::FunctionRef<uint64_t()>) {
+        return DecideComplete(current, command, now);
+      },
+      std::move(done));
 }
 
-absl::Status RocksDbStore::Release(const ReleaseCommand& command) {
-  return Apply<NoReply>(command.id,
-                        [&](const Record* current, absl::Time now,
-                            absl::FunctionRef<uint64_t()>) {
-                          return DecideRelease(current, command, now);
-                        })
-      .status();
+void RocksDbStore::ReleaseAsync(const ReleaseCommand& command,
+                                DoneStatus done) {
+  Enqueue<NoReply>(
+      command.id,
+      [command](const Record* current, absl::Time now,
+                absl::FunctionRef<uint64_t()>) {
+        return DecideRelease(current, command, now);
+      },
+      [done = std::move(done)](absl::StatusOr<NoReply> r) {
+        done(r.status());
+      });
 }
 
-absl::StatusOr<absl::Time> RocksDbStore::Extend(const ExtendCommand& command) {
-  return Apply<absl::Time>(command.id,
-                           [&](const Record* current, absl::Time now,
-                               absl::FunctionRef<uint64_t()>) {
-                             return DecideExtend(current, command, now);
-                           });
+void RocksDbStore::ExtendAsync(const ExtendCommand& command,
+                               Done<absl::Time> done) {
+  Enqueue<absl::Time>(
+      command.id,
+      [command](const Record* current, absl::Time now,
+                absl::FunctionRef<uint64_t()>) {
+        return DecideExtend(current, command, now);
+      },
+      std::move(done));
 }
 
-absl::Status RocksDbStore::Checkpoint(const CheckpointCommand& command) {
-  return Apply<NoReply>(command.id,
-                        [&](const Record* current, absl::Time now,
-                            absl::FunctionRef<uint64_t()>) {
-                          return DecideCheckpoint(current, command, now);
-                        })
-      .status();
+void RocksDbStore::CheckpointAsync(const CheckpointCommand& command,
+                                   DoneStatus done) {
+  Enqueue<NoReply>(
+      command.id,
+      [command](const Record* current, absl::Time now,
+                absl::FunctionRef<uint64_t()>) {
+        return DecideCheckpoint(current, command, now);
+      },
+      [done = std::move(done)](absl::StatusOr<NoReply> r) {
+        done(r.status());
+      });
 }
 
 absl::StatusOr<KeySnapshot> RocksDbStore::Lookup(const KeyId& id) {
@@ -343,33 +435,37 @@ StoreStats RocksDbStore::Stats() {
   return stats;
 }
 
-absl::StatusOr<bool> RocksDbStore::Delete(const KeyId& id) {
-  const std::string db_key = EncodeKey(id);
-  absl::MutexLock lock(&StripeFor(db_key));
-  std::string value;
-  rocksdb::Status got = db_->Get(rocksdb::ReadOptions(), db_key, &value);
-  if (got.IsNotFound()) return false;
-  if (!got.ok()) return FromRocks(got, "read");
-  bool existed = true;  // A record we cannot decode still existed.
-  if (absl::StatusOr<Record> record = DecodeRecord(value); record.ok()) {
-    existed =
-        Snapshot(&*record, options_.clock->Now()).state != KeyState::kAbsent;
-  }
-  rocksdb::WriteOptions write_options;
-  write_options.sync = options_.sync_writes;
-  if (absl::Status deleted =
-          FromRocks(db_->Delete(write_options, db_key), "delete");
-      !deleted.ok()) {
-    return deleted;
-  }
-  return existed;
+void RocksDbStore::DeleteAsync(const KeyId& id, Done<bool> done) {
+  auto existed = std::make_shared<bool>(false);
+  PendingOp op;
+  op.db_key = EncodeKey(id);
+  op.decide = [existed](const Record* current, absl::Time now,
+                        absl::FunctionRef<uint64_t()>) {
+    *existed =
+        current != nullptr && Snapshot(current, now).state != KeyState::kAbsent;
+    Change change;
+    change.kind = Change::Kind::kDelete;
+    return change;
+  };
+  op.finish = [existed, done = std::move(done)](const absl::Status& failure) {
+    if (!failure.ok()) {
+      done(failure);
+    } else {
+      done(*existed);
+    }
+  };
+  absl::MutexLock lock(&queue_mu_);
+  queue_.push_back(std::move(op));
 }
 
-absl::StatusOr<uint64_t> RocksDbStore::ForceRelease(const KeyId& id) {
-  return Apply<uint64_t>(id, [&](const Record* current, absl::Time now,
-                                 absl::FunctionRef<uint64_t()> next_token) {
-    return DecideForceRelease(current, now, next_token);
-  });
+void RocksDbStore::ForceReleaseAsync(const KeyId& id, Done<uint64_t> done) {
+  Enqueue<uint64_t>(
+      id,
+      [](const Record* current, absl::Time now,
+         absl::FunctionRef<uint64_t()> next_token) {
+        return DecideForceRelease(current, now, next_token);
+      },
+      std::move(done));
 }
 
 absl::StatusOr<ListPage> RocksDbStore::List(const ListQuery& query) {

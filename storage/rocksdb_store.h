@@ -1,9 +1,13 @@
 // The embedded store: one RocksDB database in a local directory.
 //
-// Each operation takes the key's lock stripe, reads the record, applies the
-// key state machine and writes the result in one WriteBatch. With
-// `sync_writes` (the default) the WAL is fsynced before an operation returns;
-// RocksDB's write group lets concurrent writers share one fsync. Expired
+// Changes go through one writer thread: it takes every queued operation,
+// reads each key's record, applies the key state machine (later operations
+// on a key see what earlier ones in the batch decided), writes the whole
+// batch as one WriteBatch and, with `sync_writes` (the default), one WAL
+// fsync, then reports every outcome. Callers never wait for the disk on
+// their own thread, and all changes queued during one fsync share the next.
+// Reads (Lookup, PeekBegin, List) go to RocksDB directly and see only
+// committed changes. Expired
 // records are dropped by a compaction filter; `periodic_compaction` makes
 // RocksDB rewrite old files even when nothing new is written. RocksDB 7.8
 // only looks for such files when something changes, so a maintenance thread
@@ -17,18 +21,21 @@
 #ifndef IDEM_STORAGE_ROCKSDB_STORE_H_
 #define IDEM_STORAGE_ROCKSDB_STORE_H_
 
-#include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "storage/clock.h"
+#include "storage/record.pb.h"
 #include "storage/store.h"
 
 namespace rocksdb {
@@ -60,22 +67,26 @@ class RocksDbStore final : public Store {
   // Opens (or creates) the database. Fails if another process has it open.
   static absl::StatusOr<std::unique_ptr<RocksDbStore>> Open(
       const RocksDbStoreOptions& options);
+  // Finishes every queued change, then closes the database.
   ~RocksDbStore() override;
 
   RocksDbStore(const RocksDbStore&) = delete;
   RocksDbStore& operator=(const RocksDbStore&) = delete;
 
-  absl::StatusOr<BeginResult> Begin(const BeginCommand& command) override;
+  void BeginAsync(const BeginCommand& command, Done<BeginResult> done) override;
+  void CompleteAsync(const CompleteCommand& command,
+                     Done<CompleteResult> done) override;
+  void ReleaseAsync(const ReleaseCommand& command, DoneStatus done) override;
+  void ExtendAsync(const ExtendCommand& command,
+                   Done<absl::Time> done) override;
+  void CheckpointAsync(const CheckpointCommand& command,
+                       DoneStatus done) override;
+  void DeleteAsync(const KeyId& id, Done<bool> done) override;
+  void ForceReleaseAsync(const KeyId& id, Done<uint64_t> done) override;
+
   std::optional<absl::StatusOr<BeginResult>> PeekBegin(
       const BeginCommand& command) override;
-  absl::StatusOr<CompleteResult> Complete(
-      const CompleteCommand& command) override;
-  absl::Status Release(const ReleaseCommand& command) override;
-  absl::StatusOr<absl::Time> Extend(const ExtendCommand& command) override;
-  absl::Status Checkpoint(const CheckpointCommand& command) override;
   absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) override;
-  absl::StatusOr<bool> Delete(const KeyId& id) override;
-  absl::StatusOr<uint64_t> ForceRelease(const KeyId& id) override;
   absl::StatusOr<ListPage> List(const ListQuery& query) override;
   absl::StatusOr<std::map<std::string, StateCounts>> CountKeys(
       const std::string& name_space) override;
@@ -88,31 +99,60 @@ class RocksDbStore final : public Store {
   absl::Status NudgeCompaction();
 
  private:
-  static constexpr size_t kLockStripes = 1024;
   static constexpr uint64_t kTokenBlock = uint64_t{1} << 16;
+  // Most changes committed with one WriteBatch and one fsync.
+  static constexpr size_t kMaxBatch = 1024;
+
+  // What a queued change does to its key's record.
+  struct Change {
+    enum class Kind { kNone, kPut, kDelete };
+    Kind kind = Kind::kNone;
+    Record record;
+  };
+  // One queued operation, type-erased: `decide` runs the state machine on
+  // the key's current record (nullptr: none) in the writer thread; `finish`
+  // reports the outcome once the batch holding its change is durable.
+  struct PendingOp {
+    std::string db_key;
+    std::function<Change(const Record* current, absl::Time now,
+                         absl::FunctionRef<uint64_t()> next_token)>
+        decide;
+    std::function<void(const absl::Status& failure)> finish;
+  };
 
   RocksDbStore(const RocksDbStoreOptions& options, rocksdb::DB* db,
                std::unique_ptr<TtlCompactionFilter> filter);
 
-  // Reads the record of `id`, calls `decide(record_or_null, now, next_token)`
-  // and writes the record it returns, all under the key's lock.
+  // Queues a state-machine operation on `id`; `done` gets its reply once
+  // durable.
   template <typename Reply, typename DecideFn>
-  absl::StatusOr<Reply> Apply(const KeyId& id, DecideFn decide);
+  void Enqueue(const KeyId& id, DecideFn decide, Done<Reply> done);
+  // The writer thread: takes the queued operations in order, decides each
+  // against the records as the earlier ones in the batch left them, commits
+  // the batch with one synced write and then reports every outcome.
+  void WriterLoop();
+  void CommitBatch(std::vector<PendingOp>& ops);
+  bool HasQueuedOps() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
+    return !queue_.empty() || closing_;
+  }
   absl::Status LoadTokenCounter();
   absl::StatusOr<uint64_t> NextToken();
-  absl::Mutex& StripeFor(const std::string& encoded_key);
   void MaintenanceLoop(absl::Duration tick);
 
   const RocksDbStoreOptions options_;
   // Declared before db_: the database refers to the filter until closed.
   std::unique_ptr<TtlCompactionFilter> filter_;
   std::unique_ptr<rocksdb::DB> db_;
-  std::array<absl::Mutex, kLockStripes> stripes_;
 
-  absl::Mutex token_mu_;
-  uint64_t next_token_ ABSL_GUARDED_BY(token_mu_) = 1;
+  absl::Mutex queue_mu_;
+  std::vector<PendingOp> queue_ ABSL_GUARDED_BY(queue_mu_);
+  bool closing_ ABSL_GUARDED_BY(queue_mu_) = false;
+  std::thread writer_;
+
+  // Used by the writer thread only.
+  uint64_t next_token_ = 1;
   // Tokens up to and including this value may be handed out.
-  uint64_t reserved_token_ ABSL_GUARDED_BY(token_mu_) = 0;
+  uint64_t reserved_token_ = 0;
 
   absl::Mutex maintenance_mu_;
   bool stopping_ ABSL_GUARDED_BY(maintenance_mu_) = false;

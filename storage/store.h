@@ -7,7 +7,8 @@
 //   absl::StatusOr<BeginResult> begun = (*store)->Begin(command);
 //
 // Thread safety: every Store is safe for concurrent use without external
-// synchronization; operations on one key are linearizable.
+// synchronization; operations on one key are linearizable. Changes are
+// asynchronous (BeginAsync, ...) with blocking wrappers (Begin, ...).
 //
 // Errors: normal outcomes (acquired, completed, in progress, mismatch) are
 // values. Refusals are FAILED_PRECONDITION (the lease was lost) or
@@ -17,6 +18,7 @@
 #define IDEM_STORAGE_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -160,34 +162,56 @@ struct StoreStats {
   uint64_t expired_dropped = 0;
 };
 
+// Receives the outcome of an asynchronous operation.
+template <typename T>
+using Done = std::function<void(absl::StatusOr<T>)>;
+using DoneStatus = std::function<void(absl::Status)>;
+
 class Store {
  public:
   virtual ~Store() = default;
 
-  virtual absl::StatusOr<BeginResult> Begin(const BeginCommand& command) = 0;
+  // Operations that may change a key, asynchronous so that no caller's
+  // thread waits for the disk. `done` runs exactly once: after the change
+  // is durable (synced, with sync_writes), or with the error; it runs on a
+  // thread of the store and must not block.
+  virtual void BeginAsync(const BeginCommand& command,
+                          Done<BeginResult> done) = 0;
+  virtual void CompleteAsync(const CompleteCommand& command,
+                             Done<CompleteResult> done) = 0;
+  virtual void ReleaseAsync(const ReleaseCommand& command, DoneStatus done) = 0;
+  // Reports the new lease expiry.
+  virtual void ExtendAsync(const ExtendCommand& command,
+                           Done<absl::Time> done) = 0;
+  // Records the holder's progress; fenced by its token like Complete.
+  virtual void CheckpointAsync(const CheckpointCommand& command,
+                               DoneStatus done) = 0;
+  // Operator action: forgets the key entirely. Reports whether a live
+  // record existed.
+  virtual void DeleteAsync(const KeyId& id, Done<bool> done) = 0;
+  // Operator action: frees an in-progress key and fences its holder out by
+  // issuing a new token (reported) that the key now carries; the next Begin
+  // acquires it with a higher one. FAILED_PRECONDITION if the key is not in
+  // progress.
+  virtual void ForceReleaseAsync(const KeyId& id, Done<uint64_t> done) = 0;
+
+  // The same operations, waiting for their outcome.
+  absl::StatusOr<BeginResult> Begin(const BeginCommand& command);
+  absl::StatusOr<CompleteResult> Complete(const CompleteCommand& command);
+  absl::Status Release(const ReleaseCommand& command);
+  absl::StatusOr<absl::Time> Extend(const ExtendCommand& command);
+  absl::Status Checkpoint(const CheckpointCommand& command);
+  absl::StatusOr<bool> Delete(const KeyId& id);
+  absl::StatusOr<uint64_t> ForceRelease(const KeyId& id);
+
+  // Reads: synchronous, no side effects.
   // Begin's answer when giving it needs no write (the key is completed, held
-  // by another attempt, or used with another fingerprint), read without
-  // locking; nullopt when Begin must write (acquire). Lets a server answer
-  // replays without waiting behind writers.
+  // by another attempt, or used with another fingerprint); nullopt when
+  // Begin must write (acquire). Lets a server answer replays without
+  // waiting behind writers.
   virtual std::optional<absl::StatusOr<BeginResult>> PeekBegin(
       const BeginCommand& command) = 0;
-  virtual absl::StatusOr<CompleteResult> Complete(
-      const CompleteCommand& command) = 0;
-  virtual absl::Status Release(const ReleaseCommand& command) = 0;
-  // Returns the new lease expiry.
-  virtual absl::StatusOr<absl::Time> Extend(const ExtendCommand& command) = 0;
-  // Records the holder's progress; fenced by its token like Complete.
-  virtual absl::Status Checkpoint(const CheckpointCommand& command) = 0;
-  // No side effects.
   virtual absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) = 0;
-
-  // Operator actions.
-  // Forgets the key entirely. Returns whether a live record existed.
-  virtual absl::StatusOr<bool> Delete(const KeyId& id) = 0;
-  // Frees an in-progress key and fences its holder out by issuing a new
-  // token (returned) that the key now carries; the next Begin acquires it
-  // with a higher one. FAILED_PRECONDITION if the key is not in progress.
-  virtual absl::StatusOr<uint64_t> ForceRelease(const KeyId& id) = 0;
   // Live keys of one namespace in key order, a page at a time. A page may
   // hold fewer than page_size keys (filters stop a scan early).
   virtual absl::StatusOr<ListPage> List(const ListQuery& query) = 0;

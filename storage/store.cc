@@ -1,0 +1,66 @@
+#include "storage/store.h"
+
+#include <utility>
+
+#include "absl/synchronization/notification.h"
+
+namespace idem::storage {
+namespace {
+
+// Runs an asynchronous operation and waits for its outcome.
+template <typename T, typename Start>
+absl::StatusOr<T> Wait(Start start) {
+  absl::Notification done;
+  absl::StatusOr<T> outcome = absl::UnknownError("not run");
+  start([&](absl::StatusOr<T> result) {
+    outcome = std::move(result);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  return outcome;
+}
+
+absl::Status WaitStatus(const std::function<void(DoneStatus)>& start) {
+  absl::Notification done;
+  absl::Status outcome = absl::UnknownError("not run");
+  start([&](absl::Status result) {
+    outcome = std::move(result);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  return outcome;
+}
+
+}  // namespace
+
+absl::StatusOr<BeginResult> Store::Begin(const BeginCommand& command) {
+  return Wait<BeginResult>(
+      [&](Done<BeginResult> d) { BeginAsync(command, d); });
+}
+
+absl::StatusOr<CompleteResult> Store::Complete(const CompleteCommand& command) {
+  return Wait<CompleteResult>(
+      [&](Done<CompleteResult> d) { CompleteAsync(command, d); });
+}
+
+absl::Status Store::Release(const ReleaseCommand& command) {
+  return WaitStatus([&](DoneStatus d) { ReleaseAsync(command, d); });
+}
+
+absl::StatusOr<absl::Time> Store::Extend(const ExtendCommand& command) {
+  return Wait<absl::Time>([&](Done<absl::Time> d) { ExtendAsync(command, d); });
+}
+
+absl::Status Store::Checkpoint(const CheckpointCommand& command) {
+  return WaitStatus([&](DoneStatus d) { CheckpointAsync(command, d); });
+}
+
+absl::StatusOr<bool> Store::Delete(const KeyId& id) {
+  return Wait<bool>([&](Done<bool> d) { DeleteAsync(id, d); });
+}
+
+absl::StatusOr<uint64_t> Store::ForceRelease(const KeyId& id) {
+  return Wait<uint64_t>([&](Done<uint64_t> d) { ForceReleaseAsync(id, d); });
+}
+
+}  // namespace idem::storage
