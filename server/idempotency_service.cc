@@ -1,12 +1,15 @@
 #include "server/idempotency_service.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "server/grpc_status.h"
@@ -273,6 +276,122 @@ grpc::ServerUnaryReactor* IdempotencyService::Checkpoint(
       *command, [this, reactor, start](absl::Status recorded) {
         observer_->Finish(reactor, "Checkpoint", start, recorded);
       });
+  return reactor;
+}
+
+namespace {
+
+void SetBatchStatus(const absl::Status& status, v1::BatchStatus* out) {
+  out->set_code(static_cast<int32_t>(status.code()));
+  out->set_message(std::string(status.message()));
+}
+
+absl::Status CheckBatchSize(int size) {
+  if (size < 1 || size > Limits::kMaxBatchSize) {
+    return absl::InvalidArgumentError(absl::StrCat("requests must hold 1 to ",
+                                                   Limits::kMaxBatchSize,
+                                                   " requests; got ", size));
+  }
+  return absl::OkStatus();
+}
+
+// Finishes a batch call once its last entry is answered. Entries are
+// answered on the store's writer thread (or inline when invalid); the
+// submitting loop holds one count so that the call cannot finish before
+// every entry was submitted.
+class BatchCountdown {
+ public:
+  BatchCountdown(int entries, std::function<void()> finish)
+      : remaining_(entries + 1), finish_(std::move(finish)) {}
+  void Done() {
+    if (remaining_.fetch_sub(1) == 1) finish_();
+  }
+
+ private:
+  std::atomic<int> remaining_;
+  std::function<void()> finish_;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* IdempotencyService::BeginBatch(
+    grpc::CallbackServerContext* context, const v1::BeginBatchRequest* request,
+    v1::BeginBatchResponse* response) {
+  const absl::Time start = absl::Now();
+  const int n = request->requests_size();
+  if (absl::Status size = CheckBatchSize(n); !size.ok()) {
+    return observer_->Answer(context, "BeginBatch", start, size);
+  }
+  // Every entry exists before any is answered: answers then touch only
+  // their own entry.
+  for (int i = 0; i < n; ++i) response->add_entries();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto countdown = std::make_shared<BatchCountdown>(n, [=, this] {
+    observer_->Finish(reactor, "BeginBatch", start, absl::OkStatus());
+  });
+  for (int i = 0; i < n; ++i) {
+    v1::BeginBatchEntry* entry = response->mutable_entries(i);
+    absl::StatusOr<ValidBegin> begin =
+        ValidateBegin(request->requests(i), limits_);
+    if (begin.ok() && begin->wait > absl::ZeroDuration()) {
+      begin = absl::InvalidArgumentError("wait is not allowed in a batch");
+    }
+    if (!begin.ok()) {
+      SetBatchStatus(begin.status(), entry->mutable_status());
+      countdown->Done();
+      continue;
+    }
+    // Through the writer, in order, so that requests for one key in the
+    // batch see each other.
+    RunBegin(begin->command,
+             [entry, countdown](absl::StatusOr<storage::BeginResult> begun) {
+               SetBatchStatus(begun.status(), entry->mutable_status());
+               if (begun.ok()) FillBegin(*begun, entry->mutable_response());
+               countdown->Done();
+             });
+  }
+  countdown->Done();
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* IdempotencyService::CompleteBatch(
+    grpc::CallbackServerContext* context,
+    const v1::CompleteBatchRequest* request,
+    v1::CompleteBatchResponse* response) {
+  const absl::Time start = absl::Now();
+  const int n = request->requests_size();
+  if (absl::Status size = CheckBatchSize(n); !size.ok()) {
+    return observer_->Answer(context, "CompleteBatch", start, size);
+  }
+  for (int i = 0; i < n; ++i) response->add_entries();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto countdown = std::make_shared<BatchCountdown>(n, [=, this] {
+    observer_->Finish(reactor, "CompleteBatch", start, absl::OkStatus());
+  });
+  for (int i = 0; i < n; ++i) {
+    v1::CompleteBatchEntry* entry = response->mutable_entries(i);
+    absl::StatusOr<storage::CompleteCommand> command =
+        ValidateComplete(request->requests(i), limits_);
+    if (!command.ok()) {
+      SetBatchStatus(command.status(), entry->mutable_status());
+      countdown->Done();
+      continue;
+    }
+    store_->CompleteAsync(
+        *command, [this, entry, countdown, id = command->id](
+                      absl::StatusOr<storage::CompleteResult> completed) {
+          SetBatchStatus(completed.status(), entry->mutable_status());
+          if (completed.ok()) {
+            SetTimestamp(completed->completed_at,
+                         entry->mutable_response()->mutable_completed_at());
+            SetTimestamp(completed->expires_at,
+                         entry->mutable_response()->mutable_expires_at());
+            waits_->Notify(WaitKey(id));
+          }
+          countdown->Done();
+        });
+  }
+  countdown->Done();
   return reactor;
 }
 

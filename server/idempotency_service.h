@@ -44,6 +44,14 @@ class IdempotencyService final : public v1::Idempotency::CallbackService {
       grpc::CallbackServerContext* context,
       const v1::CheckpointRequest* request,
       v1::CheckpointResponse* response) override;
+  grpc::ServerUnaryReactor* BeginBatch(
+      grpc::CallbackServerContext* context,
+      const v1::BeginBatchRequest* request,
+      v1::BeginBatchResponse* response) override;
+  grpc::ServerUnaryReactor* CompleteBatch(
+      grpc::CallbackServerContext* context,
+      const v1::CompleteBatchRequest* request,
+      v1::CompleteBatchResponse* response) override;
 
  private:
   class BeginReactor;

@@ -19,6 +19,7 @@ struct Limits {
   static constexpr size_t kMaxReasonBytes = 512;
   static constexpr int kDefaultPageSize = 100;
   static constexpr int kMaxPageSize = 1000;
+  static constexpr int kMaxBatchSize = 1000;
   // Shortest lease and retention a caller may ask for.
   static constexpr absl::Duration kMinLease = absl::Seconds(1);
   static constexpr absl::Duration kMinRetention = absl::Seconds(1);

@@ -437,6 +437,94 @@ TEST_F(ServerIntegrationTest, CompletedResultSurvivesKillNine) {
   EXPECT_GT(next.lease().token(), begun.lease().token());
 }
 
+TEST_F(ServerIntegrationTest, BatchesAnswerEachRequestOnItsOwnInOrder) {
+  BeginResponse done = MustBegin(Begin("batch-done"));
+  ASSERT_TRUE(Call(Complete("batch-done", done.lease().token())).ok());
+
+  v1::BeginBatchRequest batch;
+  *batch.add_requests() = Begin("batch-a");          // ACQUIRED
+  *batch.add_requests() = Begin("batch-a");          // IN_PROGRESS: sees #0
+  *batch.add_requests() = Begin("batch-a", "fp-9");  // MISMATCH: sees #0
+  *batch.add_requests() = Begin("");                 // INVALID_ARGUMENT
+  BeginRequest waiting = Begin("batch-b");
+  waiting.mutable_wait()->set_seconds(1);
+  *batch.add_requests() = waiting;              // INVALID_ARGUMENT
+  *batch.add_requests() = Begin("batch-done");  // COMPLETED
+  v1::BeginBatchResponse begun;
+  ASSERT_TRUE(stub_->BeginBatch(Context().get(), batch, &begun).ok());
+  ASSERT_EQ(begun.entries_size(), 6);
+  EXPECT_EQ(begun.entries(0).response().outcome(),
+            BeginResponse::OUTCOME_ACQUIRED);
+  EXPECT_EQ(begun.entries(1).response().outcome(),
+            BeginResponse::OUTCOME_IN_PROGRESS);
+  EXPECT_EQ(begun.entries(2).response().outcome(),
+            BeginResponse::OUTCOME_MISMATCH);
+  EXPECT_EQ(begun.entries(3).status().code(),
+            static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_NE(begun.entries(3).status().message().find("key must be"),
+            std::string::npos);
+  EXPECT_EQ(begun.entries(4).status().code(),
+            static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_EQ(begun.entries(5).response().outcome(),
+            BeginResponse::OUTCOME_COMPLETED);
+  EXPECT_EQ(begun.entries(5).response().result().body(), "{\"id\":\"ch_1\"}");
+
+  v1::CompleteBatchRequest completes;
+  const uint64_t token = begun.entries(0).response().lease().token();
+  *completes.add_requests() = Complete("batch-a", token);
+  *completes.add_requests() = Complete("batch-a", token + 1000);
+  v1::CompleteBatchResponse completed;
+  ASSERT_TRUE(
+      stub_->CompleteBatch(Context().get(), completes, &completed).ok());
+  ASSERT_EQ(completed.entries_size(), 2);
+  EXPECT_EQ(completed.entries(0).status().code(), 0);
+  EXPECT_TRUE(completed.entries(0).response().has_completed_at());
+  EXPECT_EQ(completed.entries(1).status().code(),
+            static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
+  EXPECT_EQ(MustBegin(Begin("batch-a")).outcome(),
+            BeginResponse::OUTCOME_COMPLETED);
+}
+
+TEST_F(ServerIntegrationTest, BatchSizeIsBoundedAndAFullBatchIsDurable) {
+  v1::BeginBatchRequest empty;
+  v1::BeginBatchResponse ignored;
+  grpc::Status none = stub_->BeginBatch(Context().get(), empty, &ignored);
+  EXPECT_EQ(none.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(none.error_message().find("1 to 1000"), std::string::npos);
+  v1::BeginBatchRequest too_many;
+  for (int i = 0; i < 1001; ++i) *too_many.add_requests() = Begin("k");
+  EXPECT_EQ(stub_->BeginBatch(Context().get(), too_many, &ignored).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::BeginBatchRequest full;
+  for (int i = 0; i < 1000; ++i) {
+    *full.add_requests() = Begin("bulk-" + std::to_string(i));
+  }
+  v1::BeginBatchResponse begun;
+  ASSERT_TRUE(stub_->BeginBatch(Context().get(), full, &begun).ok());
+  v1::CompleteBatchRequest completes;
+  for (int i = 0; i < 1000; ++i) {
+    ASSERT_EQ(begun.entries(i).response().outcome(),
+              BeginResponse::OUTCOME_ACQUIRED);
+    *completes.add_requests() =
+        Complete("bulk-" + std::to_string(i),
+                 begun.entries(i).response().lease().token());
+  }
+  v1::CompleteBatchResponse completed;
+  ASSERT_TRUE(
+      stub_->CompleteBatch(Context().get(), completes, &completed).ok());
+  server_->Kill();
+  ASSERT_TRUE(server_->Start().ok());
+  stub_ = server_->NewStub();
+  v1::BeginBatchResponse replayed;
+  ASSERT_TRUE(stub_->BeginBatch(Context().get(), full, &replayed).ok());
+  for (int i = 0; i < 1000; ++i) {
+    EXPECT_EQ(replayed.entries(i).response().outcome(),
+              BeginResponse::OUTCOME_COMPLETED)
+        << i;
+  }
+}
+
 TEST_F(ServerIntegrationTest, CancelledWaitersLeaveTheKeyWorking) {
   BeginResponse holder = MustBegin(Begin("order-15"));
   constexpr int kWaiters = 16;

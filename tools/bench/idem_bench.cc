@@ -16,6 +16,8 @@
 //   lookup     Lookup on keys completed beforehand (a read)
 //   contended  many callers on --keys keys with wait: the first acquires and
 //              completes, duplicates wait and get its result
+//   batch      BeginBatch of --batch-size fresh keys, then CompleteBatch of
+//              them: full requests for message consumers; reported per key
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -51,6 +53,7 @@ struct Options {
   absl::Duration duration = absl::Seconds(10);
   int keys = 10000;  // replay/lookup: keys prepared; contended: hot keys.
   int body_bytes = 200;
+  int batch_size = 100;
   bool json = false;
   std::string ns = "bench";
 };
@@ -58,8 +61,9 @@ struct Options {
 constexpr char kUsage[] =
     R"(usage: idem-bench [--target=HOST:PORT] [--workload=W] [--concurrency=64]
                   [--channels=4] [--warmup=2s] [--duration=10s] [--keys=N]
-                  [--body-bytes=200] [--namespace=bench] [--json]
-workloads: ping begin request replay lookup contended
+                  [--body-bytes=200] [--batch-size=100] [--namespace=bench]
+                  [--json]
+workloads: ping begin request replay lookup contended batch
 )";
 
 bool ParseArgs(int argc, char** argv, Options& o) {
@@ -93,6 +97,9 @@ bool ParseArgs(int argc, char** argv, Options& o) {
       ok = absl::SimpleAtoi(value, &o.channels) && o.channels > 0;
     } else if (name == "keys") {
       ok = absl::SimpleAtoi(value, &o.keys) && o.keys > 0;
+    } else if (name == "batch-size") {
+      ok = absl::SimpleAtoi(value, &o.batch_size) && o.batch_size > 0 &&
+           o.batch_size <= 1000;
     } else if (name == "body-bytes") {
       ok = absl::SimpleAtoi(value, &o.body_bytes) && o.body_bytes >= 0;
     } else if (name == "warmup") {
@@ -110,7 +117,7 @@ bool ParseArgs(int argc, char** argv, Options& o) {
     }
   }
   for (const char* w :
-       {"ping", "begin", "request", "replay", "lookup", "contended"}) {
+       {"ping", "begin", "request", "replay", "lookup", "contended", "batch"}) {
     if (o.workload == w) return true;
   }
   std::cerr << "idem-bench: unknown workload " << o.workload << "\n" << kUsage;
@@ -227,6 +234,10 @@ class Slot {
                              [this](grpc::Status s) { Done(s.ok()); });
       return;
     }
+    if (o.workload == "batch") {
+      StartBatch();
+      return;
+    }
     begin_.Clear();
     begin_.set_namespace_(o.ns);
     begin_.set_fingerprint("bench-fingerprint");
@@ -276,6 +287,58 @@ class Slot {
         });
   }
 
+  void StartBatch() {
+    const Options& o = run_->options();
+    begin_batch_.Clear();
+    for (int i = 0; i < o.batch_size; ++i) {
+      v1::BeginRequest* request = begin_batch_.add_requests();
+      request->set_namespace_(o.ns);
+      request->set_key(
+          absl::StrCat("batch-", run_->run_id(), "-", run_->NextId()));
+      request->set_fingerprint("bench-fingerprint");
+    }
+    stub_->async()->BeginBatch(
+        context_.get(), &begin_batch_, &begin_batch_response_,
+        [this](grpc::Status s) {
+          if (!s.ok()) {
+            run_->NoteError(s);
+            Done(false);
+            return;
+          }
+          complete_batch_.Clear();
+          for (int i = 0; i < begin_batch_response_.entries_size(); ++i) {
+            const auto& entry = begin_batch_response_.entries(i);
+            if (entry.response().outcome() !=
+                v1::BeginResponse::OUTCOME_ACQUIRED) {
+              continue;
+            }
+            v1::CompleteRequest* request = complete_batch_.add_requests();
+            request->set_namespace_(begin_batch_.requests(i).namespace_());
+            request->set_key(begin_batch_.requests(i).key());
+            request->set_token(entry.response().lease().token());
+            request->mutable_result()->set_code(201);
+            request->mutable_result()->set_body(body_);
+          }
+          if (complete_batch_.requests_size() != begin_batch_.requests_size()) {
+            Done(false);
+            return;
+          }
+          context_ = std::make_unique<grpc::ClientContext>();
+          context_->set_deadline(
+              absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+          stub_->async()->CompleteBatch(
+              context_.get(), &complete_batch_, &complete_batch_response_,
+              [this](grpc::Status s) {
+                if (!s.ok()) run_->NoteError(s);
+                bool all_ok = s.ok();
+                for (const auto& e : complete_batch_response_.entries()) {
+                  all_ok = all_ok && e.status().code() == 0;
+                }
+                Done(all_ok);
+              });
+        });
+  }
+
   void Done(bool ok) {
     run_->Record(start_, ok, latencies_);
     Next();
@@ -302,6 +365,10 @@ class Slot {
   v1::BeginResponse begin_response_;
   v1::CompleteRequest complete_;
   v1::CompleteResponse complete_response_;
+  v1::BeginBatchRequest begin_batch_;
+  v1::BeginBatchResponse begin_batch_response_;
+  v1::CompleteBatchRequest complete_batch_;
+  v1::CompleteBatchResponse complete_batch_response_;
   std::vector<int64_t> latencies_;
   absl::Notification done_;
 };
@@ -385,8 +452,10 @@ int Main(int argc, char** argv) {
     all.insert(all.end(), slot->latencies().begin(), slot->latencies().end());
   }
   std::sort(all.begin(), all.end());
-  const double ops =
-      static_cast<double>(all.size()) / absl::ToDoubleSeconds(measured);
+  // A batch op stands for batch-size keys: report keys per second.
+  const double per_op = o.workload == "batch" ? o.batch_size : 1;
+  const double ops = per_op * static_cast<double>(all.size()) /
+                     absl::ToDoubleSeconds(measured);
   const double p50 = Percentile(all, 0.50), p99 = Percentile(all, 0.99),
                p999 = Percentile(all, 0.999),
                max = all.empty() ? 0 : static_cast<double>(all.back()) / 1e6;
