@@ -54,6 +54,8 @@ struct Options {
   int keys = 10000;  // replay/lookup: keys prepared; contended: hot keys.
   int body_bytes = 200;
   int batch_size = 100;
+  // Retention asked for by Begin; zero: the server's default.
+  absl::Duration retention = absl::ZeroDuration();
   bool json = false;
   std::string ns = "bench";
 };
@@ -61,7 +63,8 @@ struct Options {
 constexpr char kUsage[] =
     R"(usage: idem-bench [--target=HOST:PORT] [--workload=W] [--concurrency=64]
                   [--channels=4] [--warmup=2s] [--duration=10s] [--keys=N]
-                  [--body-bytes=200] [--batch-size=100] [--namespace=bench]
+                  [--body-bytes=200] [--batch-size=100] [--retention=D]
+                  [--namespace=bench]
                   [--json]
 workloads: ping begin request replay lookup contended batch
 )";
@@ -97,6 +100,8 @@ bool ParseArgs(int argc, char** argv, Options& o) {
       ok = absl::SimpleAtoi(value, &o.channels) && o.channels > 0;
     } else if (name == "keys") {
       ok = absl::SimpleAtoi(value, &o.keys) && o.keys > 0;
+    } else if (name == "retention") {
+      ok = absl::ParseDuration(value, &o.retention);
     } else if (name == "batch-size") {
       ok = absl::SimpleAtoi(value, &o.batch_size) && o.batch_size > 0 &&
            o.batch_size <= 1000;
@@ -241,6 +246,7 @@ class Slot {
     begin_.Clear();
     begin_.set_namespace_(o.ns);
     begin_.set_fingerprint("bench-fingerprint");
+    SetRetention(&begin_);
     if (o.workload == "replay") {
       begin_.set_key(PreparedKey());
     } else if (o.workload == "contended") {
@@ -287,6 +293,12 @@ class Slot {
         });
   }
 
+  void SetRetention(v1::BeginRequest* request) {
+    const absl::Duration retention = run_->options().retention;
+    if (retention <= absl::ZeroDuration()) return;
+    request->mutable_retention()->set_seconds(absl::ToInt64Seconds(retention));
+  }
+
   void StartBatch() {
     const Options& o = run_->options();
     begin_batch_.Clear();
@@ -296,6 +308,7 @@ class Slot {
       request->set_key(
           absl::StrCat("batch-", run_->run_id(), "-", run_->NextId()));
       request->set_fingerprint("bench-fingerprint");
+      SetRetention(request);
     }
     stub_->async()->BeginBatch(
         context_.get(), &begin_batch_, &begin_batch_response_,
