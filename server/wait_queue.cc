@@ -1,5 +1,7 @@
 #include "server/wait_queue.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 
 #include "absl/hash/hash.h"
@@ -119,6 +121,7 @@ size_t WaitQueue::parked() const {
 }
 
 void WaitQueue::Run() {
+  pthread_setname_np(pthread_self(), "idem-waits");
   absl::MutexLock lock(&mu_);
   while (true) {
     // Due timers become ready.

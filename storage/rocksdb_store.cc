@@ -1,5 +1,7 @@
 #include "storage/rocksdb_store.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <iterator>
 #include <memory>
@@ -210,6 +212,7 @@ void RocksDbStore::Enqueue(const KeyId& id, DecideFn decide, Done<Reply> done) {
 }
 
 void RocksDbStore::WriterLoop() {
+  pthread_setname_np(pthread_self(), "idem-writer");
   std::vector<PendingOp> batch;
   while (true) {
     {
@@ -410,6 +413,7 @@ absl::Status RocksDbStore::NudgeCompaction() {
 }
 
 void RocksDbStore::MaintenanceLoop(absl::Duration tick) {
+  pthread_setname_np(pthread_self(), "idem-maintain");
   absl::MutexLock lock(&maintenance_mu_);
   while (!maintenance_mu_.AwaitWithTimeout(absl::Condition(&stopping_), tick)) {
     maintenance_mu_.Unlock();
