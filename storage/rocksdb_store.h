@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -145,7 +146,7 @@ class RocksDbStore final : public Store {
   std::unique_ptr<rocksdb::DB> db_;
 
   absl::Mutex queue_mu_;
-  std::vector<PendingOp> queue_ ABSL_GUARDED_BY(queue_mu_);
+  std::deque<PendingOp> queue_ ABSL_GUARDED_BY(queue_mu_);
   bool closing_ ABSL_GUARDED_BY(queue_mu_) = false;
   std::thread writer_;
 
