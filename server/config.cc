@@ -171,6 +171,12 @@ std::vector<Setting> MakeSettings() {
           "RocksDB block cache size",
           [](ServerConfig& c) -> size_t& { return c.block_cache_bytes; },
           size_t{1} << 20, size_t{1} << 40),
+      SizeSetting(
+          "max-pending-writes", "IDEM_MAX_PENDING_WRITES",
+          "changes waiting for the disk beyond this are refused with "
+          "RESOURCE_EXHAUSTED",
+          [](ServerConfig& c) -> size_t& { return c.max_pending_writes; }, 1,
+          size_t{10'000'000}),
       DurationSetting(
           "shutdown-grace", "IDEM_SHUTDOWN_GRACE",
           "on SIGTERM, how long in-flight calls may take before they are "

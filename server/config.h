@@ -21,6 +21,8 @@ struct ServerConfig {
   absl::Duration periodic_compaction = absl::Hours(12);
   absl::Duration shutdown_grace = absl::Seconds(10);
   size_t block_cache_bytes = size_t{64} << 20;
+  // Changes waiting for the disk beyond this are refused (overload).
+  size_t max_pending_writes = 100'000;
   // If set, the bound port is written here once the server serves (useful
   // with --listen=HOST:0).
   std::string port_file;

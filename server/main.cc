@@ -90,6 +90,7 @@ int Run(int argc, char** argv) {
   store_options.sync_writes = config->sync_writes;
   store_options.periodic_compaction = config->periodic_compaction;
   store_options.block_cache_bytes = config->block_cache_bytes;
+  store_options.max_pending_writes = config->max_pending_writes;
   const absl::Time open_start = absl::Now();
   absl::StatusOr<std::unique_ptr<storage::RocksDbStore>> store =
       storage::RocksDbStore::Open(store_options);

@@ -207,8 +207,20 @@ void RocksDbStore::Enqueue(const KeyId& id, DecideFn decide, Done<Reply> done) {
       done(std::move((*decision)->reply));
     }
   };
-  absl::MutexLock lock(&queue_mu_);
-  queue_.push_back(std::move(op));
+  Push(std::move(op));
+}
+
+void RocksDbStore::Push(PendingOp op) {
+  {
+    absl::MutexLock lock(&queue_mu_);
+    if (queue_.size() < options_.max_pending_writes) {
+      queue_.push_back(std::move(op));
+      return;
+    }
+  }
+  op.finish(absl::ResourceExhaustedError(
+      absl::StrCat("the server is overloaded: ", options_.max_pending_writes,
+                   " changes are waiting for the disk; retry with backoff")));
 }
 
 void RocksDbStore::WriterLoop() {
@@ -458,8 +470,7 @@ void RocksDbStore::DeleteAsync(const KeyId& id, Done<bool> done) {
       done(*existed);
     }
   };
-  absl::MutexLock lock(&queue_mu_);
-  queue_.push_back(std::move(op));
+  Push(std::move(op));
 }
 
 void RocksDbStore::ForceReleaseAsync(const KeyId& id, Done<uint64_t> done) {

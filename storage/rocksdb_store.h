@@ -56,6 +56,9 @@ struct RocksDbStoreOptions {
   // without new writes. Zero turns it off.
   absl::Duration periodic_compaction = absl::Hours(12);
   size_t block_cache_bytes = size_t{64} << 20;
+  // Changes waiting for the writer beyond this are refused at once with
+  // RESOURCE_EXHAUSTED, so that a flood cannot grow memory without bound.
+  size_t max_pending_writes = 100'000;
   size_t write_buffer_bytes = size_t{32} << 20;
   // Not owned; must outlive the store.
   const Clock* clock = Clock::Real();
@@ -128,6 +131,8 @@ class RocksDbStore final : public Store {
   // durable.
   template <typename Reply, typename DecideFn>
   void Enqueue(const KeyId& id, DecideFn decide, Done<Reply> done);
+  // Queues `op`, or reports RESOURCE_EXHAUSTED to it if the queue is full.
+  void Push(PendingOp op);
   // The writer thread: takes the queued operations in order, decides each
   // against the records as the earlier ones in the batch left them, commits
   // the batch with one synced write and then reports every outcome.

@@ -1,5 +1,6 @@
 #include "storage/rocksdb_store.h"
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -146,6 +147,44 @@ TEST_F(RocksDbStoreTest, PeriodicCompactionDropsExpiredRecordsWithoutWrites) {
   }
   EXPECT_EQ(store.Stats().expired_dropped, uint64_t{kKeys});
   EXPECT_LE(store.Stats().estimated_keys, 1u);  // The token counter.
+}
+
+TEST_F(RocksDbStoreTest, AFullWriteQueueRefusesChangesInsteadOfGrowing) {
+  RocksDbStoreOptions options;
+  options.path = dir_.Sub("db");
+  options.clock = &clock_;
+  options.max_pending_writes = 2;
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> opened =
+      RocksDbStore::Open(options);
+  ASSERT_OK(opened);
+  RocksDbStore& store = **opened;
+  constexpr int kOps = 2000;
+  std::atomic<int> answered{0}, refused{0}, acquired{0};
+  for (int i = 0; i < kOps; ++i) {
+    store.BeginAsync(
+        {{"flood", "k" + std::to_string(i)},
+         "fp",
+         "",
+         absl::Seconds(30),
+         absl::Hours(1)},
+        [&](absl::StatusOr<BeginResult> r) {
+          if (r.status().code() == absl::StatusCode::kResourceExhausted) {
+            EXPECT_NE(r.status().message().find("overloaded"),
+                      std::string::npos);
+            refused++;
+          } else if (r.ok() && r->outcome == BeginOutcome::kAcquired) {
+            acquired++;
+          }
+          answered++;
+        });
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (answered.load() < kOps && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(answered.load(), kOps);  // Every change answered exactly once.
+  EXPECT_GT(refused.load(), 0);
+  EXPECT_EQ(acquired.load() + refused.load(), kOps);
 }
 
 TEST_F(RocksDbStoreTest, SecondOpenOfTheSameDirectoryFails) {
