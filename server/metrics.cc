@@ -1,5 +1,8 @@
 #include "server/metrics.h"
 
+#include <algorithm>
+#include <map>
+
 #include "absl/strings/str_cat.h"
 
 namespace idem::server {
@@ -7,9 +10,33 @@ namespace idem::server {
 void Metrics::RecordRpc(absl::string_view method, absl::string_view outcome,
                         absl::Duration latency) {
   const double seconds = absl::ToDoubleSeconds(latency);
+  // "method outcome", built on the stack: names are short and fixed.
+  char buffer[128];
+  std::string long_key;
+  absl::string_view key;
+  if (method.size() + outcome.size() + 1 <= sizeof(buffer)) {
+    std::copy(method.begin(), method.end(), buffer);
+    buffer[method.size()] = ' ';
+    std::copy(outcome.begin(), outcome.end(), buffer + method.size() + 1);
+    key = absl::string_view(buffer, method.size() + outcome.size() + 1);
+  } else {
+    long_key = absl::StrCat(method, " ", outcome);
+    key = long_key;
+  }
   absl::MutexLock lock(&mu_);
-  ++rpcs_[{std::string(method), std::string(outcome)}];
-  Histogram& h = latency_[std::string(method)];
+  auto counter = rpcs_.find(key);
+  if (counter == rpcs_.end()) {
+    counter = rpcs_
+                  .emplace(std::string(key),
+                           RpcCount{std::string(method), std::string(outcome)})
+                  .first;
+  }
+  ++counter->second.count;
+  auto histogram = latency_.find(method);
+  if (histogram == latency_.end()) {
+    histogram = latency_.emplace(std::string(method), Histogram()).first;
+  }
+  Histogram& h = histogram->second;
   ++h.count;
   h.sum += seconds;
   for (size_t i = 0; i < kBuckets.size(); ++i) {
@@ -32,15 +59,22 @@ std::string Metrics::Render(const Gauges& gauges) const {
                   "# HELP idem_rpc_total RPCs answered, by method and outcome "
                   "(Begin outcome, OK, or gRPC error code).\n"
                   "# TYPE idem_rpc_total counter\n");
-  for (const auto& [labels, count] : rpcs_) {
-    absl::StrAppend(&out, "idem_rpc_total{method=\"", labels.first,
-                    "\",outcome=\"", labels.second, "\"} ", count, "\n");
+  // Sorted, so that scrapes list series in a stable order.
+  std::map<absl::string_view, const RpcCount*> rpcs;
+  for (const auto& [key, counter] : rpcs_) rpcs[key] = &counter;
+  for (const auto& [key, counter] : rpcs) {
+    absl::StrAppend(&out, "idem_rpc_total{method=\"", counter->method,
+                    "\",outcome=\"", counter->outcome, "\"} ", counter->count,
+                    "\n");
   }
   absl::StrAppend(&out,
                   "# HELP idem_rpc_duration_seconds Time to answer an RPC, "
                   "including any Begin wait.\n"
                   "# TYPE idem_rpc_duration_seconds histogram\n");
-  for (const auto& [method, h] : latency_) {
+  std::map<absl::string_view, const Histogram*> histograms;
+  for (const auto& [method, h] : latency_) histograms[method] = &h;
+  for (const auto& [method, histogram] : histograms) {
+    const Histogram& h = *histogram;
     uint64_t cumulative = 0;
     for (size_t i = 0; i < kBuckets.size(); ++i) {
       cumulative += h.buckets[i];

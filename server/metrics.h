@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -51,10 +52,16 @@ class Metrics {
     uint64_t count = 0;
     double sum = 0;
   };
+  struct RpcCount {
+    std::string method;
+    std::string outcome;
+    uint64_t count = 0;
+  };
   mutable absl::Mutex mu_;
-  std::map<std::pair<std::string, std::string>, uint64_t> rpcs_
-      ABSL_GUARDED_BY(mu_);
-  std::map<std::string, Histogram> latency_ ABSL_GUARDED_BY(mu_);
+  // Keyed by "method outcome"; looked up without allocating (this runs for
+  // every RPC).
+  absl::flat_hash_map<std::string, RpcCount> rpcs_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, Histogram> latency_ ABSL_GUARDED_BY(mu_);
   uint64_t takeovers_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
