@@ -117,11 +117,6 @@ class Client::Impl {
         stub_(v1::Idempotency::NewStub(channel)),
         health_(grpc::health::v1::Health::NewStub(channel)) {}
 
-  template <typename Call>
-  absl::Status WithRetries(absl::Duration extra, Call call) {
-    return retrier_.Run(extra, call);
-  }
-
   internal::Retrier retrier_;
   std::unique_ptr<v1::Idempotency::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
@@ -162,7 +157,7 @@ absl::StatusOr<BeginReply> Client::Begin(absl::string_view name_space,
   request.set_owner(options.owner.empty() ? NewKey() : options.owner);
 
   v1::BeginResponse response;
-  absl::Status status = impl_->WithRetries(
+  absl::Status status = impl_->retrier_.Run(
       std::max(options.wait, absl::ZeroDuration()),
       [&](grpc::ClientContext& context) {
         return impl_->stub_->Begin(&context, request, &response);
@@ -194,7 +189,7 @@ absl::StatusOr<Completion> Client::Complete(
   ToProto(result, request.mutable_result());
   if (retention.has_value()) ToProto(*retention, request.mutable_retention());
   v1::CompleteResponse response;
-  absl::Status status = impl_->WithRetries(
+  absl::Status status = impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
         return impl_->stub_->Complete(&context, request, &response);
       });
@@ -210,7 +205,7 @@ absl::Status Client::Release(absl::string_view name_space,
   request.set_key(std::string(key));
   request.set_token(token);
   v1::ReleaseResponse response;
-  return impl_->WithRetries(
+  return impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
         return impl_->stub_->Release(&context, request, &response);
       });
@@ -225,7 +220,7 @@ absl::StatusOr<absl::Time> Client::Extend(absl::string_view name_space,
   request.set_token(token);
   if (lease > absl::ZeroDuration()) ToProto(lease, request.mutable_lease());
   v1::ExtendResponse response;
-  absl::Status status = impl_->WithRetries(
+  absl::Status status = impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
         return impl_->stub_->Extend(&context, request, &response);
       });
@@ -242,7 +237,7 @@ absl::Status Client::Checkpoint(absl::string_view name_space,
   request.set_token(token);
   request.set_checkpoint(std::string(checkpoint));
   v1::CheckpointResponse response;
-  return impl_->WithRetries(
+  return impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
         return impl_->stub_->Checkpoint(&context, request, &response);
       });
@@ -254,7 +249,7 @@ absl::StatusOr<KeyInfo> Client::Lookup(absl::string_view name_space,
   request.set_namespace_(std::string(name_space));
   request.set_key(std::string(key));
   v1::LookupResponse response;
-  absl::Status status = impl_->WithRetries(
+  absl::Status status = impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
         return impl_->stub_->Lookup(&context, request, &response);
       });
@@ -290,7 +285,7 @@ absl::StatusOr<KeyInfo> Client::Lookup(absl::string_view name_space,
 absl::Status Client::Ping() {
   grpc::health::v1::HealthCheckRequest request;
   grpc::health::v1::HealthCheckResponse response;
-  absl::Status status = impl_->WithRetries(
+  absl::Status status = impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
         return impl_->health_->Check(&context, request, &response);
       });

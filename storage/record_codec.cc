@@ -10,16 +10,6 @@ constexpr char kRecordTag = 'k';
 constexpr char kFormatVersion = 1;
 constexpr size_t kHeaderSize = 1 + sizeof(uint64_t);
 
-void StoreLittleEndian64(uint64_t v, char* out) {
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((v >> (8 * i)) & 0xff);
-}
-
-uint64_t LoadLittleEndian64(const char* in) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(in[i]);
-  return v;
-}
-
 }  // namespace
 
 std::string EncodeKey(const KeyId& id) {
@@ -48,10 +38,25 @@ std::optional<KeyId> DecodeKey(absl::string_view encoded_key) {
                std::string(encoded_key.substr(separator + 1))};
 }
 
+std::string EncodeFixed64(uint64_t value) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) {
+    out[i] = static_cast<char>((value >> (8 * i)) & 0xff);
+  }
+  return out;
+}
+
+uint64_t DecodeFixed64(absl::string_view in) {
+  uint64_t value = 0;
+  for (int i = 7; i >= 0; --i) {
+    value = (value << 8) | static_cast<unsigned char>(in[i]);
+  }
+  return value;
+}
+
 std::string EncodeRecord(const Record& record) {
-  std::string value(kHeaderSize, '\0');
-  value[0] = kFormatVersion;
-  StoreLittleEndian64(static_cast<uint64_t>(record.expires_at_us()), &value[1]);
+  std::string value(1, kFormatVersion);
+  value += EncodeFixed64(static_cast<uint64_t>(record.expires_at_us()));
   record.AppendToString(&value);
   return value;
 }
@@ -74,7 +79,7 @@ std::optional<int64_t> PeekExpiryMicros(absl::string_view value) {
   if (value.size() < kHeaderSize || value[0] != kFormatVersion) {
     return std::nullopt;
   }
-  return static_cast<int64_t>(LoadLittleEndian64(value.data() + 1));
+  return static_cast<int64_t>(DecodeFixed64(value.substr(1)));
 }
 
 }  // namespace idem::storage

@@ -27,6 +27,11 @@ bool IsRecordKey(absl::string_view encoded_key);
 // The (namespace, key) of a record key; nullopt for other keys.
 std::optional<KeyId> DecodeKey(absl::string_view encoded_key);
 
+// 8 bytes, little endian (the token counter, and the record expiry).
+std::string EncodeFixed64(uint64_t value);
+// Reads the first 8 bytes of `in`, which must hold at least 8.
+uint64_t DecodeFixed64(absl::string_view in);
+
 std::string EncodeRecord(const Record& record);
 // DATA_LOSS when `value` is not a record this version can read.
 absl::StatusOr<Record> DecodeRecord(absl::string_view value);

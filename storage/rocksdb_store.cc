@@ -69,18 +69,6 @@ absl::Status FromRocks(const rocksdb::Status& status, absl::string_view what) {
       absl::StrCat("storage ", what, " failed: ", status.ToString()));
 }
 
-std::string EncodeFixed64(uint64_t v) {
-  std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((v >> (8 * i)) & 0xff);
-  return out;
-}
-
-uint64_t DecodeFixed64(const std::string& in) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(in[i]);
-  return v;
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
@@ -251,21 +239,12 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
     PendingOp& op = ops[i];
     auto it = latest.find(op.db_key);
     if (it == latest.end()) {
-      std::string value;
-      rocksdb::Status got = db_->Get(rocksdb::ReadOptions(), op.db_key, &value);
-      std::optional<Record> stored;
-      if (got.ok()) {
-        absl::StatusOr<Record> decoded = DecodeRecord(value);
-        if (!decoded.ok()) {
-          failures[i] = decoded.status();
-          continue;
-        }
-        stored = *std::move(decoded);
-      } else if (!got.IsNotFound()) {
-        failures[i] = FromRocks(got, "read");
+      absl::StatusOr<std::optional<Record>> stored = ReadRecord(op.db_key);
+      if (!stored.ok()) {
+        failures[i] = stored.status();
         continue;
       }
-      it = latest.emplace(op.db_key, std::move(stored)).first;
+      it = latest.emplace(op.db_key, *std::move(stored)).first;
     }
     // The state machine cannot fail on a token; remember a storage error.
     absl::Status token_error;
@@ -319,18 +298,26 @@ void RocksDbStore::BeginAsync(const BeginCommand& command,
       std::move(done));
 }
 
-std::optional<absl::StatusOr<BeginResult>> RocksDbStore::PeekBegin(
-    const BeginCommand& command) {
+absl::StatusOr<std::optional<Record>> RocksDbStore::ReadRecord(
+    const std::string& db_key) {
   std::string value;
-  rocksdb::Status got =
-      db_->Get(rocksdb::ReadOptions(), EncodeKey(command.id), &value);
-  if (got.IsNotFound()) return std::nullopt;  // Begin acquires: a write.
+  rocksdb::Status got = db_->Get(rocksdb::ReadOptions(), db_key, &value);
+  if (got.IsNotFound()) return std::nullopt;
   if (!got.ok()) return FromRocks(got, "read");
   absl::StatusOr<Record> record = DecodeRecord(value);
   if (!record.ok()) return record.status();
+  return *std::move(record);
+}
+
+std::optional<absl::StatusOr<BeginResult>> RocksDbStore::PeekBegin(
+    const BeginCommand& command) {
+  absl::StatusOr<std::optional<Record>> record =
+      ReadRecord(EncodeKey(command.id));
+  if (!record.ok()) return record.status();
+  if (!record->has_value()) return std::nullopt;  // Begin acquires: a write.
   bool wants_token = false;
   Decision<BeginResult> decision =
-      DecideBegin(&*record, command, options_.clock->Now(), [&] {
+      DecideBegin(&**record, command, options_.clock->Now(), [&] {
         wants_token = true;
         return uint64_t{0};
       });
@@ -387,13 +374,10 @@ void RocksDbStore::CheckpointAsync(const CheckpointCommand& command,
 }
 
 absl::StatusOr<KeySnapshot> RocksDbStore::Lookup(const KeyId& id) {
-  std::string value;
-  rocksdb::Status got = db_->Get(rocksdb::ReadOptions(), EncodeKey(id), &value);
-  if (got.IsNotFound()) return Snapshot(nullptr, options_.clock->Now());
-  if (!got.ok()) return FromRocks(got, "read");
-  absl::StatusOr<Record> record = DecodeRecord(value);
+  absl::StatusOr<std::optional<Record>> record = ReadRecord(EncodeKey(id));
   if (!record.ok()) return record.status();
-  return Snapshot(&*record, options_.clock->Now());
+  return Snapshot(record->has_value() ? &**record : nullptr,
+                  options_.clock->Now());
 }
 
 absl::Status RocksDbStore::CompactAll() {

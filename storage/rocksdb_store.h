@@ -141,6 +141,9 @@ class RocksDbStore final : public Store {
   bool HasQueuedOps() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
     return !queue_.empty() || closing_;
   }
+  // The stored record of `db_key`; nullopt when there is none. DATA_LOSS
+  // when it cannot be decoded, UNAVAILABLE when RocksDB fails.
+  absl::StatusOr<std::optional<Record>> ReadRecord(const std::string& db_key);
   absl::Status LoadTokenCounter();
   absl::StatusOr<uint64_t> NextToken();
   void MaintenanceLoop(absl::Duration tick);
