@@ -177,6 +177,18 @@ std::vector<Setting> MakeSettings() {
           "RESOURCE_EXHAUSTED",
           [](ServerConfig& c) -> size_t& { return c.max_pending_writes; }, 1,
           size_t{10'000'000}),
+      SizeSetting(
+          "max-pending-write-bytes", "IDEM_MAX_PENDING_WRITE_BYTES",
+          "bytes of changes (bodies, metadata) waiting for the disk beyond "
+          "this are refused with RESOURCE_EXHAUSTED",
+          [](ServerConfig& c) -> size_t& { return c.max_pending_write_bytes; },
+          size_t{1} << 20, size_t{1} << 40),
+      SizeSetting(
+          "min-free-disk-bytes", "IDEM_MIN_FREE_DISK_BYTES",
+          "changes fail with UNAVAILABLE (and health is NOT_SERVING) while "
+          "the data disk has less free space than this",
+          [](ServerConfig& c) -> size_t& { return c.min_free_disk_bytes; }, 0,
+          size_t{1} << 40),
       DurationSetting(
           "shutdown-grace", "IDEM_SHUTDOWN_GRACE",
           "on SIGTERM, how long in-flight calls may take before they are "

@@ -9,6 +9,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -36,6 +37,7 @@
 #include "server/metrics.h"
 #include "server/metrics_http.h"
 #include "server/rpc_observer.h"
+#include "server/store_health_watcher.h"
 #include "server/wait_queue.h"
 #include "storage/rocksdb_store.h"
 
@@ -91,6 +93,8 @@ int Run(int argc, char** argv) {
   store_options.periodic_compaction = config->periodic_compaction;
   store_options.block_cache_bytes = config->block_cache_bytes;
   store_options.max_pending_writes = config->max_pending_writes;
+  store_options.max_pending_write_bytes = config->max_pending_write_bytes;
+  store_options.min_free_disk_bytes = config->min_free_disk_bytes;
   const absl::Time open_start = absl::Now();
   absl::StatusOr<std::unique_ptr<storage::RocksDbStore>> store =
       storage::RocksDbStore::Open(store_options);
@@ -142,13 +146,32 @@ int Run(int argc, char** argv) {
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(true);  // The store is open: ready.
+  // While the store cannot write (disk full, failing disk), probes see
+  // NOT_SERVING, so that traffic goes elsewhere; replays still work.
+  std::atomic<bool> draining{false};
+  auto health_watcher = std::make_unique<StoreHealthWatcher>(
+      store->get(), absl::Milliseconds(250),
+      [&health, &draining](const absl::Status& store_health) {
+        if (store_health.ok()) {
+          Log(LogLevel::kInfo, "storage_recovered",
+              {{"effect", "writes succeed again; health is SERVING"}});
+        } else {
+          Log(LogLevel::kError, "storage_unhealthy",
+              {{"error", std::string(store_health.message())},
+               {"effect",
+                "changes fail with UNAVAILABLE and health is NOT_SERVING "
+                "until a probe write succeeds (retried every second)"}});
+        }
+        if (!draining) health->SetServingStatus(store_health.ok());
+      });
 
   std::unique_ptr<MetricsHttpServer> metrics_http;
   if (!config->metrics_listen.empty()) {
     storage::Store* opened = store->get();
     absl::StatusOr<std::unique_ptr<MetricsHttpServer>> started =
         MetricsHttpServer::Start(config->metrics_listen, [&, opened] {
-          return metrics.Render({waits.parked(), opened->Stats()});
+          return metrics.Render(
+              {waits.parked(), opened->Stats(), opened->Health().ok()});
         });
     if (!started.ok()) {
       Log(LogLevel::kError, "metrics_listen_failed",
@@ -176,6 +199,7 @@ int Run(int argc, char** argv) {
   Log(LogLevel::kInfo, "shutdown_started",
       {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"},
        {"drain_delay", absl::FormatDuration(config->drain_delay)}});
+  draining = true;
   health->SetServingStatus(false);
   absl::SleepFor(config->drain_delay);  // Let load balancers notice.
   health->Shutdown();
@@ -183,6 +207,7 @@ int Run(int argc, char** argv) {
   server->Shutdown(absl::ToChronoTime(absl::Now() + config->shutdown_grace));
   server->Wait();
   metrics_http.reset();
+  health_watcher.reset();
   store->reset();  // Closes RocksDB after the last call.
   Log(LogLevel::kInfo, "shutdown_complete");
   return 0;

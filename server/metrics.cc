@@ -107,7 +107,11 @@ std::string Metrics::Render(const Gauges& gauges) const {
       "\n# HELP idem_expired_dropped_total Expired records removed by TTL "
       "compaction since start.\n# TYPE idem_expired_dropped_total counter\n"
       "idem_expired_dropped_total ",
-      gauges.store.expired_dropped, "\n");
+      gauges.store.expired_dropped,
+      "\n# HELP idem_storage_healthy 1 while the store takes writes, 0 after "
+      "a storage error until it recovers.\n# TYPE idem_storage_healthy "
+      "gauge\nidem_storage_healthy ",
+      gauges.storage_healthy ? 1 : 0, "\n");
   return out;
 }
 

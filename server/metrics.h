@@ -6,6 +6,7 @@
 //   idem_parked_waiters                        gauge
 //   idem_keys_stored, idem_disk_bytes          gauges (from the store)
 //   idem_expired_dropped_total                 counter (TTL compaction)
+//   idem_storage_healthy                       gauge (1: writes work)
 //
 // `outcome` is the Begin outcome (ACQUIRED, COMPLETED, IN_PROGRESS,
 // MISMATCH), OK for other successful calls, or the gRPC code name of an
@@ -43,6 +44,7 @@ class Metrics {
   struct Gauges {
     size_t parked_waiters = 0;
     storage::StoreStats store;
+    bool storage_healthy = true;
   };
   std::string Render(const Gauges& gauges) const;
 

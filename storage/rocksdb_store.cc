@@ -1,8 +1,11 @@
 #include "storage/rocksdb_store.h"
 
 #include <pthread.h>
+#include <sys/statvfs.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <iterator>
 #include <memory>
 #include <optional>
@@ -61,6 +64,8 @@ namespace {
 // The highest token that may have been handed out. Not a record key, so the
 // TTL filter never touches it.
 constexpr char kTokenReservedKey[] = "m/token_reserved";
+// Written by recovery probes; like the counter, not a record key.
+constexpr char kHealthProbeKey[] = "m/health_probe";
 
 absl::Status FromRocks(const rocksdb::Status& status, absl::string_view what) {
   if (status.ok()) return absl::OkStatus();
@@ -113,19 +118,24 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
   }
   RocksDbStore* writer = store.get();
   store->writer_ = std::thread([writer] { writer->WriterLoop(); });
-  if (options.periodic_compaction > absl::ZeroDuration()) {
-    const absl::Duration tick = std::clamp(options.periodic_compaction / 4,
-                                           absl::Seconds(1), absl::Hours(1));
-    RocksDbStore* raw = store.get();
-    store->maintenance_ =
-        std::thread([raw, tick] { raw->MaintenanceLoop(tick); });
-  }
+  // Zero: periodic compaction is off, the thread only watches health.
+  const absl::Duration compaction_tick =
+      options.periodic_compaction > absl::ZeroDuration()
+          ? std::clamp(options.periodic_compaction / 4, absl::Seconds(1),
+                       absl::Hours(1))
+          : absl::ZeroDuration();
+  RocksDbStore* raw = store.get();
+  store->maintenance_ = std::thread(
+      [raw, compaction_tick] { raw->MaintenanceLoop(compaction_tick); });
   return store;
 }
 
 RocksDbStore::RocksDbStore(const RocksDbStoreOptions& options, rocksdb::DB* db,
                            std::unique_ptr<TtlCompactionFilter> filter)
-    : options_(options), filter_(std::move(filter)), db_(db) {}
+    : options_(options),
+      filter_(std::move(filter)),
+      db_(db),
+      free_space_floor_(options.min_free_disk_bytes) {}
 
 RocksDbStore::~RocksDbStore() {
   {
@@ -158,6 +168,27 @@ absl::Status RocksDbStore::LoadTokenCounter() {
   return absl::OkStatus();
 }
 
+absl::Status RocksDbStore::CheckFreeSpace(size_t bytes) {
+  struct statvfs disk;
+  if (statvfs(options_.path.c_str(), &disk) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot read the free space of ",
+                                               options_.path, ": ",
+                                               std::strerror(errno)));
+  }
+  const uint64_t free_bytes = uint64_t{disk.f_bavail} * disk.f_frsize;
+  const uint64_t floor = free_space_floor_.load(std::memory_order_relaxed);
+  if (free_bytes >= floor + bytes) return absl::OkStatus();
+  free_space_floor_.store(
+      options_.min_free_disk_bytes + options_.min_free_disk_bytes / 4,
+      std::memory_order_relaxed);
+  return absl::UnavailableError(absl::StrCat(
+      "the data disk is full: ", free_bytes, " bytes free on ", options_.path,
+      " and writes keep ", options_.min_free_disk_bytes,
+      " in reserve (--min-free-disk-bytes); they resume once ",
+      options_.min_free_disk_bytes + options_.min_free_disk_bytes / 4,
+      " bytes are free"));
+}
+
 absl::StatusOr<uint64_t> RocksDbStore::NextToken() {
   if (next_token_ > reserved_token_) {
     const uint64_t reserve = reserved_token_ + kTokenBlock;
@@ -165,17 +196,35 @@ absl::StatusOr<uint64_t> RocksDbStore::NextToken() {
     write_options.sync = true;  // Always: a reused token breaks fencing.
     rocksdb::Status put =
         db_->Put(write_options, kTokenReservedKey, EncodeFixed64(reserve));
-    if (!put.ok()) return FromRocks(put, "write of the token counter");
+    if (!put.ok()) {
+      absl::Status error = FromRocks(put, "write of the token counter");
+      NoteStorageError(error);
+      return error;
+    }
     reserved_token_ = reserve;
   }
   return next_token_++;
 }
 
+namespace {
+
+size_t ResultBytes(const Result& result) {
+  size_t bytes = result.body.size();
+  for (const auto& [name, value] : result.metadata) {
+    bytes += name.size() + value.size();
+  }
+  return bytes;
+}
+
+}  // namespace
+
 template <typename Reply, typename DecideFn>
-void RocksDbStore::Enqueue(const KeyId& id, DecideFn decide, Done<Reply> done) {
+void RocksDbStore::Enqueue(const KeyId& id, size_t payload_bytes,
+                           DecideFn decide, Done<Reply> done) {
   auto decision = std::make_shared<std::optional<Decision<Reply>>>();
   PendingOp op;
   op.db_key = EncodeKey(id);
+  op.bytes = op.db_key.size() + payload_bytes;
   op.decide = [decision, decide = std::move(decide)](
                   const Record* current, absl::Time now,
                   absl::FunctionRef<uint64_t()> next_token) {
@@ -201,14 +250,19 @@ void RocksDbStore::Enqueue(const KeyId& id, DecideFn decide, Done<Reply> done) {
 void RocksDbStore::Push(PendingOp op) {
   {
     absl::MutexLock lock(&queue_mu_);
-    if (queue_.size() < options_.max_pending_writes) {
+    // One change is always let in, however large (the server bounds bodies).
+    if (queue_.size() < options_.max_pending_writes &&
+        (queue_.empty() ||
+         queued_bytes_ + op.bytes <= options_.max_pending_write_bytes)) {
+      queued_bytes_ += op.bytes;
       queue_.push_back(std::move(op));
       return;
     }
   }
-  op.finish(absl::ResourceExhaustedError(
-      absl::StrCat("the server is overloaded: ", options_.max_pending_writes,
-                   " changes are waiting for the disk; retry with backoff")));
+  op.finish(absl::ResourceExhaustedError(absl::StrCat(
+      "the server is overloaded: more than ", options_.max_pending_writes,
+      " changes or ", options_.max_pending_write_bytes,
+      " bytes are waiting for the disk; retry with backoff")));
 }
 
 void RocksDbStore::WriterLoop() {
@@ -223,6 +277,7 @@ void RocksDbStore::WriterLoop() {
       batch.assign(std::make_move_iterator(queue_.begin()),
                    std::make_move_iterator(queue_.begin() + n));
       queue_.erase(queue_.begin(), queue_.begin() + n);
+      for (const PendingOp& op : batch) queued_bytes_ -= op.bytes;
     }
     CommitBatch(batch);
     batch.clear();
@@ -230,6 +285,15 @@ void RocksDbStore::WriterLoop() {
 }
 
 void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
+  size_t batch_bytes = 0;
+  for (const PendingOp& op : ops) batch_bytes += op.bytes;
+  // Checked before any decision, so that not even a token block is written
+  // to a full disk.
+  if (absl::Status space = CheckFreeSpace(batch_bytes); !space.ok()) {
+    NoteStorageError(space);
+    for (PendingOp& op : ops) op.finish(space);
+    return;
+  }
   // The records as the operations decided so far leave them; nullopt:
   // absent (deleted, or never stored).
   absl::flat_hash_map<std::string, std::optional<Record>> latest;
@@ -280,6 +344,7 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
     rocksdb::WriteOptions write_options;
     write_options.sync = options_.sync_writes;
     committed = FromRocks(db_->Write(write_options, &batch), "write");
+    if (!committed.ok()) NoteStorageError(committed);
   }
   // If the batch failed, every answer in it may rest on a lost change.
   for (size_t i = 0; i < ops.size(); ++i) {
@@ -290,7 +355,7 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
 void RocksDbStore::BeginAsync(const BeginCommand& command,
                               Done<BeginResult> done) {
   Enqueue<BeginResult>(
-      command.id,
+      command.id, command.fingerprint.size() + command.owner.size(),
       [command](const Record* current, absl::Time now,
                 absl::FunctionRef<uint64_t()> next_token) {
         return DecideBegin(current, command, now, next_token);
@@ -303,7 +368,11 @@ absl::StatusOr<std::optional<Record>> RocksDbStore::ReadRecord(
   std::string value;
   rocksdb::Status got = db_->Get(rocksdb::ReadOptions(), db_key, &value);
   if (got.IsNotFound()) return std::nullopt;
-  if (!got.ok()) return FromRocks(got, "read");
+  if (!got.ok()) {
+    absl::Status error = FromRocks(got, "read");
+    NoteStorageError(error, got.IsCorruption());
+    return error;
+  }
   absl::StatusOr<Record> record = DecodeRecord(value);
   if (!record.ok()) return record.status();
   return *std::move(record);
@@ -328,7 +397,7 @@ std::optional<absl::StatusOr<BeginResult>> RocksDbStore::PeekBegin(
 void RocksDbStore::CompleteAsync(const CompleteCommand& command,
                                  Done<CompleteResult> done) {
   Enqueue<CompleteResult>(
-      command.id,
+      command.id, ResultBytes(command.result),
       [command](const Record* current, absl::Time now,
                 absl::FunctionRef<uint64_t()>) {
         return DecideComplete(current, command, now);
@@ -339,7 +408,7 @@ void RocksDbStore::CompleteAsync(const CompleteCommand& command,
 void RocksDbStore::ReleaseAsync(const ReleaseCommand& command,
                                 DoneStatus done) {
   Enqueue<NoReply>(
-      command.id,
+      command.id, 0,
       [command](const Record* current, absl::Time now,
                 absl::FunctionRef<uint64_t()>) {
         return DecideRelease(current, command, now);
@@ -352,7 +421,7 @@ void RocksDbStore::ReleaseAsync(const ReleaseCommand& command,
 void RocksDbStore::ExtendAsync(const ExtendCommand& command,
                                Done<absl::Time> done) {
   Enqueue<absl::Time>(
-      command.id,
+      command.id, 0,
       [command](const Record* current, absl::Time now,
                 absl::FunctionRef<uint64_t()>) {
         return DecideExtend(current, command, now);
@@ -363,7 +432,7 @@ void RocksDbStore::ExtendAsync(const ExtendCommand& command,
 void RocksDbStore::CheckpointAsync(const CheckpointCommand& command,
                                    DoneStatus done) {
   Enqueue<NoReply>(
-      command.id,
+      command.id, command.checkpoint.size(),
       [command](const Record* current, absl::Time now,
                 absl::FunctionRef<uint64_t()>) {
         return DecideCheckpoint(current, command, now);
@@ -408,15 +477,63 @@ absl::Status RocksDbStore::NudgeCompaction() {
       "periodic compaction check");
 }
 
-void RocksDbStore::MaintenanceLoop(absl::Duration tick) {
+void RocksDbStore::MaintenanceLoop(absl::Duration compaction_tick) {
   pthread_setname_np(pthread_self(), "idem-maintain");
+  // Health is retried every second; compaction is nudged once per tick.
+  constexpr absl::Duration kRecoveryTick = absl::Seconds(1);
+  absl::Time next_compaction = absl::Now() + compaction_tick;
   absl::MutexLock lock(&maintenance_mu_);
-  while (!maintenance_mu_.AwaitWithTimeout(absl::Condition(&stopping_), tick)) {
+  while (!maintenance_mu_.AwaitWithTimeout(absl::Condition(&stopping_),
+                                           kRecoveryTick)) {
     maintenance_mu_.Unlock();
-    // Failures surface on the next write or read; nothing to do here.
-    NudgeCompaction().IgnoreError();
+    if (unhealthy_.load(std::memory_order_acquire)) TryRecover();
+    if (compaction_tick > absl::ZeroDuration() &&
+        absl::Now() >= next_compaction) {
+      // Failures surface on the next write or read; nothing to do here.
+      NudgeCompaction().IgnoreError();
+      next_compaction = absl::Now() + compaction_tick;
+    }
     maintenance_mu_.Lock();
   }
+}
+
+void RocksDbStore::NoteStorageError(const absl::Status& error, bool corrupt) {
+  absl::MutexLock lock(&health_mu_);
+  if (corrupt && !corrupt_.exchange(true)) {
+    health_ = absl::UnavailableError(
+        absl::StrCat("a data file is corrupt (restart to re-check, restore "
+                     "from a backup if it persists): ",
+                     error.message()));
+  }
+  if (health_.ok()) health_ = error;  // Keep the first cause.
+  unhealthy_.store(true, std::memory_order_release);
+}
+
+void RocksDbStore::TryRecover() {
+  if (corrupt_.load(std::memory_order_acquire)) return;
+  // A probe write to a full disk would fail, or worse (see CheckFreeSpace).
+  if (!CheckFreeSpace(0).ok()) return;
+  // Clears RocksDB's background error if its cause is gone (space freed);
+  // it fails harmlessly when there is nothing to resume.
+  db_->Resume().PermitUncheckedError();
+  rocksdb::WriteOptions write_options;
+  write_options.sync = true;
+  const rocksdb::Status probe = db_->Put(
+      write_options, kHealthProbeKey,
+      EncodeFixed64(static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))));
+  absl::MutexLock lock(&health_mu_);
+  if (probe.ok()) {
+    free_space_floor_.store(options_.min_free_disk_bytes,
+                            std::memory_order_relaxed);
+    health_ = absl::OkStatus();
+    unhealthy_.store(false, std::memory_order_release);
+  }
+}
+
+absl::Status RocksDbStore::Health() {
+  if (!unhealthy_.load(std::memory_order_acquire)) return absl::OkStatus();
+  absl::MutexLock lock(&health_mu_);
+  return health_;
 }
 
 StoreStats RocksDbStore::Stats() {
@@ -439,6 +556,7 @@ void RocksDbStore::DeleteAsync(const KeyId& id, Done<bool> done) {
   auto existed = std::make_shared<bool>(false);
   PendingOp op;
   op.db_key = EncodeKey(id);
+  op.bytes = op.db_key.size();
   op.decide = [existed](const Record* current, absl::Time now,
                         absl::FunctionRef<uint64_t()>) {
     *existed =
@@ -459,7 +577,7 @@ void RocksDbStore::DeleteAsync(const KeyId& id, Done<bool> done) {
 
 void RocksDbStore::ForceReleaseAsync(const KeyId& id, Done<uint64_t> done) {
   Enqueue<uint64_t>(
-      id,
+      id, 0,
       [](const Record* current, absl::Time now,
          absl::FunctionRef<uint64_t()> next_token) {
         return DecideForceRelease(current, now, next_token);

@@ -59,6 +59,13 @@ struct RocksDbStoreOptions {
   // Changes waiting for the writer beyond this are refused at once with
   // RESOURCE_EXHAUSTED, so that a flood cannot grow memory without bound.
   size_t max_pending_writes = 100'000;
+  // The same bound on the bytes those changes carry (bodies, metadata,
+  // checkpoints), so that large results cannot exhaust memory either.
+  size_t max_pending_write_bytes = size_t{256} << 20;
+  // Writes are refused (UNAVAILABLE, store unhealthy) while the data disk has
+  // less free space than this, before RocksDB itself runs out: space for
+  // memtable flushes and compactions, and never a half-written WAL record.
+  size_t min_free_disk_bytes = size_t{256} << 20;
   size_t write_buffer_bytes = size_t{32} << 20;
   // Not owned; must outlive the store.
   const Clock* clock = Clock::Real();
@@ -95,6 +102,7 @@ class RocksDbStore final : public Store {
   absl::StatusOr<std::map<std::string, StateCounts>> CountKeys(
       const std::string& name_space) override;
   StoreStats Stats() override;
+  absl::Status Health() override;
 
   // Flushes memtables and compacts everything, dropping expired records.
   absl::Status CompactAll();
@@ -118,6 +126,7 @@ class RocksDbStore final : public Store {
   // reports the outcome once the batch holding its change is durable.
   struct PendingOp {
     std::string db_key;
+    size_t bytes = 0;  // What the change carries, for the queue's bound.
     std::function<Change(const Record* current, absl::Time now,
                          absl::FunctionRef<uint64_t()> next_token)>
         decide;
@@ -130,7 +139,8 @@ class RocksDbStore final : public Store {
   // Queues a state-machine operation on `id`; `done` gets its reply once
   // durable.
   template <typename Reply, typename DecideFn>
-  void Enqueue(const KeyId& id, DecideFn decide, Done<Reply> done);
+  void Enqueue(const KeyId& id, size_t payload_bytes, DecideFn decide,
+               Done<Reply> done);
   // Queues `op`, or reports RESOURCE_EXHAUSTED to it if the queue is full.
   void Push(PendingOp op);
   // The writer thread: takes the queued operations in order, decides each
@@ -146,7 +156,17 @@ class RocksDbStore final : public Store {
   absl::StatusOr<std::optional<Record>> ReadRecord(const std::string& db_key);
   absl::Status LoadTokenCounter();
   absl::StatusOr<uint64_t> NextToken();
-  void MaintenanceLoop(absl::Duration tick);
+  // UNAVAILABLE when writing `bytes` would leave less than
+  // min_free_disk_bytes free on the data disk.
+  absl::Status CheckFreeSpace(size_t bytes);
+  void MaintenanceLoop(absl::Duration compaction_tick);
+  // Marks the store unhealthy after a storage error (not a decode error).
+  // A corrupt file makes it unhealthy for good: only an operator can mend
+  // that, and a server that answers some keys wrongly must not look ready.
+  void NoteStorageError(const absl::Status& error, bool corrupt = false);
+  // While unhealthy: asks RocksDB to resume, then makes a synced probe
+  // write; healthy again if it lands.
+  void TryRecover();
 
   const RocksDbStoreOptions options_;
   // Declared before db_: the database refers to the filter until closed.
@@ -155,6 +175,7 @@ class RocksDbStore final : public Store {
 
   absl::Mutex queue_mu_;
   std::deque<PendingOp> queue_ ABSL_GUARDED_BY(queue_mu_);
+  size_t queued_bytes_ ABSL_GUARDED_BY(queue_mu_) = 0;
   bool closing_ ABSL_GUARDED_BY(queue_mu_) = false;
   std::thread writer_;
 
@@ -162,6 +183,15 @@ class RocksDbStore final : public Store {
   uint64_t next_token_ = 1;
   // Tokens up to and including this value may be handed out.
   uint64_t reserved_token_ = 0;
+
+  absl::Mutex health_mu_;
+  absl::Status health_ ABSL_GUARDED_BY(health_mu_);
+  std::atomic<bool> unhealthy_{false};
+  std::atomic<bool> corrupt_{false};
+  // Free space a write must leave: min_free_disk_bytes, raised by a quarter
+  // after a refusal until the store recovers, so that health does not flap
+  // around the threshold.
+  std::atomic<uint64_t> free_space_floor_;
 
   absl::Mutex maintenance_mu_;
   bool stopping_ ABSL_GUARDED_BY(maintenance_mu_) = false;

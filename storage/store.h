@@ -221,6 +221,12 @@ class Store {
   virtual absl::StatusOr<std::map<std::string, StateCounts>> CountKeys(
       const std::string& name_space) = 0;
   virtual StoreStats Stats() = 0;
+
+  // OK while the store can take writes; otherwise the error that stopped
+  // it (disk full, read-only or failing disk, a corrupt file). The store
+  // keeps trying to recover by itself and reports OK again once a probe
+  // write is durable. Cheap: meant to be polled.
+  virtual absl::Status Health() = 0;
 };
 
 }  // namespace idem::storage

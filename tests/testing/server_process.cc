@@ -22,8 +22,10 @@
 
 namespace idem::testing {
 
-ServerProcess::ServerProcess(std::vector<std::string> extra_flags)
-    : data_dir_(dir_.Sub("data")), extra_flags_(std::move(extra_flags)) {}
+ServerProcess::ServerProcess(std::vector<std::string> extra_flags,
+                             std::string data_dir)
+    : data_dir_(data_dir.empty() ? dir_.Sub("data") : std::move(data_dir)),
+      extra_flags_(std::move(extra_flags)) {}
 
 ServerProcess::~ServerProcess() {
   if (pid_ > 0) Kill();

@@ -21,7 +21,9 @@ namespace idem::testing {
 class ServerProcess {
  public:
   // `extra_flags` are passed to every start, e.g. {"--max-wait=10s"}.
-  explicit ServerProcess(std::vector<std::string> extra_flags = {});
+  // `data_dir` defaults to a folder of the server's own temporary directory.
+  explicit ServerProcess(std::vector<std::string> extra_flags = {},
+                         std::string data_dir = "");
   // Kills the server if it still runs.
   ~ServerProcess();
   ServerProcess(const ServerProcess&) = delete;
