@@ -141,6 +141,14 @@ std::vector<Setting> MakeSettings() {
           [](ServerConfig& c) -> absl::Duration& { return c.limits.max_wait; },
           absl::ZeroDuration(), absl::Hours(1)),
       SizeSetting(
+          "max-parked-waiters", "IDEM_MAX_PARKED_WAITERS",
+          "Begin calls that may wait at once; more are refused with "
+          "RESOURCE_EXHAUSTED",
+          [](ServerConfig& c) -> size_t& {
+            return c.limits.max_parked_waiters;
+          },
+          0, size_t{1'000'000}),
+      SizeSetting(
           "max-body-bytes", "IDEM_MAX_BODY_BYTES", "largest result body",
           [](ServerConfig& c) -> size_t& { return c.limits.max_body_bytes; }, 0,
           size_t{64} << 20),
@@ -183,6 +191,12 @@ std::vector<Setting> MakeSettings() {
           "this are refused with RESOURCE_EXHAUSTED",
           [](ServerConfig& c) -> size_t& { return c.max_pending_write_bytes; },
           size_t{1} << 20, size_t{1} << 40),
+      SizeSetting(
+          "max-grpc-memory-bytes", "IDEM_MAX_GRPC_MEMORY_BYTES",
+          "memory gRPC may use for connections and messages in flight (its "
+          "resource quota)",
+          [](ServerConfig& c) -> size_t& { return c.max_grpc_memory_bytes; },
+          size_t{16} << 20, size_t{1} << 40),
       SizeSetting(
           "min-free-disk-bytes", "IDEM_MIN_FREE_DISK_BYTES",
           "changes fail with UNAVAILABLE (and health is NOT_SERVING) while "

@@ -24,6 +24,7 @@ struct ServerConfig {
   // Changes waiting for the disk beyond this are refused (overload).
   size_t max_pending_writes = 100'000;
   size_t max_pending_write_bytes = size_t{256} << 20;
+  size_t max_grpc_memory_bytes = size_t{1} << 30;
   size_t min_free_disk_bytes = size_t{256} << 20;
   // If set, the bound port is written here once the server serves (useful
   // with --listen=HOST:0).

@@ -101,6 +101,20 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
       Done(absl::CancelledError("call cancelled"));
       return;
     }
+    if (waits->parked() >= service_->limits_.max_parked_waiters) {
+      if (parked_before_) {
+        // It has waited already: answer with the state as it is.
+        FillBegin(*begun, response_);
+        Done(absl::OkStatus(), OutcomeName(begun->outcome));
+      } else {
+        Done(absl::ResourceExhaustedError(absl::StrCat(
+            "the server is overloaded: ", service_->limits_.max_parked_waiters,
+            " Begin calls are already waiting (--max-parked-waiters); retry "
+            "with backoff, or Begin without wait")));
+      }
+      return;
+    }
+    parked_before_ = true;
     park->waiter = waits->Park(wait_key_, epoch,
                                std::min(begun->lease_expires_at, wait_until_),
                                [this](WaitQueue::Wake wake) { OnWake(wake); });
@@ -140,6 +154,7 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
     WaitQueue::Handle waiter ABSL_GUARDED_BY(mu);
   };
   const std::shared_ptr<ParkState> park_ = std::make_shared<ParkState>();
+  bool parked_before_ = false;  // Only touched by the call's current step.
 };
 
 IdempotencyService::IdempotencyService(storage::Store* store, WaitQueue* waits,

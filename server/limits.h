@@ -29,6 +29,8 @@ struct Limits {
   absl::Duration default_retention = absl::Hours(24);
   absl::Duration max_retention = absl::Hours(24 * 30);
   absl::Duration max_wait = absl::Minutes(5);
+  // Each parked Begin holds a gRPC call (a few KiB) until it is answered.
+  size_t max_parked_waiters = 10'000;
   size_t max_body_bytes = size_t{1} << 20;
   size_t max_metadata_entries = 64;
   size_t max_metadata_key_bytes = 256;

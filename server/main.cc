@@ -26,6 +26,7 @@
 #include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
@@ -128,6 +129,11 @@ int Run(int argc, char** argv) {
   // port would silently share the traffic with its own, separate store and
   // run the same key's work twice. Refuse instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Bounds gRPC's own buffers, so that a flood of connections or large
+  // messages in flight cannot take the process's memory.
+  grpc::ResourceQuota quota("idem-server");
+  quota.Resize(config->max_grpc_memory_bytes);
+  builder.SetResourceQuota(quota);
   builder.RegisterService(&idempotency);
   builder.RegisterService(&admin);
   // Room for the largest valid Complete: body, metadata and framing.

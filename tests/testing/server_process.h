@@ -42,6 +42,7 @@ class ServerProcess {
   int Wait();
 
   std::string address() const;
+  pid_t pid() const { return pid_; }
   int metrics_port() const { return metrics_port_; }
   std::unique_ptr<v1::Idempotency::Stub> NewStub() const;
   std::string log() const;
