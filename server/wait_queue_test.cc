@@ -27,9 +27,12 @@ struct Recorder {
 
 const absl::Time kFar = absl::InfiniteFuture();
 
+// In every test the recorders are declared before the queue: the queue's
+// destructor wakes whoever is still parked, so they must outlive it.
+
 TEST(WaitQueueTest, NotifyWakesEveryWaiterOfThatKeyOnly) {
-  WaitQueue queue;
   Recorder a, b, other;
+  WaitQueue queue;
   queue.Park("k", queue.Epoch("k"), kFar, a.callback());
   queue.Park("k", queue.Epoch("k"), kFar, b.callback());
   queue.Park("other", queue.Epoch("other"), kFar, other.callback());
@@ -44,8 +47,8 @@ TEST(WaitQueueTest, NotifyWakesEveryWaiterOfThatKeyOnly) {
 }
 
 TEST(WaitQueueTest, ANotifyBetweenReadAndParkIsNotMissed) {
-  WaitQueue queue;
   Recorder r;
+  WaitQueue queue;
   const uint64_t epoch = queue.Epoch("k");
   queue.Notify("k");  // The key changed after the caller read the store.
   queue.Park("k", epoch, kFar, r.callback());
@@ -68,8 +71,8 @@ TEST(WaitQueueTest, RecheckTimeWakesTheWaiter) {
 }
 
 TEST(WaitQueueTest, AnEarlierRecheckIsHonouredWhileTheWorkerSleepsLonger) {
-  WaitQueue queue;
   Recorder late, early;
+  WaitQueue queue;
   queue.Park("a", queue.Epoch("a"), absl::Now() + absl::Hours(1),
              late.callback());
   absl::SleepFor(absl::Milliseconds(20));
@@ -82,8 +85,8 @@ TEST(WaitQueueTest, AnEarlierRecheckIsHonouredWhileTheWorkerSleepsLonger) {
 }
 
 TEST(WaitQueueTest, CancelWakesOnceAndLaterEventsAreIgnored) {
-  WaitQueue queue;
   Recorder r;
+  WaitQueue queue;
   WaitQueue::Handle handle =
       queue.Park("k", queue.Epoch("k"), absl::Now() + absl::Milliseconds(50),
                  r.callback());
@@ -97,8 +100,9 @@ TEST(WaitQueueTest, CancelWakesOnceAndLaterEventsAreIgnored) {
 }
 
 TEST(WaitQueueTest, ShutdownWakesEveryoneAndLaterParksAtOnce) {
-  WaitQueue queue;
   std::vector<std::unique_ptr<Recorder>> recorders;
+  Recorder late;
+  WaitQueue queue;
   for (int i = 0; i < 1000; ++i) {
     recorders.push_back(std::make_unique<Recorder>());
     const std::string key = "k" + std::to_string(i % 10);
@@ -109,16 +113,15 @@ TEST(WaitQueueTest, ShutdownWakesEveryoneAndLaterParksAtOnce) {
     ASSERT_TRUE(r->woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
     EXPECT_EQ(r->reason, Wake::kShutdown);
   }
-  Recorder late;
   queue.Park("k", queue.Epoch("k"), kFar, late.callback());
   ASSERT_TRUE(late.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
   EXPECT_EQ(late.reason, Wake::kShutdown);
 }
 
 TEST(WaitQueueTest, ACallbackMayParkAgain) {
-  WaitQueue queue;
   Recorder second;
   std::atomic<int> first_calls{0};
+  WaitQueue queue;
   queue.Park("k", queue.Epoch("k"), kFar, [&](Wake) {
     first_calls++;
     queue.Park("k", queue.Epoch("k"), kFar, second.callback());

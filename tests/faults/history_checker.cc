@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <fstream>
-#include <limits>
 #include <map>
 #include <set>
 #include <utility>
@@ -13,8 +12,6 @@
 
 namespace idem::faults {
 namespace {
-
-constexpr int64_t kForever = std::numeric_limits<int64_t>::max();
 
 // A stretch of server time during which `token` held the key, as a reply
 // proved it: Begin ACQUIRED and Extend set the lease to now + lease, so the

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-tools/dev/deps.sh clang-format python3-yaml
+# clang-format checks formatting; clang and its runtimes build the sanitizer
+# and libFuzzer pass below.
+tools/dev/deps.sh clang-format python3-yaml clang libclang-rt-14-dev
 
 sources=$(git ls-files '*.cc' '*.h' 2>/dev/null || true)
 if [ -n "$sources" ]; then
@@ -17,13 +19,16 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIDEM_WERROR=ON >/dev/nul
 cmake --build build -j"$(nproc)"
 (cd build && ctest --output-on-failure -j"$(nproc)" --timeout 300)
 
-# The same tests under AddressSanitizer and UndefinedBehaviorSanitizer (the
-# integration tests then run a sanitized idem-server too). About two more
-# minutes on 2 cores; IDEM_SKIP_SANITIZERS=1 skips it for a quick local run.
+# The same tests under AddressSanitizer and UndefinedBehaviorSanitizer, built
+# by clang so that the libFuzzer targets (tests/fuzz) build and run in the
+# same pass (30 s each); the integration tests then run a sanitized
+# idem-server too. IDEM_SKIP_SANITIZERS=1 skips it for a quick local run.
 if [ "${IDEM_SKIP_SANITIZERS:-0}" != 1 ]; then
-  sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DIDEM_WERROR=ON \
-    -DCMAKE_CXX_FLAGS="$sanitize" -DCMAKE_EXE_LINKER_FLAGS="$sanitize" >/dev/null
-  cmake --build build-asan -j"$(nproc)"
-  (cd build-asan && ctest --output-on-failure -j"$(nproc)" --timeout 300)
+  sanitize="-fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+  CC=clang CXX=clang++ cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug \
+    -DIDEM_WERROR=ON -DIDEM_FUZZ=ON -DIDEM_FUZZ_SECONDS="${IDEM_FUZZ_SECONDS:-30}" \
+    -DCMAKE_CXX_FLAGS="$sanitize" \
+    -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
+  cmake --build build-sanitize -j"$(nproc)"
+  (cd build-sanitize && ctest --output-on-failure -j"$(nproc)" --timeout 300)
 fi
