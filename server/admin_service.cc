@@ -10,13 +10,33 @@
 
 namespace idem::server {
 AdminService::AdminService(storage::Store* store, WaitQueue* waits,
-                           BlockingExecutor* executor, RpcObserver* observer)
-    : store_(store), waits_(waits), executor_(executor), observer_(observer) {}
+                           BlockingExecutor* executor, RpcObserver* observer,
+                           const Authorizer* authorizer)
+    : store_(store),
+      waits_(waits),
+      executor_(executor),
+      observer_(observer),
+      authorizer_(authorizer) {}
+
+absl::StatusOr<std::string> AdminService::Admit(
+    const grpc::CallbackServerContext& context) const {
+  absl::StatusOr<Access> access = authorizer_->Authenticate(context);
+  if (!access.ok()) return access.status();
+  if (absl::Status admin = Authorizer::CheckAdmin(*access); !admin.ok()) {
+    return admin;
+  }
+  return access->principals();
+}
 
 grpc::ServerUnaryReactor* AdminService::Delete(
     grpc::CallbackServerContext* context, const v1::DeleteRequest* request,
     v1::DeleteResponse* response) {
   const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> principal = Admit(*context);
+  if (!principal.ok()) {
+    return observer_->Answer(context, "Admin.Delete", start,
+                             principal.status());
+  }
   absl::StatusOr<AdminAction> action = ValidateAdminAction(
       request->namespace_(), request->key(), request->reason());
   if (!action.ok())
@@ -25,6 +45,7 @@ grpc::ServerUnaryReactor* AdminService::Delete(
   const storage::KeyId id = action->id;
   store_->DeleteAsync(
       id, [this, reactor, start, response, peer = context->peer(),
+           principal = *principal,
            action = *std::move(action)](absl::StatusOr<bool> existed) {
         if (existed.ok()) {
           response->set_existed(*existed);
@@ -33,7 +54,8 @@ grpc::ServerUnaryReactor* AdminService::Delete(
                {"key", action.id.key},
                {"existed", *existed ? "true" : "false"},
                {"reason", action.reason},
-               {"peer", peer}});
+               {"peer", peer},
+               {"principal", principal}});
           waits_->Notify(WaitKey(action.id));  // Waiters may now acquire it.
         }
         observer_->Finish(reactor, "Admin.Delete", start, existed.status());
@@ -46,6 +68,11 @@ grpc::ServerUnaryReactor* AdminService::ForceRelease(
     const v1::ForceReleaseRequest* request,
     v1::ForceReleaseResponse* response) {
   const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> principal = Admit(*context);
+  if (!principal.ok()) {
+    return observer_->Answer(context, "Admin.ForceRelease", start,
+                             principal.status());
+  }
   absl::StatusOr<AdminAction> action = ValidateAdminAction(
       request->namespace_(), request->key(), request->reason());
   if (!action.ok()) {
@@ -56,6 +83,7 @@ grpc::ServerUnaryReactor* AdminService::ForceRelease(
   const storage::KeyId id = action->id;
   store_->ForceReleaseAsync(
       id, [this, reactor, start, response, peer = context->peer(),
+           principal = *principal,
            action = *std::move(action)](absl::StatusOr<uint64_t> token) {
         if (token.ok()) {
           response->set_fencing_token(*token);
@@ -64,7 +92,8 @@ grpc::ServerUnaryReactor* AdminService::ForceRelease(
                {"key", action.id.key},
                {"fencing_token", absl::StrCat(*token)},
                {"reason", action.reason},
-               {"peer", peer}});
+               {"peer", peer},
+               {"principal", principal}});
           waits_->Notify(WaitKey(action.id));
         }
         observer_->Finish(reactor, "Admin.ForceRelease", start, token.status());
@@ -76,6 +105,10 @@ grpc::ServerUnaryReactor* AdminService::List(
     grpc::CallbackServerContext* context, const v1::ListRequest* request,
     v1::ListResponse* response) {
   const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> principal = Admit(*context);
+  if (!principal.ok()) {
+    return observer_->Answer(context, "Admin.List", start, principal.status());
+  }
   absl::StatusOr<storage::ListQuery> query = ValidateList(*request);
   if (!query.ok())
     return observer_->Answer(context, "Admin.List", start, query.status());
@@ -115,6 +148,10 @@ grpc::ServerUnaryReactor* AdminService::Stats(
     grpc::CallbackServerContext* context, const v1::StatsRequest* request,
     v1::StatsResponse* response) {
   const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> principal = Admit(*context);
+  if (!principal.ok()) {
+    return observer_->Answer(context, "Admin.Stats", start, principal.status());
+  }
   absl::StatusOr<std::string> name_space = ValidateStats(*request);
   if (!name_space.ok()) {
     return observer_->Answer(context, "Admin.Stats", start,

@@ -3,7 +3,11 @@
 #ifndef IDEM_SERVER_ADMIN_SERVICE_H_
 #define IDEM_SERVER_ADMIN_SERVICE_H_
 
+#include <string>
+
+#include "absl/status/statusor.h"
 #include "idem/v1/admin.grpc.pb.h"
+#include "server/authorizer.h"
 #include "server/blocking_executor.h"
 #include "server/rpc_observer.h"
 #include "server/wait_queue.h"
@@ -16,8 +20,10 @@ class AdminService final : public v1::Admin::CallbackService {
   // Nothing is owned; all must outlive the service.
   // Writes use the store's asynchronous operations; scans (List, Stats)
   // run on `executor`: gRPC's threads wait for neither.
+  // Only callers whose policy grants `admin` may call it (`authorizer`).
   AdminService(storage::Store* store, WaitQueue* waits,
-               BlockingExecutor* executor, RpcObserver* observer);
+               BlockingExecutor* executor, RpcObserver* observer,
+               const Authorizer* authorizer);
 
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
                                    const v1::DeleteRequest* request,
@@ -34,10 +40,16 @@ class AdminService final : public v1::Admin::CallbackService {
                                   v1::StatsResponse* response) override;
 
  private:
+  // The caller's principal names ("" on an open server), or why it may not
+  // call the Admin service.
+  absl::StatusOr<std::string> Admit(
+      const grpc::CallbackServerContext& context) const;
+
   storage::Store* const store_;
   WaitQueue* const waits_;
   BlockingExecutor* const executor_;
   RpcObserver* const observer_;
+  const Authorizer* const authorizer_;
 };
 
 }  // namespace idem::server

@@ -232,6 +232,25 @@ std::vector<Setting> MakeSettings() {
       StringSetting("port-file", "IDEM_PORT_FILE",
                     "write the bound ports to this file once serving",
                     &ServerConfig::port_file, true),
+      StringSetting("tls-cert", "IDEM_TLS_CERT",
+                    "PEM certificate chain for the gRPC port; empty: "
+                    "plaintext",
+                    &ServerConfig::tls_cert, true),
+      StringSetting("tls-key", "IDEM_TLS_KEY", "PEM private key of --tls-cert",
+                    &ServerConfig::tls_key, true),
+      StringSetting("tls-client-ca", "IDEM_TLS_CLIENT_CA",
+                    "PEM CA bundle; if set, clients must present a "
+                    "certificate it verifies (mutual TLS)",
+                    &ServerConfig::tls_client_ca, true),
+      DurationSetting(
+          "tls-refresh", "IDEM_TLS_REFRESH",
+          "how often the TLS files are re-read (SIGHUP checks them at once)",
+          [](ServerConfig& c) -> absl::Duration& { return c.tls_refresh; },
+          absl::Seconds(1), absl::Hours(1)),
+      StringSetting("policy", "IDEM_POLICY",
+                    "authorization policy file (YAML); empty: every caller "
+                    "may do everything",
+                    &ServerConfig::policy, true),
   };
 }
 
@@ -248,6 +267,19 @@ absl::Status CheckConsistent(const ServerConfig& c) {
                      absl::FormatDuration(c.limits.default_retention),
                      ") exceeds --max-retention (",
                      absl::FormatDuration(c.limits.max_retention), ")"));
+  }
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-cert and --tls-key go together: set both or neither");
+  }
+  if (!c.tls_client_ca.empty() && c.tls_cert.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS)");
+  }
+  if (!c.policy.empty() && c.tls_cert.empty()) {
+    return absl::InvalidArgumentError(
+        "--policy needs --tls-cert and --tls-key: client certificates and "
+        "bearer tokens are only accepted over TLS");
   }
   return absl::OkStatus();
 }

@@ -36,6 +36,14 @@ struct ServerConfig {
   // On SIGTERM, how long to report NOT_SERVING before draining, so that load
   // balancers stop sending new calls first.
   absl::Duration drain_delay = absl::ZeroDuration();
+  // TLS (see server/tls.h): all empty means plaintext.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  // How often the TLS files are checked for changes.
+  absl::Duration tls_refresh = absl::Seconds(5);
+  // Authorization policy (see server/auth_policy.h); empty: open.
+  std::string policy;
   Limits limits;
 };
 

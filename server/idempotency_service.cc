@@ -159,8 +159,21 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
 
 IdempotencyService::IdempotencyService(storage::Store* store, WaitQueue* waits,
                                        RpcObserver* observer,
+                                       const Authorizer* authorizer,
                                        const Limits& limits)
-    : store_(store), waits_(waits), observer_(observer), limits_(limits) {}
+    : store_(store),
+      waits_(waits),
+      observer_(observer),
+      authorizer_(authorizer),
+      limits_(limits) {}
+
+absl::Status IdempotencyService::Authorize(
+    const grpc::CallbackServerContext& context,
+    absl::string_view name_space) const {
+  absl::StatusOr<Access> access = authorizer_->Authenticate(context);
+  if (!access.ok()) return access.status();
+  return Authorizer::CheckNamespace(*access, name_space);
+}
 
 void IdempotencyService::RunBegin(const storage::BeginCommand& command,
                                   storage::Done<storage::BeginResult> done) {
@@ -177,6 +190,10 @@ grpc::ServerUnaryReactor* IdempotencyService::Begin(
     grpc::CallbackServerContext* context, const v1::BeginRequest* request,
     v1::BeginResponse* response) {
   const absl::Time start = absl::Now();
+  if (absl::Status allowed = Authorize(*context, request->namespace_());
+      !allowed.ok()) {
+    return observer_->Answer(context, "Begin", start, allowed);
+  }
   absl::StatusOr<ValidBegin> begin = ValidateBegin(*request, limits_);
   if (!begin.ok())
     return observer_->Answer(context, "Begin", start, begin.status());
@@ -212,6 +229,10 @@ grpc::ServerUnaryReactor* IdempotencyService::Complete(
     grpc::CallbackServerContext* context, const v1::CompleteRequest* request,
     v1::CompleteResponse* response) {
   const absl::Time start = absl::Now();
+  if (absl::Status allowed = Authorize(*context, request->namespace_());
+      !allowed.ok()) {
+    return observer_->Answer(context, "Complete", start, allowed);
+  }
   absl::StatusOr<storage::CompleteCommand> command =
       ValidateComplete(*request, limits_);
   if (!command.ok())
@@ -235,6 +256,10 @@ grpc::ServerUnaryReactor* IdempotencyService::Release(
     grpc::CallbackServerContext* context, const v1::ReleaseRequest* request,
     v1::ReleaseResponse* /*response*/) {
   const absl::Time start = absl::Now();
+  if (absl::Status allowed = Authorize(*context, request->namespace_());
+      !allowed.ok()) {
+    return observer_->Answer(context, "Release", start, allowed);
+  }
   absl::StatusOr<storage::ReleaseCommand> command = ValidateRelease(*request);
   if (!command.ok())
     return observer_->Answer(context, "Release", start, command.status());
@@ -251,6 +276,10 @@ grpc::ServerUnaryReactor* IdempotencyService::Extend(
     grpc::CallbackServerContext* context, const v1::ExtendRequest* request,
     v1::ExtendResponse* response) {
   const absl::Time start = absl::Now();
+  if (absl::Status allowed = Authorize(*context, request->namespace_());
+      !allowed.ok()) {
+    return observer_->Answer(context, "Extend", start, allowed);
+  }
   absl::StatusOr<storage::ExtendCommand> command =
       ValidateExtend(*request, limits_);
   if (!command.ok())
@@ -268,6 +297,10 @@ grpc::ServerUnaryReactor* IdempotencyService::Lookup(
     grpc::CallbackServerContext* context, const v1::LookupRequest* request,
     v1::LookupResponse* response) {
   const absl::Time start = absl::Now();
+  if (absl::Status allowed = Authorize(*context, request->namespace_());
+      !allowed.ok()) {
+    return observer_->Answer(context, "Lookup", start, allowed);
+  }
   absl::StatusOr<storage::KeyId> id = ValidateLookup(*request);
   if (!id.ok()) return observer_->Answer(context, "Lookup", start, id.status());
   absl::StatusOr<storage::KeySnapshot> seen = store_->Lookup(*id);
@@ -281,6 +314,10 @@ grpc::ServerUnaryReactor* IdempotencyService::Checkpoint(
     grpc::CallbackServerContext* context, const v1::CheckpointRequest* request,
     v1::CheckpointResponse* /*response*/) {
   const absl::Time start = absl::Now();
+  if (absl::Status allowed = Authorize(*context, request->namespace_());
+      !allowed.ok()) {
+    return observer_->Answer(context, "Checkpoint", start, allowed);
+  }
   absl::StatusOr<storage::CheckpointCommand> command =
       ValidateCheckpoint(*request);
   if (!command.ok()) {
@@ -337,6 +374,10 @@ grpc::ServerUnaryReactor* IdempotencyService::BeginBatch(
   if (absl::Status size = CheckBatchSize(n); !size.ok()) {
     return observer_->Answer(context, "BeginBatch", start, size);
   }
+  const absl::StatusOr<Access> access = authorizer_->Authenticate(*context);
+  if (!access.ok()) {
+    return observer_->Answer(context, "BeginBatch", start, access.status());
+  }
   // Every entry exists before any is answered: answers then touch only
   // their own entry.
   for (int i = 0; i < n; ++i) response->add_entries();
@@ -348,6 +389,11 @@ grpc::ServerUnaryReactor* IdempotencyService::BeginBatch(
     v1::BeginBatchEntry* entry = response->mutable_entries(i);
     absl::StatusOr<ValidBegin> begin =
         ValidateBegin(request->requests(i), limits_);
+    if (absl::Status allowed = Authorizer::CheckNamespace(
+            *access, request->requests(i).namespace_());
+        !allowed.ok()) {
+      begin = allowed;
+    }
     if (begin.ok() && begin->wait > absl::ZeroDuration()) {
       begin = absl::InvalidArgumentError("wait is not allowed in a batch");
     }
@@ -378,6 +424,10 @@ grpc::ServerUnaryReactor* IdempotencyService::CompleteBatch(
   if (absl::Status size = CheckBatchSize(n); !size.ok()) {
     return observer_->Answer(context, "CompleteBatch", start, size);
   }
+  const absl::StatusOr<Access> access = authorizer_->Authenticate(*context);
+  if (!access.ok()) {
+    return observer_->Answer(context, "CompleteBatch", start, access.status());
+  }
   for (int i = 0; i < n; ++i) response->add_entries();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto countdown = std::make_shared<BatchCountdown>(n, [=, this] {
@@ -387,6 +437,11 @@ grpc::ServerUnaryReactor* IdempotencyService::CompleteBatch(
     v1::CompleteBatchEntry* entry = response->mutable_entries(i);
     absl::StatusOr<storage::CompleteCommand> command =
         ValidateComplete(request->requests(i), limits_);
+    if (absl::Status allowed = Authorizer::CheckNamespace(
+            *access, request->requests(i).namespace_());
+        !allowed.ok()) {
+      command = allowed;
+    }
     if (!command.ok()) {
       SetBatchStatus(command.status(), entry->mutable_status());
       countdown->Done();

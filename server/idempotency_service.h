@@ -9,6 +9,7 @@
 #define IDEM_SERVER_IDEMPOTENCY_SERVICE_H_
 
 #include "idem/v1/idempotency.grpc.pb.h"
+#include "server/authorizer.h"
 #include "server/limits.h"
 #include "server/rpc_observer.h"
 #include "server/wait_queue.h"
@@ -22,8 +23,10 @@ class IdempotencyService final : public v1::Idempotency::CallbackService {
   // before the gRPC server so that parked calls end promptly.
   // Writes use the store's asynchronous operations: gRPC's threads never
   // wait for the disk; calls are finished from the store's writer thread.
+  // Every call is authorized by `authorizer` (per namespace) first.
   IdempotencyService(storage::Store* store, WaitQueue* waits,
-                     RpcObserver* observer, const Limits& limits);
+                     RpcObserver* observer, const Authorizer* authorizer,
+                     const Limits& limits);
 
   grpc::ServerUnaryReactor* Begin(grpc::CallbackServerContext* context,
                                   const v1::BeginRequest* request,
@@ -56,6 +59,9 @@ class IdempotencyService final : public v1::Idempotency::CallbackService {
  private:
   class BeginReactor;
 
+  // OK when the caller is authenticated and may use `name_space`.
+  absl::Status Authorize(const grpc::CallbackServerContext& context,
+                         absl::string_view name_space) const;
   // Store::BeginAsync, with takeovers counted and logged.
   void RunBegin(const storage::BeginCommand& command,
                 storage::Done<storage::BeginResult> done);
@@ -63,6 +69,7 @@ class IdempotencyService final : public v1::Idempotency::CallbackService {
   storage::Store* const store_;
   WaitQueue* const waits_;
   RpcObserver* const observer_;
+  const Authorizer* const authorizer_;
   const Limits limits_;
 };
 

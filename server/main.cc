@@ -16,6 +16,7 @@
 #include <fstream>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,8 @@
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "server/admin_service.h"
+#include "server/auth_policy.h"
+#include "server/authorizer.h"
 #include "server/blocking_executor.h"
 #include "server/config.h"
 #include "server/idempotency_service.h"
@@ -39,6 +42,7 @@
 #include "server/metrics_http.h"
 #include "server/rpc_observer.h"
 #include "server/store_health_watcher.h"
+#include "server/tls.h"
 #include "server/wait_queue.h"
 #include "storage/rocksdb_store.h"
 
@@ -67,6 +71,7 @@ int Run(int argc, char** argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP);  // Re-check the TLS files.
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   absl::StatusOr<ServerConfig> config = ParseConfig(
@@ -87,6 +92,53 @@ int Run(int argc, char** argv) {
   ParseLogLevel(config->log_level, &level);
   SetLogLevel(level);
   Log(LogLevel::kInfo, "starting", {{"config", Describe(*config)}});
+
+  // Security: checked before anything is opened, so that a bad file stops
+  // the server at once with one clear line.
+  const TlsFiles tls_files{config->tls_cert, config->tls_key,
+                           config->tls_client_ca};
+  if (!tls_files.cert.empty()) {
+    absl::StatusOr<std::string> tls = CheckTlsFiles(tls_files);
+    if (!tls.ok()) {
+      Log(LogLevel::kError, "tls_invalid",
+          {{"error", std::string(tls.status().message())}});
+      return 2;
+    }
+    Log(LogLevel::kInfo, "tls",
+        {{"certificate", *tls},
+         {"client_certificates",
+          tls_files.client_ca.empty() ? "not requested" : "required"}});
+  } else {
+    Log(LogLevel::kWarning, "tls",
+        {{"mode", "plaintext"},
+         {"effect", "traffic is not encrypted; set --tls-cert/--tls-key"}});
+  }
+  std::optional<AuthPolicy> policy;
+  if (!config->policy.empty()) {
+    absl::StatusOr<AuthPolicy> loaded = AuthPolicy::Load(config->policy);
+    if (!loaded.ok()) {
+      Log(LogLevel::kError, "policy_invalid",
+          {{"error", std::string(loaded.status().message())}});
+      return 2;
+    }
+    policy = *std::move(loaded);
+    if (policy->uses_certificates() && tls_files.client_ca.empty()) {
+      Log(LogLevel::kWarning, "policy",
+          {{"note",
+            "the policy matches certificate names but --tls-client-ca is "
+            "not set, so no client certificate is ever presented"}});
+    }
+    Log(LogLevel::kInfo, "policy",
+        {{"file", config->policy},
+         {"principals", absl::StrCat(policy->size())}});
+  } else {
+    Log(LogLevel::kWarning, "policy",
+        {{"mode", "open"},
+         {"effect",
+          "no --policy: every caller may use every namespace and the Admin "
+          "service"}});
+  }
+  const Authorizer authorizer(policy.has_value() ? &*policy : nullptr);
 
   storage::RocksDbStoreOptions store_options;
   store_options.path = config->data_dir;
@@ -112,9 +164,10 @@ int Run(int argc, char** argv) {
   WaitQueue waits;
   Metrics metrics;
   RpcObserver observer(&metrics);
-  IdempotencyService idempotency(store->get(), &waits, &observer,
+  IdempotencyService idempotency(store->get(), &waits, &observer, &authorizer,
                                  config->limits);
-  AdminService admin(store->get(), &waits, &admin_scans, &observer);
+  AdminService admin(store->get(), &waits, &admin_scans, &observer,
+                     &authorizer);
 
   // Touching a health message keeps its descriptor in the binary, so that
   // reflection describes grpc.health.v1.Health too (grpcurl describe).
@@ -123,8 +176,9 @@ int Run(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(config->listen, grpc::InsecureServerCredentials(),
-                           &port);
+  builder.AddListeningPort(
+      config->listen, MakeServerCredentials(tls_files, config->tls_refresh),
+      &port);
   // gRPC sets SO_REUSEPORT by default: a second server started on the same
   // port would silently share the traffic with its own, separate store and
   // run the same key's work twice. Refuse instead.
@@ -201,7 +255,27 @@ int Run(int argc, char** argv) {
        {"store_open", absl::FormatDuration(open_time)}});
 
   int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  while (sigwait(&stop_signals, &signal_number) == 0 &&
+         signal_number == SIGHUP) {
+    // gRPC re-reads the files itself (every --tls-refresh); this checks them
+    // now, so that an operator sees at once whether the new ones are good.
+    if (tls_files.cert.empty()) {
+      Log(LogLevel::kInfo, "sighup", {{"note", "TLS is off: nothing to do"}});
+      continue;
+    }
+    absl::StatusOr<std::string> tls = CheckTlsFiles(tls_files);
+    if (tls.ok()) {
+      Log(LogLevel::kInfo, "tls_reload",
+          {{"certificate", *tls},
+           {"effect",
+            absl::StrCat("in use for new connections within ",
+                         absl::FormatDuration(config->tls_refresh))}});
+    } else {
+      Log(LogLevel::kError, "tls_reload_failed",
+          {{"error", std::string(tls.status().message())},
+           {"effect", "the previous certificate stays in use"}});
+    }
+  }
   Log(LogLevel::kInfo, "shutdown_started",
       {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"},
        {"drain_delay", absl::FormatDuration(config->drain_delay)}});

@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "idem/admin_client.h"
 #include "idem/client.h"
+#include "idem/credentials.h"
 #include "idem/keys.h"
 
 namespace idem::tools {
@@ -65,6 +66,10 @@ Operator commands (idem.v1.Admin):
 
 Global flags:
   --server=HOST:PORT  the Idem server (default $IDEM_SERVER or 127.0.0.1:50051)
+  --tls-ca=FILE       connect with TLS, trusting this PEM CA bundle
+  --tls-cert=FILE     client certificate for mutual TLS (with --tls-key)
+  --tls-key=FILE      its private key
+  --token-file=FILE   send the token in FILE as "authorization: Bearer" (TLS)
   --json              print one JSON object shaped like the RPC's response
   --timeout=D         give up after D, retries included (default 5s)
   --help              this text; "idemctl COMMAND --help" for one command
@@ -264,6 +269,8 @@ void PrintResult(const client::Result& r) {
 
 struct Args {
   std::string server;
+  client::TlsSettings tls;
+  bool use_tls = false;
   bool json = false;
   absl::Duration timeout = absl::Seconds(5);
   bool help = false;
@@ -311,6 +318,16 @@ Args Parse(int argc, char** argv) {
     } else if (name == "server") {
       if (value.empty()) throw UsageError{"--server must not be empty"};
       args.server = value;
+    } else if (name == "tls-ca" || name == "tls-cert" || name == "tls-key" ||
+               name == "token-file") {
+      if (value.empty()) {
+        throw UsageError{absl::StrCat("--", name, " must name a file")};
+      }
+      (name == "tls-ca"     ? args.tls.ca_file
+       : name == "tls-cert" ? args.tls.cert_file
+       : name == "tls-key"  ? args.tls.key_file
+                            : args.tls.token_file) = value;
+      args.use_tls = true;
     } else if (name == "timeout") {
       if (!absl::ParseDuration(value, &args.timeout) ||
           args.timeout <= absl::ZeroDuration()) {
@@ -585,6 +602,14 @@ int Run(const Args& args) {
 
   client::ClientOptions options;
   options.target = args.server;
+  if (args.use_tls) {
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+        client::MakeCredentials(args.tls);
+    if (!credentials.ok()) {
+      throw UsageError{std::string(credentials.status().message())};
+    }
+    options.credentials = *std::move(credentials);
+  }
   options.rpc_timeout = args.timeout;
   options.retry.total_timeout = args.timeout;
 

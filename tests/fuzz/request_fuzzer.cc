@@ -15,6 +15,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "server/admin_service.h"
+#include "server/authorizer.h"
 #include "server/blocking_executor.h"
 #include "server/idempotency_service.h"
 #include "server/limits.h"
@@ -94,6 +95,7 @@ struct Harness {
   RpcObserver observer{&metrics};
   BlockingExecutor scans{1};
   Limits limits;
+  Authorizer authorizer{nullptr};  // Open: the handlers themselves are fuzzed.
   std::unique_ptr<IdempotencyService> idempotency;
   std::unique_ptr<AdminService> admin;
   std::unique_ptr<grpc::Server> server;
