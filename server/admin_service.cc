@@ -22,7 +22,7 @@ absl::StatusOr<std::string> AdminService::Admit(
     const grpc::CallbackServerContext& context) const {
   absl::StatusOr<Access> access = authorizer_->Authenticate(context);
   if (!access.ok()) return access.status();
-  if (absl::Status admin = Authorizer::CheckAdmin(*access); !admin.ok()) {
+  if (absl::Status admin = authorizer_->CheckAdmin(*access); !admin.ok()) {
     return admin;
   }
   return access->principals();

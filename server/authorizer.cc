@@ -101,6 +101,13 @@ CallerIdentity Authorizer::CertificateIdentity(const std::string& pem) const {
   return id;
 }
 
+void Authorizer::Record(absl::string_view principal,
+                        absl::string_view result) const {
+  if (metrics_ != nullptr && policy_ != nullptr) {
+    metrics_->RecordAuth(principal, result);
+  }
+}
+
 absl::StatusOr<Access> Authorizer::Authenticate(
     const grpc::ServerContextBase& context) const {
   if (policy_ == nullptr) return Access::Unrestricted();
@@ -119,6 +126,7 @@ absl::StatusOr<Access> Authorizer::Authenticate(
   if (auto it = metadata.find("authorization"); it != metadata.end()) {
     absl::string_view value(it->second.data(), it->second.size());
     if (!tls) {
+      Record("", "unauthenticated");
       return absl::UnauthenticatedError(
           "a bearer token was sent over plaintext: tokens are accepted over "
           "TLS only (and this one should now be considered leaked)");
@@ -126,6 +134,7 @@ absl::StatusOr<Access> Authorizer::Authenticate(
     constexpr absl::string_view kBearer = "bearer ";
     if (value.size() <= kBearer.size() ||
         !absl::EqualsIgnoreCase(value.substr(0, kBearer.size()), kBearer)) {
+      Record("", "unauthenticated");
       return absl::UnauthenticatedError(
           "the authorization metadata must be 'Bearer TOKEN'");
     }
@@ -133,6 +142,7 @@ absl::StatusOr<Access> Authorizer::Authenticate(
         Sha256Bytes(absl::StripAsciiWhitespace(value.substr(kBearer.size())));
   }
   if (caller.empty()) {
+    Record("", "unauthenticated");
     return absl::UnauthenticatedError(
         tls ? "no client identity: present a client certificate or a bearer "
               "token"
@@ -143,14 +153,19 @@ absl::StatusOr<Access> Authorizer::Authenticate(
   access.set_caller(DescribeCaller(caller));
   if (!access.matched() && !caller.has_certificate) {
     // A token nobody knows proves nothing about the caller.
+    Record("", "unauthenticated");
     return absl::UnauthenticatedError("the bearer token matches no principal");
   }
   return access;
 }
 
 absl::Status Authorizer::CheckNamespace(const Access& access,
-                                        absl::string_view name_space) {
-  if (access.MayUseNamespace(name_space)) return absl::OkStatus();
+                                        absl::string_view name_space) const {
+  if (access.MayUseNamespace(name_space)) {
+    Record(access.principals(), "allowed");
+    return absl::OkStatus();
+  }
+  Record(access.principals(), "permission_denied");
   if (!access.matched()) {
     return absl::PermissionDeniedError(
         absl::StrCat("no principal of the policy matches this caller (",
@@ -161,8 +176,12 @@ absl::Status Authorizer::CheckNamespace(const Access& access,
                    "' may not use namespace '", name_space, "'"));
 }
 
-absl::Status Authorizer::CheckAdmin(const Access& access) {
-  if (access.admin()) return absl::OkStatus();
+absl::Status Authorizer::CheckAdmin(const Access& access) const {
+  if (access.admin()) {
+    Record(access.principals(), "allowed");
+    return absl::OkStatus();
+  }
+  Record(access.principals(), "permission_denied");
   if (!access.matched()) {
     return absl::PermissionDeniedError(
         absl::StrCat("no principal of the policy matches this caller (",

@@ -15,13 +15,16 @@
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/server_context.h"
 #include "server/auth_policy.h"
+#include "server/metrics.h"
 
 namespace idem::server {
 
 class Authorizer {
  public:
-  // `policy` may be null (open); not owned, must outlive the authorizer.
-  explicit Authorizer(const AuthPolicy* policy) : policy_(policy) {}
+  // `policy` may be null (open); `metrics` may be null. Not owned; both
+  // must outlive the authorizer.
+  explicit Authorizer(const AuthPolicy* policy, Metrics* metrics = nullptr)
+      : policy_(policy), metrics_(metrics) {}
 
   bool open() const { return policy_ == nullptr; }
 
@@ -31,16 +34,18 @@ class Authorizer {
   absl::StatusOr<Access> Authenticate(
       const grpc::ServerContextBase& context) const;
   // PERMISSION_DENIED unless `access` covers the namespace.
-  static absl::Status CheckNamespace(const Access& access,
-                                     absl::string_view name_space);
+  absl::Status CheckNamespace(const Access& access,
+                              absl::string_view name_space) const;
   // PERMISSION_DENIED unless `access` may call the Admin service.
-  static absl::Status CheckAdmin(const Access& access);
+  absl::Status CheckAdmin(const Access& access) const;
 
  private:
   // Names in a client certificate (PEM), parsed once per certificate.
   CallerIdentity CertificateIdentity(const std::string& pem) const;
+  void Record(absl::string_view principal, absl::string_view result) const;
 
   const AuthPolicy* const policy_;
+  Metrics* const metrics_;
   mutable absl::Mutex mu_;
   mutable absl::flat_hash_map<std::string, CallerIdentity> certificates_
       ABSL_GUARDED_BY(mu_);

@@ -101,23 +101,25 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
       Done(absl::CancelledError("call cancelled"));
       return;
     }
-    if (waits->parked() >= service_->limits_.max_parked_waiters) {
-      if (parked_before_) {
-        // It has waited already: answer with the state as it is.
-        FillBegin(*begun, response_);
-        Done(absl::OkStatus(), OutcomeName(begun->outcome));
-      } else {
-        Done(absl::ResourceExhaustedError(absl::StrCat(
-            "the server is overloaded: ", service_->limits_.max_parked_waiters,
-            " Begin calls are already waiting (--max-parked-waiters); retry "
-            "with backoff, or Begin without wait")));
-      }
+    // Set first: once parked, a wake-up may run (and finish the call) at once.
+    const bool waited = parked_before_;
+    parked_before_ = true;
+    park->waiter = waits->Park(
+        wait_key_, epoch, std::min(begun->lease_expires_at, wait_until_),
+        [this](WaitQueue::Wake wake) { OnWake(wake); },
+        service_->limits_.max_parked_waiters);
+    if (park->waiter != nullptr) return;
+    // Not parked: the queue is full, and no wake-up will come.
+    if (waited) {
+      // It has waited already: answer with the state as it is.
+      FillBegin(*begun, response_);
+      Done(absl::OkStatus(), OutcomeName(begun->outcome));
       return;
     }
-    parked_before_ = true;
-    park->waiter = waits->Park(wait_key_, epoch,
-                               std::min(begun->lease_expires_at, wait_until_),
-                               [this](WaitQueue::Wake wake) { OnWake(wake); });
+    Done(absl::ResourceExhaustedError(absl::StrCat(
+        "the server is overloaded: ", service_->limits_.max_parked_waiters,
+        " Begin calls are already waiting (--max-parked-waiters); retry with "
+        "backoff, or Begin without wait")));
   }
 
   void OnWake(WaitQueue::Wake wake) {
@@ -172,7 +174,7 @@ absl::Status IdempotencyService::Authorize(
     absl::string_view name_space) const {
   absl::StatusOr<Access> access = authorizer_->Authenticate(context);
   if (!access.ok()) return access.status();
-  return Authorizer::CheckNamespace(*access, name_space);
+  return authorizer_->CheckNamespace(*access, name_space);
 }
 
 void IdempotencyService::RunBegin(const storage::BeginCommand& command,
@@ -389,7 +391,7 @@ grpc::ServerUnaryReactor* IdempotencyService::BeginBatch(
     v1::BeginBatchEntry* entry = response->mutable_entries(i);
     absl::StatusOr<ValidBegin> begin =
         ValidateBegin(request->requests(i), limits_);
-    if (absl::Status allowed = Authorizer::CheckNamespace(
+    if (absl::Status allowed = authorizer_->CheckNamespace(
             *access, request->requests(i).namespace_());
         !allowed.ok()) {
       begin = allowed;
@@ -437,7 +439,7 @@ grpc::ServerUnaryReactor* IdempotencyService::CompleteBatch(
     v1::CompleteBatchEntry* entry = response->mutable_entries(i);
     absl::StatusOr<storage::CompleteCommand> command =
         ValidateComplete(request->requests(i), limits_);
-    if (absl::Status allowed = Authorizer::CheckNamespace(
+    if (absl::Status allowed = authorizer_->CheckNamespace(
             *access, request->requests(i).namespace_());
         !allowed.ok()) {
       command = allowed;

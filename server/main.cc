@@ -9,7 +9,6 @@
 #include <signal.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -138,7 +137,6 @@ int Run(int argc, char** argv) {
           "no --policy: every caller may use every namespace and the Admin "
           "service"}});
   }
-  const Authorizer authorizer(policy.has_value() ? &*policy : nullptr);
 
   storage::RocksDbStoreOptions store_options;
   store_options.path = config->data_dir;
@@ -164,6 +162,8 @@ int Run(int argc, char** argv) {
   WaitQueue waits;
   Metrics metrics;
   RpcObserver observer(&metrics);
+  const Authorizer authorizer(policy.has_value() ? &*policy : nullptr,
+                              &metrics);
   IdempotencyService idempotency(store->get(), &waits, &observer, &authorizer,
                                  config->limits);
   AdminService admin(store->get(), &waits, &admin_scans, &observer,
@@ -208,10 +208,9 @@ int Run(int argc, char** argv) {
   health->SetServingStatus(true);  // The store is open: ready.
   // While the store cannot write (disk full, failing disk), probes see
   // NOT_SERVING, so that traffic goes elsewhere; replays still work.
-  std::atomic<bool> draining{false};
   auto health_watcher = std::make_unique<StoreHealthWatcher>(
       store->get(), absl::Milliseconds(250),
-      [&health, &draining](const absl::Status& store_health) {
+      [health](const absl::Status& store_health) {
         if (store_health.ok()) {
           Log(LogLevel::kInfo, "storage_recovered",
               {{"effect", "writes succeed again; health is SERVING"}});
@@ -222,7 +221,7 @@ int Run(int argc, char** argv) {
                 "changes fail with UNAVAILABLE and health is NOT_SERVING "
                 "until a probe write succeeds (retried every second)"}});
         }
-        if (!draining) health->SetServingStatus(store_health.ok());
+        health->SetServingStatus(store_health.ok());
       });
 
   std::unique_ptr<MetricsHttpServer> metrics_http;
@@ -279,7 +278,8 @@ int Run(int argc, char** argv) {
   Log(LogLevel::kInfo, "shutdown_started",
       {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"},
        {"drain_delay", absl::FormatDuration(config->drain_delay)}});
-  draining = true;
+  // Stopped first: no store-health change may turn the server SERVING again.
+  health_watcher.reset();
   health->SetServingStatus(false);
   absl::SleepFor(config->drain_delay);  // Let load balancers notice.
   health->Shutdown();
@@ -287,7 +287,6 @@ int Run(int argc, char** argv) {
   server->Shutdown(absl::ToChronoTime(absl::Now() + config->shutdown_grace));
   server->Wait();
   metrics_http.reset();
-  health_watcher.reset();
   store->reset();  // Closes RocksDB after the last call.
   Log(LogLevel::kInfo, "shutdown_complete");
   return 0;

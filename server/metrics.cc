@@ -52,6 +52,12 @@ void Metrics::RecordTakeover() {
   ++takeovers_;
 }
 
+void Metrics::RecordAuth(absl::string_view principal,
+                         absl::string_view result) {
+  absl::MutexLock lock(&mu_);
+  ++auth_[{std::string(principal), std::string(result)}];
+}
+
 std::string Metrics::Render(const Gauges& gauges) const {
   std::string out;
   absl::MutexLock lock(&mu_);
@@ -112,6 +118,16 @@ std::string Metrics::Render(const Gauges& gauges) const {
       "a storage error until it recovers.\n# TYPE idem_storage_healthy "
       "gauge\nidem_storage_healthy ",
       gauges.storage_healthy ? 1 : 0, "\n");
+  if (!auth_.empty()) {
+    absl::StrAppend(&out,
+                    "# HELP idem_auth_total Authorization decisions, by "
+                    "principal (policy name; empty: no identity) and result.\n"
+                    "# TYPE idem_auth_total counter\n");
+    for (const auto& [labels, count] : auth_) {
+      absl::StrAppend(&out, "idem_auth_total{principal=\"", labels.first,
+                      "\",result=\"", labels.second, "\"} ", count, "\n");
+    }
+  }
   return out;
 }
 

@@ -7,6 +7,8 @@
 //   idem_keys_stored, idem_disk_bytes          gauges (from the store)
 //   idem_expired_dropped_total                 counter (TTL compaction)
 //   idem_storage_healthy                       gauge (1: writes work)
+//   idem_auth_total{principal,result}          counter (with --policy;
+//       result: allowed, permission_denied, unauthenticated)
 //
 // `outcome` is the Begin outcome (ACQUIRED, COMPLETED, IN_PROGRESS,
 // MISMATCH), OK for other successful calls, or the gRPC code name of an
@@ -39,6 +41,8 @@ class Metrics {
   void RecordRpc(absl::string_view method, absl::string_view outcome,
                  absl::Duration latency);
   void RecordTakeover();
+  // `principal` is "" for a caller with no identity.
+  void RecordAuth(absl::string_view principal, absl::string_view result);
 
   // Values read at scrape time.
   struct Gauges {
@@ -65,6 +69,10 @@ class Metrics {
   absl::flat_hash_map<std::string, RpcCount> rpcs_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Histogram> latency_ ABSL_GUARDED_BY(mu_);
   uint64_t takeovers_ ABSL_GUARDED_BY(mu_) = 0;
+  // Keyed by (principal, result); principals come from the policy file, so
+  // the series are bounded.
+  std::map<std::pair<std::string, std::string>, uint64_t> auth_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace idem::server

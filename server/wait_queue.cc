@@ -44,11 +44,13 @@ uint64_t WaitQueue::Epoch(const std::string& key) {
 }
 
 WaitQueue::Handle WaitQueue::Park(const std::string& key, uint64_t epoch,
-                                  absl::Time recheck_at, Callback wake) {
+                                  absl::Time recheck_at, Callback wake,
+                                  size_t max_parked) {
   auto waiter = std::make_shared<Waiter>();
   waiter->key = key;
   waiter->wake = std::move(wake);
   absl::MutexLock lock(&mu_);
+  if (parked_ >= max_parked) return nullptr;
   if (shutdown_) {
     waiter->parked = false;
     ready_.emplace_back(waiter, Wake::kShutdown);

@@ -18,6 +18,7 @@
 #define IDEM_SERVER_WAIT_QUEUE_H_
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -53,8 +54,10 @@ class WaitQueue {
   WaitQueue& operator=(const WaitQueue&) = delete;
 
   uint64_t Epoch(const std::string& key);
+  // Returns null, and never calls `wake`, when `max_parked` calls are
+  // already parked (checked atomically with the parking).
   Handle Park(const std::string& key, uint64_t epoch, absl::Time recheck_at,
-              Callback wake);
+              Callback wake, size_t max_parked = SIZE_MAX);
   void Notify(const std::string& key);
   // Wakes the call with kCancelled unless it was already woken.
   void Cancel(const Handle& handle);

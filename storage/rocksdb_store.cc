@@ -506,11 +506,17 @@ void RocksDbStore::NoteStorageError(const absl::Status& error, bool corrupt) {
                      error.message()));
   }
   if (health_.ok()) health_ = error;  // Keep the first cause.
+  ++error_generation_;
   unhealthy_.store(true, std::memory_order_release);
 }
 
 void RocksDbStore::TryRecover() {
-  if (corrupt_.load(std::memory_order_acquire)) return;
+  uint64_t generation = 0;
+  {
+    absl::MutexLock lock(&health_mu_);
+    if (corrupt_.load(std::memory_order_acquire)) return;
+    generation = error_generation_;
+  }
   // A probe write to a full disk would fail, or worse (see CheckFreeSpace).
   if (!CheckFreeSpace(0).ok()) return;
   // Clears RocksDB's background error if its cause is gone (space freed);
@@ -522,7 +528,9 @@ void RocksDbStore::TryRecover() {
       write_options, kHealthProbeKey,
       EncodeFixed64(static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))));
   absl::MutexLock lock(&health_mu_);
-  if (probe.ok()) {
+  // An error that happened while probing is newer than the probe's proof.
+  if (probe.ok() && generation == error_generation_ &&
+      !corrupt_.load(std::memory_order_acquire)) {
     free_space_floor_.store(options_.min_free_disk_bytes,
                             std::memory_order_relaxed);
     health_ = absl::OkStatus();

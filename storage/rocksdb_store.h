@@ -186,6 +186,9 @@ class RocksDbStore final : public Store {
 
   absl::Mutex health_mu_;
   absl::Status health_ ABSL_GUARDED_BY(health_mu_);
+  // Counts storage errors, so that a recovery probe only clears the errors
+  // that happened before it.
+  uint64_t error_generation_ ABSL_GUARDED_BY(health_mu_) = 0;
   std::atomic<bool> unhealthy_{false};
   std::atomic<bool> corrupt_{false};
   // Free space a write must leave: min_free_disk_bytes, raised by a quarter

@@ -76,8 +76,8 @@ google::protobuf::Duration ToProto(absl::Duration d) {
 }
 
 // What a failed call says about its effect: codes that mean "refused before
-// anything changed" are definite; the rest (a killed or paused server) are
-// unknown.
+// anything changed" are definite; the rest (a killed or paused server, and
+// RESOURCE_EXHAUSTED, which gRPC may also raise for a reply) are unknown.
 HistoryEvent::Result ResultOf(const grpc::Status& status) {
   switch (status.error_code()) {
     case grpc::StatusCode::OK:
@@ -87,7 +87,6 @@ HistoryEvent::Result ResultOf(const grpc::Status& status) {
     case grpc::StatusCode::ABORTED:
     case grpc::StatusCode::ALREADY_EXISTS:
     case grpc::StatusCode::NOT_FOUND:
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
     case grpc::StatusCode::OUT_OF_RANGE:
       return HistoryEvent::RESULT_FAILED;
     default:
@@ -154,7 +153,6 @@ class Caller {
           break;
         case BeginResponse::OUTCOME_IN_PROGRESS:
           e.set_outcome(HistoryEvent::OUTCOME_IN_PROGRESS);
-          e.set_reply_token(response.lease().token());
           break;
         default:
           e.set_outcome(HistoryEvent::OUTCOME_MISMATCH);
@@ -234,7 +232,6 @@ class Caller {
           break;
         case v1::LookupResponse::STATE_IN_PROGRESS:
           e.set_outcome(HistoryEvent::OUTCOME_IN_PROGRESS);
-          e.set_reply_token(response.lease().token());
           break;
         default:
           e.set_outcome(HistoryEvent::OUTCOME_ABSENT);
@@ -333,6 +330,12 @@ class Chaos {
       const absl::Duration wait =
           chance(0.3) ? uniform_ms(100, 1500) : absl::ZeroDuration();
       HistoryEvent begun = caller.Begin(key, owner, lease, wait);
+      if (begun.result() == HistoryEvent::RESULT_UNKNOWN) {
+        // As the client library does: the same owner gets its own lease
+        // back if the lost call acquired the key.
+        absl::SleepFor(absl::Milliseconds(100));
+        begun = caller.Begin(key, owner, lease, wait);
+      }
       if (begun.result() != HistoryEvent::RESULT_OK ||
           begun.outcome() != HistoryEvent::OUTCOME_ACQUIRED) {
         absl::SleepFor(uniform_ms(10, 100));

@@ -68,6 +68,7 @@ class KeyChecker {
     CollectWindows();
     CheckExclusiveLeases();
     CheckIncreasingTokens();
+    CheckAcquisitionsKept();
     CheckDurableCompletion();
     CheckReplaysMatchStored();
     CheckNoSupersededComplete();
@@ -83,12 +84,18 @@ class KeyChecker {
   // the earliest end (lost replies included: they may have taken effect).
   void CollectWindows() {
     std::map<uint64_t, int64_t> ended_at;
+    // An Extend sets the lease to its own now + lease, which may shorten it:
+    // windows proved before it may end as early as invocation + lease.
+    std::multimap<uint64_t, const HistoryEvent*> extends;
     for (const HistoryEvent* e : events_) {
       if ((e->op() == HistoryEvent::OP_RELEASE ||
            e->op() == HistoryEvent::OP_COMPLETE) &&
           MayHaveHappened(*e)) {
         auto [it, inserted] = ended_at.emplace(e->token(), e->invoked_us());
         if (!inserted) it->second = std::min(it->second, e->invoked_us());
+      }
+      if (e->op() == HistoryEvent::OP_EXTEND && MayHaveHappened(*e)) {
+        extends.emplace(e->token(), e);
       }
     }
     for (const HistoryEvent* e : events_) {
@@ -107,6 +114,14 @@ class KeyChecker {
                          e->lease_expires_at_us(), e};
       if (auto it = ended_at.find(token); it != ended_at.end()) {
         window.end_us = std::min(window.end_us, it->second);
+      }
+      auto [first, last] = extends.equal_range(token);
+      for (auto it = first; it != last; ++it) {
+        const HistoryEvent& x = *it->second;
+        if (&x != e && window.start_us <= x.returned_us()) {
+          window.end_us =
+              std::min(window.end_us, x.invoked_us() + x.lease_us());
+        }
       }
       if (window.start_us < window.end_us) windows_.push_back(window);
     }
@@ -150,6 +165,46 @@ class KeyChecker {
     }
   }
 
+  // A holder refused as "lease lost" while its lease was provably valid,
+  // with no release, completion or other acquisition that may explain it:
+  // its acknowledged acquisition was lost.
+  void CheckAcquisitionsKept() {
+    for (const HistoryEvent* x : events_) {
+      if ((x->op() != HistoryEvent::OP_COMPLETE &&
+           x->op() != HistoryEvent::OP_EXTEND) ||
+          x->result() != HistoryEvent::RESULT_FAILED ||
+          x->grpc_code() != 9 /* FAILED_PRECONDITION */) {
+        continue;
+      }
+      const bool valid = std::any_of(
+          windows_.begin(), windows_.end(), [x](const LeaseWindow& w) {
+            return w.token == x->token() && w.start_us <= x->invoked_us() &&
+                   x->returned_us() < w.end_us;
+          });
+      if (!valid) continue;
+      const bool explained = std::any_of(
+          events_.begin(), events_.end(), [x](const HistoryEvent* e) {
+            const bool ended = (e->op() == HistoryEvent::OP_RELEASE ||
+                                e->op() == HistoryEvent::OP_COMPLETE) &&
+                               e->token() == x->token() && e != x &&
+                               MayHaveHappened(*e) &&
+                               e->invoked_us() < x->returned_us();
+            const bool other_begin =
+                e->op() == HistoryEvent::OP_BEGIN &&
+                e->invoked_us() < x->returned_us() &&
+                (e->result() == HistoryEvent::RESULT_UNKNOWN ||
+                 (IsAcquired(*e) && e->reply_token() != x->token()));
+            return ended || other_begin;
+          });
+      if (!explained) {
+        Report("durable-acquisition",
+               absl::StrCat(Describe(*x),
+                            " was refused as lease lost while its lease was "
+                            "valid and nothing else touched the key"));
+      }
+    }
+  }
+
   void CheckDurableCompletion() {
     const HistoryEvent* first = nullptr;
     for (const HistoryEvent* c : events_) {
@@ -163,8 +218,11 @@ class KeyChecker {
                             Describe(*first), " and ", Describe(*c)));
       }
       for (const HistoryEvent* r : events_) {
+        // A read served after the retention may rightly find nothing; one
+        // with another fingerprint rightly answers MISMATCH.
         if (!IsRead(*r) || r->invoked_us() <= c->returned_us() ||
-            r->invoked_us() >= c->result_expires_at_us()) {
+            r->returned_us() >= c->result_expires_at_us() ||
+            r->outcome() == HistoryEvent::OUTCOME_MISMATCH) {
           continue;
         }
         if (r->outcome() != HistoryEvent::OUTCOME_COMPLETED ||
@@ -212,6 +270,15 @@ class KeyChecker {
            c->op() != HistoryEvent::OP_EXTEND) ||
           !IsOk(*c)) {
         continue;
+      }
+      for (const HistoryEvent* r : events_) {
+        if (r->op() == HistoryEvent::OP_RELEASE && IsOk(*r) &&
+            r->token() == c->token() && r->returned_us() < c->invoked_us()) {
+          Report(
+              "no-superseded-complete",
+              absl::StrCat(Describe(*c), " was accepted after ", Describe(*r)));
+          break;
+        }
       }
       for (const LeaseWindow& newer : acquisitions_) {
         if (newer.token > c->token() && newer.start_us < c->invoked_us()) {

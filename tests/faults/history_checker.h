@@ -1,14 +1,19 @@
 // Checks a fault-injection history (see history.proto) against what Idem
 // promises, key by key:
 //   exclusive-leases       no two tokens hold a key at the same server time;
-//   increasing-tokens      later acquisitions of a key get larger tokens;
+//   increasing-tokens      later acquisitions of a key get larger tokens
+//                          (replies in progress do not show the holder's
+//                          token, so reads cannot be held to this);
+//   durable-acquisition    a holder is not refused as "lease lost" while its
+//                          lease is valid and nothing else touched the key;
 //   durable-completion     after a Complete returned OK, every Begin and
 //                          Lookup of the key (across restarts, until the
 //                          retention ends) answers COMPLETED with that body;
 //   replay-matches-stored  a replayed result is one a Complete sent, and all
 //                          replays of a key agree;
 //   no-superseded-complete no Complete or Extend was accepted for a token
-//                          after a newer token had acquired the key.
+//                          after a newer token had acquired the key, or
+//                          after its own Release was acknowledged.
 // The checker is sound for lost replies: a call whose result is unknown may
 // or may not have happened, and is only ever used to excuse, never to accuse.
 #ifndef IDEM_TESTS_FAULTS_HISTORY_CHECKER_H_

@@ -226,6 +226,54 @@ TEST(HistoryCheckerTest, ALapsedHolderMayCompleteIfNobodyTookOver) {
   EXPECT_THAT(report.violations, IsEmpty());
 }
 
+TEST(HistoryCheckerTest, AnExtendMayShortenTheLease) {
+  // Extended at 0.1 s to 0.1 s + 0.2 s: the key is free from 0.3 s on.
+  HistoryEvent shorter = Extended("a", 1, 100'000);
+  shorter.set_lease_us(200'000);
+  shorter.set_lease_expires_at_us(100'005 + 200'000);
+  const HistoryReport report =
+      CheckHistory({Acquired("a", 1, 0), shorter, Acquired("a", 2, 400'000)});
+  EXPECT_THAT(report.violations, IsEmpty());
+}
+
+TEST(HistoryCheckerTest, CatchesALostAcquisition) {
+  // Acquired at 0 for 1 s; at 0.5 s its Complete is refused as lease lost
+  // although nobody else touched the key (say, the acquisition was not on
+  // disk when the server restarted).
+  HistoryEvent refused =
+      Completed("a", 1, 500'000, "r", HistoryEvent::RESULT_FAILED);
+  refused.set_grpc_code(9);
+  const HistoryReport report = CheckHistory({Acquired("a", 1, 0), refused});
+  EXPECT_THAT(Rules(report), ElementsAre("durable-acquisition"));
+  // The same refusal after another Begin whose reply was lost is explained.
+  HistoryEvent lost_begin = Call(HistoryEvent::OP_BEGIN, "a", 0, 400'000,
+                                 HistoryEvent::RESULT_UNKNOWN);
+  EXPECT_THAT(
+      CheckHistory({Acquired("a", 1, 0), lost_begin, refused}).violations,
+      IsEmpty());
+}
+
+TEST(HistoryCheckerTest, CatchesACompleteAfterItsOwnRelease) {
+  const HistoryReport report = CheckHistory(
+      {Acquired("a", 1, 0),
+       Call(HistoryEvent::OP_RELEASE, "a", 1, 100'000, HistoryEvent::RESULT_OK),
+       Completed("a", 1, 200'000, "r")});
+  EXPECT_THAT(Rules(report), ElementsAre("no-superseded-complete"));
+}
+
+TEST(HistoryCheckerTest, AMismatchOrALateReadIsNoLostResult) {
+  HistoryEvent mismatch =
+      Call(HistoryEvent::OP_BEGIN, "a", 0, 200'000, HistoryEvent::RESULT_OK);
+  mismatch.set_outcome(HistoryEvent::OUTCOME_MISMATCH);
+  // Sent before the retention ended, answered after it.
+  HistoryEvent late = Call(HistoryEvent::OP_LOOKUP, "a", 0, kRetentionEnd - 5,
+                           HistoryEvent::RESULT_OK);
+  late.set_outcome(HistoryEvent::OUTCOME_ABSENT);
+  const HistoryReport report = CheckHistory(
+      {Acquired("a", 1, 0), Completed("a", 1, 100'000, "r"), mismatch, late});
+  EXPECT_THAT(report.violations, IsEmpty());
+}
+
 TEST(HistoryCheckerTest, KeysAreCheckedSeparately) {
   const HistoryReport report =
       CheckHistory({Acquired("a", 1, 0), Acquired("b", 2, 100'000)});

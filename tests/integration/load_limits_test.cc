@@ -92,21 +92,24 @@ TEST(LoadLimitsTest, ParkedWaitersAreBoundedAndEveryCallIsAnswered) {
     v1::BeginRequest request;
     v1::BeginResponse response;
   };
-  std::vector<std::unique_ptr<Caller>> callers;
-  std::atomic<int> refused{0}, completed{0}, other{0}, answered{0};
-  // However the test ends, no callback may outlive what it refers to.
-  struct Drain {
-    std::vector<std::unique_ptr<Caller>>& callers;
-    std::atomic<int>& answered;
-    ~Drain() {
-      for (auto& caller : callers) caller->context.TryCancel();
-      const absl::Time until = absl::Now() + absl::Seconds(30);
-      while (answered.load() < static_cast<int>(callers.size()) &&
-             absl::Now() < until) {
-        absl::SleepFor(absl::Milliseconds(10));
-      }
+  // Shared with the callbacks, so that none can outlive what it touches,
+  // however the test ends.
+  struct Calls {
+    std::vector<std::unique_ptr<Caller>> callers;
+    std::atomic<int> refused{0}, completed{0}, other{0}, answered{0};
+  };
+  auto calls = std::make_shared<Calls>();
+  std::vector<std::unique_ptr<Caller>>& callers = calls->callers;
+  std::atomic<int>& refused = calls->refused;
+  std::atomic<int>& completed = calls->completed;
+  std::atomic<int>& other = calls->other;
+  std::atomic<int>& answered = calls->answered;
+  struct CancelOnExit {
+    std::shared_ptr<Calls> calls;
+    ~CancelOnExit() {
+      for (auto& caller : calls->callers) caller->context.TryCancel();
     }
-  } drain{callers, answered};
+  } cancel_on_exit{calls};
   for (int i = 0; i < kConnections; ++i) {
     grpc::ChannelArguments args;
     args.SetInt("idem.test.connection", i);
@@ -119,18 +122,18 @@ TEST(LoadLimitsTest, ParkedWaitersAreBoundedAndEveryCallIsAnswered) {
     Caller* raw = caller.get();
     raw->stub->async()->Begin(
         &raw->context, &raw->request, &raw->response,
-        [raw, &refused, &completed, &other, &answered](grpc::Status status) {
+        [raw, calls](grpc::Status status) {
           if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED &&
               status.error_message().find("--max-parked-waiters") !=
                   std::string::npos) {
-            ++refused;
+            ++calls->refused;
           } else if (status.ok() && raw->response.outcome() ==
                                         v1::BeginResponse::OUTCOME_COMPLETED) {
-            ++completed;
+            ++calls->completed;
           } else {
-            ++other;
+            ++calls->other;
           }
-          ++answered;
+          ++calls->answered;
         });
     callers.push_back(std::move(caller));
   }

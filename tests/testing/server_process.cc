@@ -72,8 +72,10 @@ absl::Status ServerProcess::Start() {
     if (in >> port_ && port_ > 0 && in >> metrics_line &&
         absl::SimpleAtoi(absl::StripPrefix(metrics_line, "metrics="),
                          &metrics_port_)) {
-      auto channel =
-          grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
+      auto channel = grpc::CreateChannel(
+          address(), credentials_ != nullptr
+                         ? credentials_
+                         : grpc::InsecureChannelCredentials());
       if (channel->WaitForConnected(
               absl::ToChronoTime(absl::Now() + absl::Seconds(10)))) {
         return absl::OkStatus();
@@ -116,8 +118,9 @@ std::string ServerProcess::address() const {
 }
 
 std::unique_ptr<v1::Idempotency::Stub> ServerProcess::NewStub() const {
-  return v1::Idempotency::NewStub(
-      grpc::CreateChannel(address(), grpc::InsecureChannelCredentials()));
+  return v1::Idempotency::NewStub(grpc::CreateChannel(
+      address(), credentials_ != nullptr ? credentials_
+                                         : grpc::InsecureChannelCredentials()));
 }
 
 std::string ServerProcess::log() const {

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "grpcpp/channel.h"
+#include "grpcpp/security/credentials.h"
 #include "idem/v1/idempotency.grpc.pb.h"
 #include "tests/testing/temp_dir.h"
 
@@ -28,6 +29,12 @@ class ServerProcess {
   ~ServerProcess();
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
+
+  // Credentials for the readiness check and NewStub(); plaintext unless set
+  // (a TLS server needs a client that trusts it).
+  void UseCredentials(std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    credentials_ = std::move(credentials);
+  }
 
   // Starts the server and waits until it answers RPCs. The first start picks
   // a free port; restarts reuse it.
@@ -52,6 +59,7 @@ class ServerProcess {
   TempDir dir_;
   std::string data_dir_;
   std::vector<std::string> extra_flags_;
+  std::shared_ptr<grpc::ChannelCredentials> credentials_;
   pid_t pid_ = -1;
   int port_ = 0;
   int metrics_port_ = 0;
