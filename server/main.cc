@@ -9,6 +9,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -206,11 +207,13 @@ int Run(int argc, char** argv) {
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(true);  // The store is open: ready.
+  // The same status for HTTP probes (/healthz on the metrics port).
+  std::atomic<bool> serving{true};
   // While the store cannot write (disk full, failing disk), probes see
   // NOT_SERVING, so that traffic goes elsewhere; replays still work.
   auto health_watcher = std::make_unique<StoreHealthWatcher>(
       store->get(), absl::Milliseconds(250),
-      [health](const absl::Status& store_health) {
+      [health, &serving](const absl::Status& store_health) {
         if (store_health.ok()) {
           Log(LogLevel::kInfo, "storage_recovered",
               {{"effect", "writes succeed again; health is SERVING"}});
@@ -222,16 +225,20 @@ int Run(int argc, char** argv) {
                 "until a probe write succeeds (retried every second)"}});
         }
         health->SetServingStatus(store_health.ok());
+        serving = store_health.ok();
       });
 
   std::unique_ptr<MetricsHttpServer> metrics_http;
   if (!config->metrics_listen.empty()) {
     storage::Store* opened = store->get();
     absl::StatusOr<std::unique_ptr<MetricsHttpServer>> started =
-        MetricsHttpServer::Start(config->metrics_listen, [&, opened] {
-          return metrics.Render(
-              {waits.parked(), opened->Stats(), opened->Health().ok()});
-        });
+        MetricsHttpServer::Start(
+            config->metrics_listen,
+            [&, opened] {
+              return metrics.Render(
+                  {waits.parked(), opened->Stats(), opened->Health().ok()});
+            },
+            [&serving] { return serving.load(); });
     if (!started.ok()) {
       Log(LogLevel::kError, "metrics_listen_failed",
           {{"listen", config->metrics_listen},
@@ -281,6 +288,7 @@ int Run(int argc, char** argv) {
   // Stopped first: no store-health change may turn the server SERVING again.
   health_watcher.reset();
   health->SetServingStatus(false);
+  serving = false;
   absl::SleepFor(config->drain_delay);  // Let load balancers notice.
   health->Shutdown();
   waits.Shutdown();  // Parked Begins answer with the state as it is.

@@ -11,7 +11,8 @@
 namespace idem::server {
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    const std::string& listen, std::function<std::string()> render) {
+    const std::string& listen, std::function<std::string()> render,
+    std::function<bool()> serving) {
   const size_t colon = listen.rfind(':');
   int port = -1;
   if (colon == std::string::npos ||
@@ -31,6 +32,13 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
                                      httplib::Response& response) {
     response.set_content(render(), "text/plain; version=0.0.4; charset=utf-8");
   });
+  server->http_->Get(
+      "/healthz", [serving = std::move(serving)](const httplib::Request&,
+                                                 httplib::Response& response) {
+        const bool ok = serving();
+        response.status = ok ? 200 : 503;
+        response.set_content(ok ? "SERVING\n" : "NOT_SERVING\n", "text/plain");
+      });
   if (port == 0) {
     port = server->http_->bind_to_any_port(host);
   } else if (!server->http_->bind_to_port(host, port)) {

@@ -1,4 +1,6 @@
-// Serves GET /metrics (Prometheus text format) on its own thread, with
+// Serves GET /metrics (Prometheus text format) and GET /healthz (200
+// SERVING or 503 NOT_SERVING, for HTTP probes, e.g. when the gRPC port needs
+// TLS that Kubernetes' gRPC probes cannot speak) on its own thread, with
 // cpp-httplib.
 #ifndef IDEM_SERVER_METRICS_HTTP_H_
 #define IDEM_SERVER_METRICS_HTTP_H_
@@ -18,9 +20,11 @@ namespace idem::server {
 
 class MetricsHttpServer {
  public:
-  // Listens on HOST:PORT (port 0 picks a free one) and serves `render()`.
+  // Listens on HOST:PORT (port 0 picks a free one) and serves `render()`
+  // and `serving()`.
   static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
-      const std::string& listen, std::function<std::string()> render);
+      const std::string& listen, std::function<std::string()> render,
+      std::function<bool()> serving);
   // Stops serving and joins the thread.
   ~MetricsHttpServer();
 

@@ -2,6 +2,7 @@
 // mounts (root only; skipped otherwise). What was acknowledged must survive,
 // what could not be written must fail with UNAVAILABLE, health must say
 // NOT_SERVING until space is back, and the server must recover by itself.
+#include <httplib.h>
 #include <sys/mount.h>
 
 #include <cerrno>
@@ -119,6 +120,13 @@ class StorageFaultsTest : public ::testing::Test {
     return false;
   }
 
+  // GET /healthz on the metrics port: its HTTP status.
+  int HttpHealth() {
+    httplib::Client http("127.0.0.1", server_->metrics_port());
+    const auto response = http.Get("/healthz");
+    return response ? response->status : -1;
+  }
+
   testing::TempDir dir_;
   std::string disk_;
   bool mounted_ = false;
@@ -152,6 +160,7 @@ TEST_F(StorageFaultsTest, AFullDiskFailsWritesNotAcknowledgedOnes) {
 
   EXPECT_TRUE(AwaitHealth(HealthCheckResponse::NOT_SERVING)) << server_->log();
   EXPECT_NE(server_->log().find("storage_unhealthy"), std::string::npos);
+  EXPECT_EQ(HttpHealth(), 503);  // The HTTP probe agrees.
   // Replays keep working while writes cannot.
   for (const auto& [key, body] : acknowledged) ExpectStored(key, body);
   const grpc::Status refused = Store("while-full", "x");
@@ -161,6 +170,7 @@ TEST_F(StorageFaultsTest, AFullDiskFailsWritesNotAcknowledgedOnes) {
   std::filesystem::remove(disk_ + "/ballast");
   ASSERT_TRUE(AwaitHealth(HealthCheckResponse::SERVING)) << server_->log();
   EXPECT_NE(server_->log().find("storage_recovered"), std::string::npos);
+  EXPECT_EQ(HttpHealth(), 200);
   ASSERT_TRUE(Store("after-recovery", "recovered").ok());
   acknowledged["after-recovery"] = "recovered";
 
