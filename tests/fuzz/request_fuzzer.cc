@@ -55,10 +55,10 @@ struct Harness {
     options.min_free_disk_bytes = 0;
     store = *storage::RocksDbStore::Open(options);
     limits.max_wait = absl::Milliseconds(20);  // Parked calls end quickly.
-    idempotency = std::make_unique<IdempotencyService>(store.get(), &waits,
-                                                       &observer, limits);
-    admin =
-        std::make_unique<AdminService>(store.get(), &waits, &scans, &observer);
+    idempotency = std::make_unique<IdempotencyService>(
+        store.get(), &waits, &observer, &authorizer, limits);
+    admin = std::make_unique<AdminService>(store.get(), &waits, &scans,
+                                           &observer, &authorizer);
     grpc::ServerBuilder builder;
     builder.RegisterService(idempotency.get());
     builder.RegisterService(admin.get());
