@@ -25,6 +25,13 @@ TEST(KeysTest, NewKeyIsARandomVersion4Uuid) {
   EXPECT_EQ(seen.size(), 1000u);
 }
 
+TEST(KeysTest, FingerprintPartsIsLengthPrefixed) {
+  EXPECT_EQ(FingerprintParts({"POST", "/v1/orders", "{}"}),
+            Fingerprint("4:POST10:/v1/orders2:{}"));
+  EXPECT_NE(FingerprintParts({"ab", "c"}), FingerprintParts({"a", "bc"}));
+  EXPECT_EQ(FingerprintParts({}), Fingerprint(""));
+}
+
 TEST(KeysTest, FingerprintIsTheRawSha256Digest) {
   EXPECT_EQ(ToHex(Fingerprint("abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "absl/strings/str_cat.h"
+
 namespace idem::client {
 
 std::string NewKey() {
@@ -28,6 +30,14 @@ std::string Fingerprint(absl::string_view request) {
   SHA256(reinterpret_cast<const unsigned char*>(request.data()), request.size(),
          reinterpret_cast<unsigned char*>(digest.data()));
   return digest;
+}
+
+std::string FingerprintParts(absl::Span<const absl::string_view> parts) {
+  std::string canonical;
+  for (absl::string_view part : parts) {
+    absl::StrAppend(&canonical, part.size(), ":", part);
+  }
+  return Fingerprint(canonical);
 }
 
 std::string ToHex(absl::string_view bytes) {

@@ -56,6 +56,7 @@ Commands (one per RPC of idem.v1.Idempotency):
   checkpoint NAMESPACE KEY --token=N --data=TEXT|@FILE
   lookup NAMESPACE KEY
   ping
+  fingerprint PART...   (local: the fingerprint clients compute)
 
 Operator commands (idem.v1.Admin):
   list NAMESPACE [--state=in_progress|completed] [--lapsed]
@@ -107,6 +108,12 @@ const std::map<std::string, std::string>& CommandHelp() {
       {"ping",
        "usage: idemctl ping\n"
        "Checks that the server is serving (gRPC health check).\n"},
+      {"fingerprint",
+       "usage: idemctl fingerprint PART...\n"
+       "Prints (hex) the fingerprint of the parts as every Idem client\n"
+       "computes it (length-prefixed SHA-256), e.g. the HTTP middleware's:\n"
+       "  idemctl fingerprint POST /v1/orders '{\"item\":1}'\n"
+       "Contacts no server.\n"},
       {"list",
        "usage: idemctl list NAMESPACE [--state=in_progress|completed] "
        "[--lapsed]\n"
@@ -599,6 +606,16 @@ int Run(const Args& args) {
     throw UsageError{absl::StrCat("unknown command \"", args.command, "\"")};
   }
   Command cmd(args);
+  if (args.command == "fingerprint") {
+    cmd.Allow({});
+    const std::vector<absl::string_view> parts(args.positional.begin(),
+                                               args.positional.end());
+    const std::string hex = client::ToHex(client::FingerprintParts(parts));
+    std::cout << (args.json ? absl::StrCat("{\"fingerprint\":\"", hex, "\"}")
+                            : hex)
+              << "\n";
+    return kOk;
+  }
 
   client::ClientOptions options;
   options.target = args.server;

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 
 namespace idem::client {
 
@@ -26,6 +27,13 @@ std::string NewKey();
 
 // The raw 32-byte SHA-256 digest of `request`.
 std::string Fingerprint(absl::string_view request);
+
+// The raw 32-byte SHA-256 of several parts, each written as its length in
+// decimal, a colon and its bytes ("4:POST10:/v1/orders2:{}"), so that no two
+// lists of parts collide. Python's fingerprint_parts and Go's
+// FingerprintParts give the same bytes; the HTTP middleware fingerprints
+// (method, path, body) this way.
+std::string FingerprintParts(absl::Span<const absl::string_view> parts);
 
 // Lower-case hex of `bytes`, e.g. to print a fingerprint.
 std::string ToHex(absl::string_view bytes);

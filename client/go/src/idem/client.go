@@ -1,0 +1,279 @@
+// Package idem is a small Go client of Idem, the idempotency-key service,
+// over the stubs generated from proto/idem/v1 (package idem/v1).
+//
+//	c, err := idem.Dial("127.0.0.1:50051")
+//	res, err := c.Run(ctx, "orders", key, idem.Fingerprint(body), work)
+//
+// Run is the whole protocol: Begin (waiting for an attempt in progress), the
+// work with a heartbeat that extends the lease, then Complete with the
+// work's result, or Release when the work fails. A retry of the same key
+// gets the stored result back (Result.Replayed) without running the work.
+package idem
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/big"
+	"time"
+
+	idemv1 "idem/v1"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// Outcomes of Begin.
+const (
+	Acquired   = "ACQUIRED"
+	Completed  = "COMPLETED"
+	InProgress = "IN_PROGRESS"
+	Mismatch   = "MISMATCH"
+)
+
+var (
+	// ErrMismatch: the key was already used with a different request.
+	ErrMismatch = errors.New("idempotency key already used with a different request")
+	// ErrInProgress: another attempt holds the key and the wait ran out.
+	ErrInProgress = errors.New("idempotency key is in progress in another attempt")
+	// ErrLeaseLost: this attempt no longer holds the key (do not complete).
+	ErrLeaseLost = errors.New("lease lost")
+)
+
+// Result is what the work produced.
+type Result struct {
+	Code     int32
+	Body     []byte
+	Metadata map[string]string
+	// Replayed is true when the result came from the store (a retry).
+	Replayed bool
+}
+
+// Begun is the answer of Begin.
+type Begun struct {
+	Outcome        string
+	Token          uint64
+	LeaseExpiresAt time.Time
+	Result         *Result // Completed only.
+	Attempt        uint32
+}
+
+// Client calls one Idem server. Calls that fail with UNAVAILABLE or
+// DEADLINE_EXCEEDED are retried (5 attempts, backoff 50 ms to 2 s with full
+// jitter); Begin retries reuse one owner.
+type Client struct {
+	conn    *grpc.ClientConn
+	stub    idemv1.IdempotencyClient
+	Timeout time.Duration // Of one attempt (a Begin's wait is added).
+}
+
+// Dial connects in plaintext; pass grpc.WithTransportCredentials(...) in
+// opts for TLS.
+func Dial(target string, opts ...grpc.DialOption) (*Client, error) {
+	if len(opts) == 0 {
+		opts = []grpc.DialOption{grpc.WithInsecure()}
+	}
+	conn, err := grpc.Dial(target, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{conn: conn, stub: idemv1.NewIdempotencyClient(conn), Timeout: 5 * time.Second}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+func retried(err error) bool {
+	code := status.Code(err)
+	return code == codes.Unavailable || code == codes.DeadlineExceeded
+}
+
+func (c *Client) call(ctx context.Context, extra time.Duration, fn func(context.Context) error) error {
+	backoff := 50 * time.Millisecond
+	var err error
+	for attempt := 1; attempt <= 5; attempt++ {
+		callCtx, cancel := context.WithTimeout(ctx, c.Timeout+extra)
+		err = fn(callCtx)
+		cancel()
+		if err == nil || !retried(err) || ctx.Err() != nil {
+			break
+		}
+		jitter, _ := rand.Int(rand.Reader, big.NewInt(int64(backoff)))
+		time.Sleep(time.Duration(jitter.Int64()))
+		if backoff *= 2; backoff > 2*time.Second {
+			backoff = 2 * time.Second
+		}
+	}
+	if status.Code(err) == codes.FailedPrecondition {
+		return fmt.Errorf("%w: %s", ErrLeaseLost, status.Convert(err).Message())
+	}
+	return err
+}
+
+func newOwner() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // No safe fallback for an id that must not collide.
+	}
+	return hex.EncodeToString(b)
+}
+
+// BeginOptions are the optional parts of Begin.
+type BeginOptions struct {
+	Lease, Retention, Wait time.Duration
+	Owner                  string
+}
+
+// Begin begins the key with the request fingerprint.
+func (c *Client) Begin(ctx context.Context, ns, key string, fingerprint []byte, o BeginOptions) (*Begun, error) {
+	req := &idemv1.BeginRequest{Namespace: ns, Key: key, Fingerprint: fingerprint, Owner: o.Owner}
+	if req.Owner == "" {
+		req.Owner = newOwner()
+	}
+	if o.Lease > 0 {
+		req.Lease = durationpb.New(o.Lease)
+	}
+	if o.Retention > 0 {
+		req.Retention = durationpb.New(o.Retention)
+	}
+	if o.Wait > 0 {
+		req.Wait = durationpb.New(o.Wait)
+	}
+	var resp *idemv1.BeginResponse
+	err := c.call(ctx, o.Wait, func(ctx context.Context) (err error) {
+		resp, err = c.stub.Begin(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	b := &Begun{Token: resp.GetLease().GetToken(), Attempt: resp.GetAttempt()}
+	if t := resp.GetLease().GetExpiresAt(); t != nil {
+		b.LeaseExpiresAt = t.AsTime()
+	}
+	switch resp.GetOutcome() {
+	case idemv1.BeginResponse_OUTCOME_ACQUIRED:
+		b.Outcome = Acquired
+	case idemv1.BeginResponse_OUTCOME_COMPLETED:
+		b.Outcome = Completed
+		r := resp.GetResult()
+		b.Result = &Result{Code: r.GetCode(), Body: r.GetBody(), Metadata: r.GetMetadata(), Replayed: true}
+	case idemv1.BeginResponse_OUTCOME_IN_PROGRESS:
+		b.Outcome = InProgress
+	default:
+		b.Outcome = Mismatch
+	}
+	return b, nil
+}
+
+// Complete stores the result under the token.
+func (c *Client) Complete(ctx context.Context, ns, key string, token uint64, r Result) error {
+	req := &idemv1.CompleteRequest{Namespace: ns, Key: key, Token: token,
+		Result: &idemv1.Result{Code: r.Code, Body: r.Body, Metadata: r.Metadata}}
+	return c.call(ctx, 0, func(ctx context.Context) error {
+		_, err := c.stub.Complete(ctx, req)
+		return err
+	})
+}
+
+// Release gives the key up, so that a retry runs again.
+func (c *Client) Release(ctx context.Context, ns, key string, token uint64) error {
+	req := &idemv1.ReleaseRequest{Namespace: ns, Key: key, Token: token}
+	return c.call(ctx, 0, func(ctx context.Context) error {
+		_, err := c.stub.Release(ctx, req)
+		return err
+	})
+}
+
+// Extend renews the lease for another `lease`.
+func (c *Client) Extend(ctx context.Context, ns, key string, token uint64, lease time.Duration) error {
+	req := &idemv1.ExtendRequest{Namespace: ns, Key: key, Token: token, Lease: durationpb.New(lease)}
+	return c.call(ctx, 0, func(ctx context.Context) error {
+		_, err := c.stub.Extend(ctx, req)
+		return err
+	})
+}
+
+// Lookup reads the key: its state and, once completed, the result.
+func (c *Client) Lookup(ctx context.Context, ns, key string) (string, *Result, error) {
+	var resp *idemv1.LookupResponse
+	err := c.call(ctx, 0, func(ctx context.Context) (err error) {
+		resp, err = c.stub.Lookup(ctx, &idemv1.LookupRequest{Namespace: ns, Key: key})
+		return err
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	switch resp.GetState() {
+	case idemv1.LookupResponse_STATE_COMPLETED:
+		r := resp.GetResult()
+		return Completed, &Result{Code: r.GetCode(), Body: r.GetBody(), Metadata: r.GetMetadata(), Replayed: true}, nil
+	case idemv1.LookupResponse_STATE_IN_PROGRESS:
+		return InProgress, nil, nil
+	default:
+		return "ABSENT", nil, nil
+	}
+}
+
+// RunOptions shape Run; zero values mean a 30 s lease and a 30 s wait.
+type RunOptions struct {
+	Lease, Wait, Retention time.Duration
+}
+
+// Run runs work at most once per key and returns its result, or the stored
+// result of an earlier attempt. The work gets the fencing token. If work
+// fails, the key is released and its error returned.
+func (c *Client) Run(ctx context.Context, ns, key string, fingerprint []byte, o RunOptions,
+	work func(ctx context.Context, token uint64) (Result, error)) (Result, error) {
+	if o.Lease == 0 {
+		o.Lease = 30 * time.Second
+	}
+	if o.Wait == 0 {
+		o.Wait = 30 * time.Second
+	}
+	b, err := c.Begin(ctx, ns, key, fingerprint, BeginOptions{Lease: o.Lease, Wait: o.Wait, Retention: o.Retention})
+	if err != nil {
+		return Result{}, err
+	}
+	switch b.Outcome {
+	case Completed:
+		return *b.Result, nil
+	case InProgress:
+		return Result{}, ErrInProgress
+	case Mismatch:
+		return Result{}, ErrMismatch
+	}
+	workCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { // Heartbeat: keep the lease while the work runs.
+		ticker := time.NewTicker(o.Lease / 3)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ticker.C:
+				if err := c.Extend(ctx, ns, key, b.Token, o.Lease); errors.Is(err, ErrLeaseLost) {
+					cancel() // Another attempt took over: stop the work.
+					return
+				}
+			}
+		}
+	}()
+	r, err := work(workCtx, b.Token)
+	close(done)
+	if err != nil {
+		_ = c.Release(context.Background(), ns, key, b.Token) // Else it lapses.
+		return Result{}, err
+	}
+	if err := c.Complete(ctx, ns, key, b.Token, r); err != nil {
+		return Result{}, err
+	}
+	r.Replayed = false
+	return r, nil
+}

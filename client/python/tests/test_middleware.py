@@ -1,0 +1,158 @@
+"""The ASGI middleware with FastAPI's test client against the real server."""
+
+import threading
+import uuid
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
+
+from idem.middleware import IdempotencyMiddleware
+
+
+def make_app(server, **options):
+    app = FastAPI()
+    state = {"runs": 0, "fail_next": False,
+             "release": threading.Event(), "entered": threading.Event()}
+    app.add_middleware(IdempotencyMiddleware, target=server,
+                       namespace="http-" + uuid.uuid4().hex[:8], **options)
+
+    @app.post("/orders")
+    async def create(request: Request):
+        state["runs"] += 1
+        payload = await request.json()
+        return JSONResponse({"order": state["runs"], "item": payload["item"]},
+                            status_code=201, headers={"x-order": str(state["runs"])})
+
+    @app.post("/slow")
+    def slow():
+        state["runs"] += 1
+        state["entered"].set()
+        state["release"].wait(10)
+        return {"slow": True}
+
+    @app.post("/flaky")
+    def flaky():
+        state["runs"] += 1
+        if state["runs"] == 1:
+            return JSONResponse({"error": "upstream"}, status_code=503)
+        return {"ok": True}
+
+    @app.get("/orders")
+    def list_orders():
+        state["runs"] += 1
+        return {"runs": state["runs"]}
+
+    return app, state
+
+
+def key():
+    return uuid.uuid4().hex
+
+
+def test_same_key_replays_the_same_response(server):
+    app, state = make_app(server)
+    with TestClient(app) as http:
+        k = key()
+        first = http.post("/orders", json={"item": "book"},
+                          headers={"Idempotency-Key": k})
+        second = http.post("/orders", json={"item": "book"},
+                           headers={"Idempotency-Key": k})
+        assert first.status_code == 201
+        assert "idempotent-replayed" not in first.headers
+        assert second.status_code == 201
+        assert second.json() == first.json()
+        assert second.headers["x-order"] == first.headers["x-order"]
+        assert second.headers["content-type"] == first.headers["content-type"]
+        assert second.headers["idempotent-replayed"] == "true"
+        assert state["runs"] == 1
+
+
+def test_different_keys_are_independent(server):
+    app, state = make_app(server)
+    with TestClient(app) as http:
+        a = http.post("/orders", json={"item": "book"},
+                      headers={"Idempotency-Key": key()})
+        b = http.post("/orders", json={"item": "book"},
+                      headers={"Idempotency-Key": key()})
+        assert a.json()["order"] == 1
+        assert b.json()["order"] == 2
+        assert state["runs"] == 2
+
+
+def test_a_changed_body_is_422(server):
+    app, state = make_app(server)
+    with TestClient(app) as http:
+        k = key()
+        http.post("/orders", json={"item": "book"}, headers={"Idempotency-Key": k})
+        changed = http.post("/orders", json={"item": "pen"},
+                            headers={"Idempotency-Key": k})
+        assert changed.status_code == 422
+        assert state["runs"] == 1
+
+
+def test_a_concurrent_duplicate_is_409(server):
+    app, state = make_app(server)
+    with TestClient(app) as http:
+        k = key()
+        first = {}
+        thread = threading.Thread(target=lambda: first.update(
+            response=http.post("/slow", headers={"Idempotency-Key": k})))
+        thread.start()
+        assert state["entered"].wait(10)
+        duplicate = http.post("/slow", headers={"Idempotency-Key": k})
+        state["release"].set()
+        thread.join()
+        assert duplicate.status_code == 409
+        assert duplicate.headers["retry-after"] == "1"
+        assert first["response"].status_code == 200
+        assert state["runs"] == 1
+
+
+def test_a_waiting_duplicate_gets_the_result(server):
+    app, state = make_app(server, wait=10)
+    with TestClient(app) as http:
+        k = key()
+        first = {}
+        thread = threading.Thread(target=lambda: first.update(
+            response=http.post("/slow", headers={"Idempotency-Key": k})))
+        thread.start()
+        assert state["entered"].wait(10)
+        threading.Timer(0.3, state["release"].set).start()
+        duplicate = http.post("/slow", headers={"Idempotency-Key": k})
+        thread.join()
+        assert duplicate.status_code == 200
+        assert duplicate.json() == {"slow": True}
+        assert duplicate.headers["idempotent-replayed"] == "true"
+        assert state["runs"] == 1
+
+
+def test_requests_without_the_header_pass_through(server):
+    app, state = make_app(server)
+    with TestClient(app) as http:
+        assert http.post("/orders", json={"item": "a"}).status_code == 201
+        assert http.post("/orders", json={"item": "a"}).status_code == 201
+        assert http.get("/orders", headers={"Idempotency-Key": key()}).json() == {"runs": 3}
+        assert state["runs"] == 3
+
+
+def test_a_required_key_is_400_when_missing(server):
+    app, state = make_app(server, require_key=True)
+    with TestClient(app) as http:
+        missing = http.post("/orders", json={"item": "a"})
+        assert missing.status_code == 400
+        assert "Idempotency-Key" in missing.json()["error"] or \
+            "idempotency-key" in missing.json()["error"]
+        assert state["runs"] == 0
+
+
+def test_5xx_results_are_released(server):
+    app, state = make_app(server)
+    with TestClient(app) as http:
+        k = key()
+        assert http.post("/flaky", headers={"Idempotency-Key": k}).status_code == 503
+        retry = http.post("/flaky", headers={"Idempotency-Key": k})
+        assert retry.status_code == 200
+        assert "idempotent-replayed" not in retry.headers
+        assert state["runs"] == 2
