@@ -16,7 +16,11 @@ For POST, PUT and PATCH requests carrying the header:
     a retry runs again (``release_on_5xx=False`` stores it like any other);
   * an exception in the app releases the key and propagates.
 Requests without the header pass through untouched, unless ``require_key``
-is set: then they get 400. Other methods always pass through.
+is set: then they get 400. Other methods always pass through. A request body
+over ``max_body_bytes`` (1 MiB) gets 413: it is held in memory. Responses
+are buffered whole before they are sent (they must be stored first); one
+larger than the server's --max-body-bytes cannot be stored, and the caller
+then gets 503 while the key stays in progress until its lease lapses.
 """
 
 import asyncio
@@ -74,7 +78,12 @@ class IdempotencyMiddleware:
                 await self.app(scope, receive, send)
             return
 
-        body = await _read_body(receive)
+        body = await _read_body(receive, self.max_body_bytes)
+        if body is None:
+            await _send_json(send, 413, {
+                "error": "the request body is larger than this idempotent "
+                         f"endpoint accepts ({self.max_body_bytes} bytes)"})
+            return
         path = scope.get("raw_path") or scope["path"].encode("utf-8")
         query = scope.get("query_string", b"")
         target = path + (b"?" + query if query else b"")
@@ -173,13 +182,20 @@ class IdempotencyMiddleware:
             pass  # The lease lapses by itself.
 
 
-async def _read_body(receive) -> bytes:
+async def _read_body(receive, limit: int) -> Optional[bytes]:
+    """The whole request body, or None once it exceeds `limit` bytes (it is
+    held in memory to fingerprint it and to hand it to the app)."""
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return b"".join(chunks)

@@ -147,6 +147,15 @@ def test_a_required_key_is_400_when_missing(server):
         assert state["runs"] == 0
 
 
+def test_an_oversized_body_is_413(server):
+    app, state = make_app(server, max_body_bytes=64)
+    with TestClient(app) as http:
+        big = http.post("/orders", json={"item": "x" * 100},
+                        headers={"Idempotency-Key": key()})
+        assert big.status_code == 413
+        assert state["runs"] == 0
+
+
 def test_5xx_results_are_released(server):
     app, state = make_app(server)
     with TestClient(app) as http:
