@@ -43,6 +43,8 @@ TEST(AuthPolicyTest, GrantsExactNamesAndPrefixes) {
   EXPECT_TRUE(api.MayUseNamespace("payments/eu"));
   EXPECT_TRUE(api.MayUseNamespace("refunds"));
   EXPECT_FALSE(api.MayUseNamespace("payments"));  // "payments/*" is a prefix.
+  EXPECT_FALSE(api.MayUseNamespace("payments-evil"));
+  EXPECT_FALSE(api.MayUseNamespace("refunds-evil"));
   EXPECT_FALSE(api.MayUseNamespace("refunds/2024"));
   EXPECT_FALSE(api.MayUseNamespace("orders"));
   EXPECT_FALSE(api.admin());

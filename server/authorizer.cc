@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -171,9 +172,12 @@ absl::Status Authorizer::CheckNamespace(const Access& access,
         absl::StrCat("no principal of the policy matches this caller (",
                      access.caller(), ")"));
   }
-  return absl::PermissionDeniedError(
-      absl::StrCat("principal '", access.principals(),
-                   "' may not use namespace '", name_space, "'"));
+  // The namespace is not validated yet: echo a bounded, escaped prefix.
+  constexpr size_t kEchoed = 128;
+  return absl::PermissionDeniedError(absl::StrCat(
+      "principal '", access.principals(), "' may not use namespace '",
+      absl::CHexEscape(name_space.substr(0, kEchoed)),
+      name_space.size() > kEchoed ? "...'" : "'"));
 }
 
 absl::Status Authorizer::CheckAdmin(const Access& access) const {

@@ -41,7 +41,7 @@ struct ServerConfig {
   std::string tls_key;
   std::string tls_client_ca;
   // How often the TLS files are checked for changes.
-  absl::Duration tls_refresh = absl::Seconds(5);
+  absl::Duration tls_refresh = absl::Seconds(1);
   // Authorization policy (see server/auth_policy.h); empty: open.
   std::string policy;
   Limits limits;

@@ -6,6 +6,26 @@
 #include "absl/strings/str_cat.h"
 
 namespace idem::server {
+namespace {
+
+// A Prometheus label value: backslash, double quote and newline escaped
+// (principal names come from the policy file).
+std::string LabelValue(absl::string_view value) {
+  std::string out;
+  for (char c : value) {
+    if (c == '\\' || c == '"') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+}  // namespace
 
 void Metrics::RecordRpc(absl::string_view method, absl::string_view outcome,
                         absl::Duration latency) {
@@ -124,8 +144,9 @@ std::string Metrics::Render(const Gauges& gauges) const {
                     "principal (policy name; empty: no identity) and result.\n"
                     "# TYPE idem_auth_total counter\n");
     for (const auto& [labels, count] : auth_) {
-      absl::StrAppend(&out, "idem_auth_total{principal=\"", labels.first,
-                      "\",result=\"", labels.second, "\"} ", count, "\n");
+      absl::StrAppend(&out, "idem_auth_total{principal=\"",
+                      LabelValue(labels.first), "\",result=\"", labels.second,
+                      "\"} ", count, "\n");
     }
   }
   return out;

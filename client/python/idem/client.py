@@ -162,7 +162,9 @@ class IdemClient:
         if wait > 0:
             message.wait.CopyFrom(_duration(wait))
         response = self._call(self._stub.Begin, message, extra_timeout=wait)
-        outcome = _OUTCOMES.get(response.outcome, MISMATCH)
+        outcome = _OUTCOMES.get(response.outcome)
+        if outcome is None:
+            raise IdemError(f"unknown Begin outcome {response.outcome}")
         return BeginResult(
             outcome=outcome,
             token=response.lease.token,
@@ -242,6 +244,11 @@ class IdemClient:
         beat.start()
         try:
             produced = work(context)
+            if isinstance(produced, str):
+                produced = produced.encode("utf-8")
+            if not isinstance(produced, (Result, bytes, bytearray)):
+                raise TypeError("the work must return an idem.Result, bytes "
+                                f"or str, not {type(produced).__name__}")
         except BaseException:
             stop.set()
             beat.join()

@@ -15,6 +15,10 @@ For POST, PUT and PATCH requests carrying the header:
   * a response with a 5xx status is not stored: the key is released so that
     a retry runs again (``release_on_5xx=False`` stores it like any other);
   * an exception in the app releases the key and propagates.
+A request with more than one key (repeated headers, or commas: keys may not
+contain them) gets 400. Keys live per namespace; ``key_func(scope, key)``
+scopes them, e.g. per authenticated user, so that one caller can never get
+another's stored response by reusing its key.
 Requests without the header pass through untouched, unless ``require_key``
 is set: then they get 400. Other methods always pass through. A request body
 over ``max_body_bytes`` (1 MiB) gets 413: it is held in memory. Responses
@@ -24,8 +28,9 @@ then gets 503 while the key stays in progress until its lease lapses.
 """
 
 import asyncio
+import concurrent.futures
 import json
-from typing import Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import grpc
 
@@ -48,7 +53,9 @@ class IdempotencyMiddleware:
                  require_key: bool = False, wait: float = 0.0,
                  lease: float = 30.0, retention: Optional[float] = None,
                  release_on_5xx: bool = True,
-                 max_body_bytes: int = 1 << 20):
+                 max_body_bytes: int = 1 << 20,
+                 key_func: Optional[Callable[[dict, str], str]] = None,
+                 max_concurrent_calls: int = 64):
         self.app = app
         self.client = client or IdemClient(target, credentials=credentials)
         self.namespace = namespace
@@ -60,15 +67,32 @@ class IdempotencyMiddleware:
         self.retention = retention
         self.release_on_5xx = release_on_5xx
         self.max_body_bytes = max_body_bytes
+        # Keys live per namespace: scope them per caller (e.g. prefix the
+        # authenticated user) when clients could pick each other's keys.
+        self.key_func = key_func
+        # The client is synchronous: its calls run on threads of their own,
+        # and heartbeats on separate ones, so that many waiting Begins can
+        # never starve the heartbeats that keep running requests' leases.
+        self._calls = concurrent.futures.ThreadPoolExecutor(
+            max_concurrent_calls, thread_name_prefix="idem-call")
+        self._beats = concurrent.futures.ThreadPoolExecutor(
+            8, thread_name_prefix="idem-beat")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"].upper() not in self.methods:
             await self.app(scope, receive, send)
             return
-        key = None
-        for name, value in scope.get("headers", []):
-            if name.lower() == self.header:
-                key = value.decode("latin-1").strip()
+        # Repeated headers may arrive as one comma-joined value (RFC 9110).
+        keys = [part.strip()
+                for name, value in scope.get("headers", [])
+                if name.lower() == self.header
+                for part in value.decode("latin-1").split(",")]
+        if len(keys) > 1:
+            await _send_json(send, 400, {
+                "error": f"send one {self.header.decode()} header, not "
+                         f"{len(keys)}"})
+            return
+        key = keys[0] if keys else ""
         if not key:
             if self.require_key:
                 await _send_json(send, 400, {
@@ -78,7 +102,11 @@ class IdempotencyMiddleware:
                 await self.app(scope, receive, send)
             return
 
-        body = await _read_body(receive, self.max_body_bytes)
+        if self.key_func is not None:
+            key = self.key_func(scope, key)
+        body, complete = await _read_body(receive, self.max_body_bytes)
+        if not complete:
+            return  # The client went away mid-body: nothing to run.
         if body is None:
             await _send_json(send, 413, {
                 "error": "the request body is larger than this idempotent "
@@ -90,12 +118,18 @@ class IdempotencyMiddleware:
         fp = fingerprint_parts(scope["method"].upper(), target, body)
         loop = asyncio.get_running_loop()
         try:
-            begun = await loop.run_in_executor(None, lambda: self.client.begin(
+            begun = await loop.run_in_executor(self._calls, lambda: self.client.begin(
                 self.namespace, key, fingerprint=fp, lease=self.lease,
                 retention=self.retention, wait=self.wait))
         except IdemError as error:
-            await _send_json(send, 503, {
-                "error": f"the idempotency store is unavailable: {error}"})
+            if error.code in (grpc.StatusCode.INVALID_ARGUMENT,
+                              grpc.StatusCode.RESOURCE_EXHAUSTED):
+                await _send_json(send, 400, {
+                    "error": f"unusable idempotency key: {error}"})
+            else:
+                await _send_json(send, 503, {
+                    "error": "the idempotency store is unavailable; retry "
+                             "later"})
             return
 
         if begun.outcome == COMPLETED:
@@ -112,9 +146,9 @@ class IdempotencyMiddleware:
                          "different request"})
             return
 
-        await self._run(scope, body, send, key, begun.token, loop)
+        await self._run(scope, body, receive, send, key, begun.token, loop)
 
-    async def _run(self, scope, body, send, key, token, loop):
+    async def _run(self, scope, body, receive, send, key, token, loop):
         heartbeat = asyncio.ensure_future(self._heartbeat(key, token, loop))
         status = 500
         headers: List[Tuple[bytes, bytes]] = []
@@ -124,7 +158,9 @@ class IdempotencyMiddleware:
         async def replay_receive():
             nonlocal started
             if started:
-                return {"type": "http.disconnect"}
+                # After the body, the real channel: a disconnect comes only
+                # when the client really goes away.
+                return await receive()
             started = True
             return {"type": "http.request", "body": body, "more_body": False}
 
@@ -152,7 +188,7 @@ class IdempotencyMiddleware:
             result = Result(code=status, body=response_body,
                             metadata={_HEADERS_KEY: json.dumps(stored)})
             try:
-                await loop.run_in_executor(None, lambda: self.client.complete(
+                await loop.run_in_executor(self._calls, lambda: self.client.complete(
                     self.namespace, key, token, result,
                     retention=self.retention))
             except IdemError as error:
@@ -169,36 +205,36 @@ class IdempotencyMiddleware:
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
-                await loop.run_in_executor(None, lambda: self.client.extend(
+                await loop.run_in_executor(self._beats, lambda: self.client.extend(
                     self.namespace, key, token, self.lease))
             except IdemError:
                 pass  # Completing will tell whether the lease held.
 
     async def _release(self, key, token, loop):
         try:
-            await loop.run_in_executor(None, lambda: self.client.release(
+            await loop.run_in_executor(self._calls, lambda: self.client.release(
                 self.namespace, key, token))
         except IdemError:
             pass  # The lease lapses by itself.
 
 
-async def _read_body(receive, limit: int) -> Optional[bytes]:
-    """The whole request body, or None once it exceeds `limit` bytes (it is
-    held in memory to fingerprint it and to hand it to the app)."""
+async def _read_body(receive, limit: int) -> Tuple[Optional[bytes], bool]:
+    """(body, complete): the whole request body, or None once it exceeds
+    `limit` bytes (it is held in memory to fingerprint it and to hand it to
+    the app); complete is False when the client disconnected mid-body."""
     chunks = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            return None, False
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            return None
+            return None, True
         chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return b"".join(chunks), True
 
 
 async def _send(send, status: int, headers, body: bytes):

@@ -82,15 +82,30 @@ def test_failed_work_releases_the_key(client):
     assert not result.replayed
 
 
-def test_heartbeat_keeps_a_short_lease(client):
+def test_heartbeat_keeps_a_short_lease(server, client):
     key = new_key()
+    seen = {}
 
     def slow(_context):
-        threading.Event().wait(2.5)
+        # Past the 1 s lease: without the heartbeat another caller would
+        # acquire the key here.
+        threading.Event().wait(1.8)
+        with idem.IdemClient(server) as other:
+            seen["outcome"] = other.begin("orders", key, fingerprint=b"fp").outcome
+        threading.Event().wait(0.7)
         return b"slow but kept"
 
     result = client.run("orders", key, slow, fingerprint=b"fp", lease=1)
     assert result.body == b"slow but kept"
+    assert seen["outcome"] == idem.IN_PROGRESS
+
+
+def test_work_must_return_bytes_or_a_result(client):
+    key = new_key()
+    with pytest.raises(TypeError):
+        client.run("orders", key, lambda c: 42, fingerprint=b"fp")
+    # The key was released, not left in progress.
+    assert client.run("orders", key, lambda c: "text", fingerprint=b"fp").body == b"text"
 
 
 def test_idempotent_consumer_skips_redeliveries(client):

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.testclient import TestClient
 
 from idem.middleware import IdempotencyMiddleware
@@ -38,6 +38,31 @@ def make_app(server, **options):
         if state["runs"] == 1:
             return JSONResponse({"error": "upstream"}, status_code=503)
         return {"ok": True}
+
+    @app.post("/boom")
+    def boom():
+        state["runs"] += 1
+        if state["runs"] == 1:
+            raise RuntimeError("the app failed")
+        return {"ok": state["runs"]}
+
+    @app.post("/stream")
+    async def stream():
+        state["runs"] += 1
+
+        async def chunks():
+            for i in range(3):
+                yield f"chunk {i};".encode()
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    @app.post("/cookies")
+    def cookies():
+        state["runs"] += 1
+        response = Response("ok")
+        response.set_cookie("a", "1")
+        response.set_cookie("b", "2")
+        return response
 
     @app.get("/orders")
     def list_orders():
@@ -154,6 +179,74 @@ def test_an_oversized_body_is_413(server):
                         headers={"Idempotency-Key": key()})
         assert big.status_code == 413
         assert state["runs"] == 0
+
+
+def test_an_app_exception_releases_the_key(server):
+    app, state = make_app(server)
+    with TestClient(app, raise_server_exceptions=False) as http:
+        k = key()
+        assert http.post("/boom", headers={"Idempotency-Key": k}).status_code == 500
+        retry = http.post("/boom", headers={"Idempotency-Key": k})
+        assert retry.status_code == 200
+        assert retry.json() == {"ok": 2}
+        assert state["runs"] == 2
+
+
+def test_streaming_responses_are_stored_whole(server):
+    app, state = make_app(server)
+    with TestClient(app) as http:
+        k = key()
+        first = http.post("/stream", headers={"Idempotency-Key": k})
+        second = http.post("/stream", headers={"Idempotency-Key": k})
+        assert first.text == "chunk 0;chunk 1;chunk 2;"
+        assert second.text == first.text
+        assert second.headers["idempotent-replayed"] == "true"
+        assert state["runs"] == 1
+
+
+def test_repeated_headers_are_replayed(server):
+    app, state = make_app(server)
+    with TestClient(app) as http:
+        k = key()
+        http.post("/cookies", headers={"Idempotency-Key": k})
+        replay = http.post("/cookies", headers={"Idempotency-Key": k})
+        assert replay.headers.get_list("set-cookie") == [
+            "a=1; Path=/; SameSite=lax", "b=2; Path=/; SameSite=lax"]
+        assert state["runs"] == 1
+
+
+def test_another_query_is_another_request(server):
+    app, state = make_app(server)
+    with TestClient(app) as http:
+        k = key()
+        http.post("/orders?a=1", json={"item": "x"}, headers={"Idempotency-Key": k})
+        other = http.post("/orders?a=2", json={"item": "x"},
+                          headers={"Idempotency-Key": k})
+        assert other.status_code == 422
+
+
+def test_two_key_headers_are_400(server):
+    app, state = make_app(server)
+    with TestClient(app) as http:
+        response = http.post("/orders", json={"item": "x"},
+                             headers=[("Idempotency-Key", "a"),
+                                      ("Idempotency-Key", "b")])
+        assert response.status_code == 400
+        assert state["runs"] == 0
+
+
+def test_keys_can_be_scoped_per_caller(server):
+    app, state = make_app(
+        server, key_func=lambda scope, k: dict(scope["headers"]).get(
+            b"x-user", b"anon").decode() + "/" + k)
+    with TestClient(app) as http:
+        k = key()
+        a = http.post("/orders", json={"item": "x"},
+                      headers={"Idempotency-Key": k, "X-User": "alice"})
+        b = http.post("/orders", json={"item": "x"},
+                      headers={"Idempotency-Key": k, "X-User": "bob"})
+        assert a.json()["order"] == 1
+        assert b.json()["order"] == 2  # Bob's request ran: not Alice's result.
 
 
 def test_5xx_results_are_released(server):

@@ -17,6 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	idemv1 "idem/v1"
@@ -99,17 +101,21 @@ func (c *Client) call(ctx context.Context, extra time.Duration, fn func(context.
 		callCtx, cancel := context.WithTimeout(ctx, c.Timeout+extra)
 		err = fn(callCtx)
 		cancel()
-		if err == nil || !retried(err) || ctx.Err() != nil {
+		if err == nil || !retried(err) || attempt == 5 {
 			break
 		}
 		jitter, _ := rand.Int(rand.Reader, big.NewInt(int64(backoff)))
-		time.Sleep(time.Duration(jitter.Int64()))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(jitter.Int64())):
+		}
 		if backoff *= 2; backoff > 2*time.Second {
 			backoff = 2 * time.Second
 		}
 	}
 	if status.Code(err) == codes.FailedPrecondition {
-		return fmt.Errorf("%w: %s", ErrLeaseLost, status.Convert(err).Message())
+		return fmt.Errorf("%w: %v", ErrLeaseLost, err)
 	}
 	return err
 }
@@ -164,8 +170,10 @@ func (c *Client) Begin(ctx context.Context, ns, key string, fingerprint []byte, 
 		b.Result = &Result{Code: r.GetCode(), Body: r.GetBody(), Metadata: r.GetMetadata(), Replayed: true}
 	case idemv1.BeginResponse_OUTCOME_IN_PROGRESS:
 		b.Outcome = InProgress
-	default:
+	case idemv1.BeginResponse_OUTCOME_MISMATCH:
 		b.Outcome = Mismatch
+	default:
+		return nil, fmt.Errorf("unknown Begin outcome %v", resp.GetOutcome())
 	}
 	return b, nil
 }
@@ -247,31 +255,59 @@ func (c *Client) Run(ctx context.Context, ns, key string, fingerprint []byte, o 
 	case Mismatch:
 		return Result{}, ErrMismatch
 	}
-	workCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan struct{})
-	go func() { // Heartbeat: keep the lease while the work runs.
+	// The work and the heartbeat get contexts of their own: the heartbeat
+	// ends with Run, and a lost lease cancels the work.
+	workCtx, cancelWork := context.WithCancel(ctx)
+	defer cancelWork()
+	beatCtx, stopBeat := context.WithCancel(context.Background())
+	var lost atomic.Bool
+	var beats sync.WaitGroup
+	beats.Add(1)
+	go func() {
+		defer beats.Done()
 		ticker := time.NewTicker(o.Lease / 3)
 		defer ticker.Stop()
 		for {
 			select {
-			case <-done:
+			case <-beatCtx.Done():
 				return
 			case <-ticker.C:
-				if err := c.Extend(ctx, ns, key, b.Token, o.Lease); errors.Is(err, ErrLeaseLost) {
-					cancel() // Another attempt took over: stop the work.
+				if err := c.Extend(beatCtx, ns, key, b.Token, o.Lease); errors.Is(err, ErrLeaseLost) {
+					lost.Store(true)
+					cancelWork()
 					return
 				}
 			}
 		}
 	}()
-	r, err := work(workCtx, b.Token)
-	close(done)
+	// Finishing calls use their own deadline: a caller's context that ran
+	// out during the work must not lose the work's result.
+	finish := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), 20*time.Second)
+	}
+	r, err := func() (r Result, err error) {
+		defer func() {
+			stopBeat()
+			beats.Wait()
+			if p := recover(); p != nil {
+				fctx, cancel := finish()
+				_ = c.Release(fctx, ns, key, b.Token)
+				cancel()
+				panic(p)
+			}
+		}()
+		return work(workCtx, b.Token)
+	}()
+	if lost.Load() {
+		return Result{}, ErrLeaseLost
+	}
+	fctx, cancel := finish()
+	defer cancel()
 	if err != nil {
-		_ = c.Release(context.Background(), ns, key, b.Token) // Else it lapses.
+		_ = c.Release(fctx, ns, key, b.Token) // Else it lapses by itself.
 		return Result{}, err
 	}
-	if err := c.Complete(ctx, ns, key, b.Token, r); err != nil {
+	if err := c.Complete(fctx, ns, key, b.Token, r); err != nil {
 		return Result{}, err
 	}
 	r.Replayed = false
