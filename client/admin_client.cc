@@ -9,11 +9,17 @@ namespace idem::client {
 
 class AdminClient::Impl {
  public:
+  // The client made the channel (Connect), so it may replace it.
   Impl(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options)
-      : retrier(options), stub(v1::Admin::NewStub(channel)) {}
+      : channels(std::move(channel), options, /*replaceable=*/true),
+        retrier(options, &channels) {}
 
+  std::unique_ptr<v1::Admin::Stub> stub() const {
+    return v1::Admin::NewStub(channels.Get());
+  }
+
+  internal::ChannelHolder channels;
   internal::Retrier retrier;
-  std::unique_ptr<v1::Admin::Stub> stub;
 };
 
 absl::StatusOr<std::unique_ptr<AdminClient>> AdminClient::Connect(
@@ -38,7 +44,7 @@ absl::StatusOr<bool> AdminClient::Delete(absl::string_view name_space,
   v1::DeleteResponse response;
   absl::Status status = impl_->retrier.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->stub->Delete(&context, request, &response);
+        return impl_->stub()->Delete(&context, request, &response);
       });
   if (!status.ok()) return status;
   return response.existed();
@@ -53,7 +59,7 @@ absl::StatusOr<uint64_t> AdminClient::ForceRelease(absl::string_view name_space,
   request.set_reason(std::string(reason));
   v1::ForceReleaseResponse response;
   absl::Status status = impl_->retrier.Once([&](grpc::ClientContext& context) {
-    return impl_->stub->ForceRelease(&context, request, &response);
+    return impl_->stub()->ForceRelease(&context, request, &response);
   });
   if (!status.ok()) return status;
   return response.fencing_token();
@@ -76,7 +82,7 @@ absl::StatusOr<KeyPage> AdminClient::List(absl::string_view name_space,
   v1::ListResponse response;
   absl::Status status = impl_->retrier.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->stub->List(&context, request, &response);
+        return impl_->stub()->List(&context, request, &response);
       });
   if (!status.ok()) return status;
   KeyPage page;
@@ -110,7 +116,7 @@ absl::StatusOr<StoreReport> AdminClient::Stats(absl::string_view name_space) {
   v1::StatsResponse response;
   absl::Status status = impl_->retrier.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->stub->Stats(&context, request, &response);
+        return impl_->stub()->Stats(&context, request, &response);
       });
   if (!status.ok()) return status;
   StoreReport report;

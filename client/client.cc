@@ -112,14 +112,21 @@ absl::Duration Backoff(const RetryPolicy& policy, int retry,
 
 class Client::Impl {
  public:
-  Impl(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options)
-      : retrier_(options),
-        stub_(v1::Idempotency::NewStub(channel)),
-        health_(grpc::health::v1::Health::NewStub(channel)) {}
+  Impl(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options,
+       bool replaceable)
+      : channels_(std::move(channel), options, replaceable),
+        retrier_(options, &channels_) {}
 
+  // Stubs are cheap: one per call, on the current channel.
+  std::unique_ptr<v1::Idempotency::Stub> stub() const {
+    return v1::Idempotency::NewStub(channels_.Get());
+  }
+  std::unique_ptr<grpc::health::v1::Health::Stub> health() const {
+    return grpc::health::v1::Health::NewStub(channels_.Get());
+  }
+
+  internal::ChannelHolder channels_;
   internal::Retrier retrier_;
-  std::unique_ptr<v1::Idempotency::Stub> stub_;
-  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
@@ -127,12 +134,17 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
       internal::MakeChannel(options);
   if (!channel.ok()) return channel.status();
-  return std::make_unique<Client>(*std::move(channel), options);
+  // The client made this channel, so it may replace it after failures.
+  return std::unique_ptr<Client>(new Client(std::make_unique<Impl>(
+      *std::move(channel), options, /*replaceable=*/true)));
 }
 
 Client::Client(std::shared_ptr<grpc::Channel> channel,
                const ClientOptions& options)
-    : impl_(std::make_unique<Impl>(std::move(channel), options)) {}
+    : impl_(std::make_unique<Impl>(std::move(channel), options,
+                                   /*replaceable=*/false)) {}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Client::~Client() = default;
 
@@ -160,7 +172,7 @@ absl::StatusOr<BeginReply> Client::Begin(absl::string_view name_space,
   absl::Status status = impl_->retrier_.Run(
       std::max(options.wait, absl::ZeroDuration()),
       [&](grpc::ClientContext& context) {
-        return impl_->stub_->Begin(&context, request, &response);
+        return impl_->stub()->Begin(&context, request, &response);
       });
   if (!status.ok()) return status;
   BeginReply reply;
@@ -191,7 +203,7 @@ absl::StatusOr<Completion> Client::Complete(
   v1::CompleteResponse response;
   absl::Status status = impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->stub_->Complete(&context, request, &response);
+        return impl_->stub()->Complete(&context, request, &response);
       });
   if (!status.ok()) return status;
   return Completion{FromProto(response.completed_at()),
@@ -207,7 +219,7 @@ absl::Status Client::Release(absl::string_view name_space,
   v1::ReleaseResponse response;
   return impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->stub_->Release(&context, request, &response);
+        return impl_->stub()->Release(&context, request, &response);
       });
 }
 
@@ -222,7 +234,7 @@ absl::StatusOr<absl::Time> Client::Extend(absl::string_view name_space,
   v1::ExtendResponse response;
   absl::Status status = impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->stub_->Extend(&context, request, &response);
+        return impl_->stub()->Extend(&context, request, &response);
       });
   if (!status.ok()) return status;
   return FromProto(response.expires_at());
@@ -239,7 +251,7 @@ absl::Status Client::Checkpoint(absl::string_view name_space,
   v1::CheckpointResponse response;
   return impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->stub_->Checkpoint(&context, request, &response);
+        return impl_->stub()->Checkpoint(&context, request, &response);
       });
 }
 
@@ -251,7 +263,7 @@ absl::StatusOr<KeyInfo> Client::Lookup(absl::string_view name_space,
   v1::LookupResponse response;
   absl::Status status = impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->stub_->Lookup(&context, request, &response);
+        return impl_->stub()->Lookup(&context, request, &response);
       });
   if (!status.ok()) return status;
   KeyInfo info;
@@ -287,7 +299,7 @@ absl::Status Client::Ping() {
   grpc::health::v1::HealthCheckResponse response;
   absl::Status status = impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->health_->Check(&context, request, &response);
+        return impl_->health()->Check(&context, request, &response);
       });
   if (!status.ok()) return status;
   if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {

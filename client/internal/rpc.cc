@@ -58,4 +58,20 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(
   return channel;
 }
 
+void ChannelHolder::OnUnavailable() {
+  if (!replaceable_) return;
+  absl::MutexLock lock(&mu_);
+  // At most every 250 ms, so that a server that is really down does not make
+  // every retry build a channel.
+  if (absl::Now() - replaced_at_ < absl::Milliseconds(250)) return;
+  if (channel_->GetState(/*try_to_connect=*/false) !=
+      GRPC_CHANNEL_TRANSIENT_FAILURE) {
+    return;
+  }
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> fresh = MakeChannel(options_);
+  if (!fresh.ok()) return;
+  channel_ = *std::move(fresh);
+  replaced_at_ = absl::Now();
+}
+
 }  // namespace idem::client::internal

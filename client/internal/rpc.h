@@ -29,11 +29,40 @@ void ToProto(absl::Duration d, google::protobuf::Duration* out);
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(
     const ClientOptions& options);
 
+// A client's channel. After a failed call it is replaced by a new one if it
+// is stuck in TRANSIENT_FAILURE: gRPC 1.51's pick_first waits about 4.5 s
+// before it tries a restarted server again, a new channel connects at once.
+// Channels the caller handed in are never replaced.
+class ChannelHolder {
+ public:
+  ChannelHolder(std::shared_ptr<grpc::Channel> channel,
+                const ClientOptions& options, bool replaceable)
+      : options_(options),
+        replaceable_(replaceable),
+        channel_(std::move(channel)) {}
+
+  std::shared_ptr<grpc::Channel> Get() const {
+    absl::MutexLock lock(&mu_);
+    return channel_;
+  }
+  void OnUnavailable();
+
+ private:
+  const ClientOptions options_;
+  const bool replaceable_;
+  mutable absl::Mutex mu_;
+  std::shared_ptr<grpc::Channel> channel_ ABSL_GUARDED_BY(mu_);
+  absl::Time replaced_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+};
+
 // Runs calls with a fresh context per attempt, retrying UNAVAILABLE and
 // DEADLINE_EXCEEDED with backoff and jitter within the retry policy.
 class Retrier {
  public:
-  explicit Retrier(const ClientOptions& options) : options_(options) {}
+  // `channels` (may be null) hears of every UNAVAILABLE attempt.
+  explicit Retrier(const ClientOptions& options,
+                   ChannelHolder* channels = nullptr)
+      : options_(options), channels_(channels) {}
 
   // `extra` lengthens each attempt's deadline (a Begin's wait).
   template <typename Call>
@@ -46,6 +75,10 @@ class Retrier {
           std::min(absl::Now() + options_.rpc_timeout + extra, give_up)));
       const grpc::Status status = call(context);
       if (status.ok()) return absl::OkStatus();
+      if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+          channels_ != nullptr) {
+        channels_->OnUnavailable();
+      }
       if (!Retriable(status.error_code()) ||
           attempt >= std::max(1, retry.max_attempts)) {
         return FromGrpc(status);
@@ -78,6 +111,7 @@ class Retrier {
   }
 
   const ClientOptions options_;
+  ChannelHolder* const channels_;
   absl::Mutex random_mu_;
   absl::BitGen random_ ABSL_GUARDED_BY(random_mu_);
 };

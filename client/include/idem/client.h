@@ -262,6 +262,7 @@ class Client {
  private:
   friend class RunContext;
   class Impl;
+  explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 
