@@ -160,40 +160,39 @@ absl::StatusOr<Access> Authorizer::Authenticate(
   return access;
 }
 
-absl::Status Authorizer::CheckNamespace(const Access& access,
-                                        absl::string_view name_space) const {
-  if (access.MayUseNamespace(name_space)) {
-    Record(access.principals(), "allowed");
-    return absl::OkStatus();
-  }
+absl::Status Authorizer::Allow(const Access& access) const {
+  Record(access.principals(), "allowed");
+  return absl::OkStatus();
+}
+
+absl::Status Authorizer::Deny(const Access& access,
+                              absl::string_view why) const {
   Record(access.principals(), "permission_denied");
   if (!access.matched()) {
     return absl::PermissionDeniedError(
         absl::StrCat("no principal of the policy matches this caller (",
                      access.caller(), ")"));
   }
+  return absl::PermissionDeniedError(why);
+}
+
+absl::Status Authorizer::CheckNamespace(const Access& access,
+                                        absl::string_view name_space) const {
+  if (access.MayUseNamespace(name_space)) return Allow(access);
   // The namespace is not validated yet: echo a bounded, escaped prefix.
   constexpr size_t kEchoed = 128;
-  return absl::PermissionDeniedError(absl::StrCat(
-      "principal '", access.principals(), "' may not use namespace '",
-      absl::CHexEscape(name_space.substr(0, kEchoed)),
-      name_space.size() > kEchoed ? "...'" : "'"));
+  return Deny(access,
+              absl::StrCat("principal '", access.principals(),
+                           "' may not use namespace '",
+                           absl::CHexEscape(name_space.substr(0, kEchoed)),
+                           name_space.size() > kEchoed ? "...'" : "'"));
 }
 
 absl::Status Authorizer::CheckAdmin(const Access& access) const {
-  if (access.admin()) {
-    Record(access.principals(), "allowed");
-    return absl::OkStatus();
-  }
-  Record(access.principals(), "permission_denied");
-  if (!access.matched()) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("no principal of the policy matches this caller (",
-                     access.caller(), ")"));
-  }
-  return absl::PermissionDeniedError(
-      absl::StrCat("principal '", access.principals(),
-                   "' may not call the Admin service (admin: false)"));
+  if (access.admin()) return Allow(access);
+  return Deny(access, absl::StrCat("principal '", access.principals(),
+                                   "' may not call the Admin service "
+                                   "(admin: false)"));
 }
 
 }  // namespace idem::server

@@ -43,6 +43,10 @@ class Authorizer {
   // Names in a client certificate (PEM), parsed once per certificate.
   CallerIdentity CertificateIdentity(const std::string& pem) const;
   void Record(absl::string_view principal, absl::string_view result) const;
+  // Record the decision. A caller no principal matches is told so, with
+  // its names; a matched one gets `why`.
+  absl::Status Allow(const Access& access) const;
+  absl::Status Deny(const Access& access, absl::string_view why) const;
 
   const AuthPolicy* const policy_;
   Metrics* const metrics_;

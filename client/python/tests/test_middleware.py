@@ -117,15 +117,22 @@ def test_a_changed_body_is_422(server):
         assert state["runs"] == 1
 
 
+def start_slow_request(http, state, k):
+    """Sends POST /slow with key `k` on a thread; returns once the app is in
+    it. The thread puts the response in the returned dict."""
+    first = {}
+    thread = threading.Thread(target=lambda: first.update(
+        response=http.post("/slow", headers={"Idempotency-Key": k})))
+    thread.start()
+    assert state["entered"].wait(10)
+    return thread, first
+
+
 def test_a_concurrent_duplicate_is_409(server):
     app, state = make_app(server)
     with TestClient(app) as http:
         k = key()
-        first = {}
-        thread = threading.Thread(target=lambda: first.update(
-            response=http.post("/slow", headers={"Idempotency-Key": k})))
-        thread.start()
-        assert state["entered"].wait(10)
+        thread, first = start_slow_request(http, state, k)
         duplicate = http.post("/slow", headers={"Idempotency-Key": k})
         state["release"].set()
         thread.join()
@@ -139,11 +146,7 @@ def test_a_waiting_duplicate_gets_the_result(server):
     app, state = make_app(server, wait=10)
     with TestClient(app) as http:
         k = key()
-        first = {}
-        thread = threading.Thread(target=lambda: first.update(
-            response=http.post("/slow", headers={"Idempotency-Key": k})))
-        thread.start()
-        assert state["entered"].wait(10)
+        thread, first = start_slow_request(http, state, k)
         threading.Timer(0.3, state["release"].set).start()
         duplicate = http.post("/slow", headers={"Idempotency-Key": k})
         thread.join()
