@@ -487,8 +487,11 @@ void RocksDbStore::MaintenanceLoop(absl::Duration compaction_tick) {
                                            kRecoveryTick)) {
     maintenance_mu_.Unlock();
     if (unhealthy_.load(std::memory_order_acquire)) TryRecover();
+    // Not while unhealthy: a flush or compaction would write into the disk
+    // space the reserve protects.
     if (compaction_tick > absl::ZeroDuration() &&
-        absl::Now() >= next_compaction) {
+        absl::Now() >= next_compaction &&
+        !unhealthy_.load(std::memory_order_acquire)) {
       // Failures surface on the next write or read; nothing to do here.
       NudgeCompaction().IgnoreError();
       next_compaction = absl::Now() + compaction_tick;

@@ -46,6 +46,12 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(
   if (!is_set(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS)) {
     arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   }
+  // A connection of its own: with gRPC's shared pool a replacement channel
+  // (see ChannelHolder) would get the same connection, still waiting out its
+  // reconnect backoff.
+  if (!is_set(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL)) {
+    arguments.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  }
   std::shared_ptr<grpc::ChannelCredentials> credentials =
       options.credentials != nullptr ? options.credentials
                                      : grpc::InsecureChannelCredentials();
@@ -61,9 +67,9 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(
 void ChannelHolder::OnUnavailable() {
   if (!replaceable_) return;
   absl::MutexLock lock(&mu_);
-  // At most every 250 ms, so that a server that is really down does not make
-  // every retry build a channel.
-  if (absl::Now() - replaced_at_ < absl::Milliseconds(250)) return;
+  // At most every 500 ms, so that a server that is really down does not make
+  // every retry build a channel (and, for DNS targets, resolve it).
+  if (absl::Now() - replaced_at_ < absl::Milliseconds(500)) return;
   if (channel_->GetState(/*try_to_connect=*/false) !=
       GRPC_CHANNEL_TRANSIENT_FAILURE) {
     return;

@@ -95,7 +95,12 @@ class Retrier {
     grpc::ClientContext context;
     context.set_deadline(
         absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
-    return FromGrpc(call(context));
+    const grpc::Status status = call(context);
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+        channels_ != nullptr) {
+      channels_->OnUnavailable();
+    }
+    return FromGrpc(status);
   }
 
   const ClientOptions& options() const { return options_; }
