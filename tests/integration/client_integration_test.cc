@@ -153,6 +153,20 @@ TEST_F(ClientIntegrationTest, ServerRestartDuringRunIsRetried) {
   EXPECT_EQ(stored->result.body, "survived");
 }
 
+TEST_F(ClientIntegrationTest, DefaultRetriesRideOutARestartOfSeconds) {
+  const std::string key = NewKey();
+  server_.Kill();
+  std::thread restarter([&] {
+    absl::SleepFor(absl::Seconds(3));  // A pod being replaced, say.
+    ASSERT_TRUE(server_.Start().ok());
+  });
+  // Default retry policy: the call waits the outage out instead of failing.
+  absl::StatusOr<KeyInfo> seen = client_->Lookup(kNamespace, key);
+  restarter.join();
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(seen->state, KeyState::kAbsent);
+}
+
 TEST_F(ClientIntegrationTest, HeartbeatKeepsALongTasksLeaseAlive) {
   const std::string key = NewKey();
   RunOptions options;

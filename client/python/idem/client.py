@@ -102,26 +102,53 @@ class RunContext:
 
 
 class IdemClient:
-    """Typed calls with retries of UNAVAILABLE / DEADLINE_EXCEEDED (5 attempts,
-    exponential backoff with full jitter, 50 ms to 2 s, 20 s in all)."""
+    """Typed calls with retries of UNAVAILABLE / DEADLINE_EXCEEDED (12
+    attempts, exponential backoff with full jitter, 100 ms to 2 s, 20 s in
+    all: enough to ride out a server restart of several seconds). After a
+    failed attempt the channel is replaced by one with its own connection (at
+    most every 500 ms), since gRPC's own reconnect waits seconds."""
 
     def __init__(self, target: str = "127.0.0.1:50051", *,
                  credentials: Optional[grpc.ChannelCredentials] = None,
-                 timeout: float = 5.0, attempts: int = 5,
+                 timeout: float = 5.0, attempts: int = 12,
                  total_timeout: float = 20.0):
-        options = [("grpc.initial_reconnect_backoff_ms", 100),
-                   ("grpc.max_reconnect_backoff_ms", 2000)]
-        if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=options)
-        else:
-            self._channel = grpc.secure_channel(target, credentials, options=options)
-        self._stub = pb_grpc.IdempotencyStub(self._channel)
+        self._target = target
+        self._credentials = credentials
+        self._lock = threading.Lock()
+        self._replaced_at = 0.0
+        self._channel, self._stub = self._connect()
         self._timeout = timeout
         self._attempts = attempts
         self._total_timeout = total_timeout
 
+    def _connect(self):
+        options = [("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 2000),
+                   # A connection of its own, so that a replacement channel
+                   # does not inherit one waiting out its backoff.
+                   ("grpc.use_local_subchannel_pool", 1)]
+        if self._credentials is None:
+            channel = grpc.insecure_channel(self._target, options=options)
+        else:
+            channel = grpc.secure_channel(self._target, self._credentials,
+                                          options=options)
+        return channel, pb_grpc.IdempotencyStub(channel)
+
+    def _replace_channel(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._replaced_at < 0.5:
+                return
+            self._replaced_at = time.monotonic()
+            old = self._channel
+            self._channel, self._stub = self._connect()
+        # Calls still running on the old channel finish first.
+        closer = threading.Timer(self._timeout + 1, old.close)
+        closer.daemon = True
+        closer.start()
+
     def close(self) -> None:
-        self._channel.close()
+        with self._lock:
+            self._channel.close()
 
     def __enter__(self):
         return self
@@ -129,13 +156,17 @@ class IdemClient:
     def __exit__(self, *exc):
         self.close()
 
-    def _call(self, method, request, extra_timeout: float = 0.0):
+    def _call(self, method_name: str, request, extra_timeout: float = 0.0):
         deadline = time.monotonic() + self._total_timeout + extra_timeout
-        backoff = 0.05
+        backoff = 0.1
         for attempt in range(1, self._attempts + 1):
+            with self._lock:
+                method = getattr(self._stub, method_name)
             try:
                 return method(request, timeout=self._timeout + extra_timeout)
             except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._replace_channel()
                 if (error.code() not in _RETRIED or attempt == self._attempts
                         or time.monotonic() + backoff > deadline):
                     raise from_rpc_error(error) from None
@@ -161,7 +192,7 @@ class IdemClient:
             message.retention.CopyFrom(_duration(retention))
         if wait > 0:
             message.wait.CopyFrom(_duration(wait))
-        response = self._call(self._stub.Begin, message, extra_timeout=wait)
+        response = self._call("Begin", message, extra_timeout=wait)
         outcome = _OUTCOMES.get(response.outcome)
         if outcome is None:
             raise IdemError(f"unknown Begin outcome {response.outcome}")
@@ -182,20 +213,20 @@ class IdemClient:
                              metadata=result.metadata))
         if retention is not None:
             message.retention.CopyFrom(_duration(retention))
-        self._call(self._stub.Complete, message)
+        self._call("Complete", message)
 
     def release(self, namespace: str, key: str, token: int) -> None:
-        self._call(self._stub.Release,
+        self._call("Release",
                    pb.ReleaseRequest(namespace=namespace, key=key, token=token))
 
     def extend(self, namespace: str, key: str, token: int,
                lease: float) -> datetime.datetime:
-        response = self._call(self._stub.Extend, pb.ExtendRequest(
+        response = self._call("Extend", pb.ExtendRequest(
             namespace=namespace, key=key, token=token, lease=_duration(lease)))
         return _time(response.expires_at)
 
     def lookup(self, namespace: str, key: str) -> LookupResult:
-        response = self._call(self._stub.Lookup,
+        response = self._call("Lookup",
                               pb.LookupRequest(namespace=namespace, key=key))
         state = _STATES.get(response.state, "ABSENT")
         return LookupResult(

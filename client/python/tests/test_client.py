@@ -126,6 +126,17 @@ def test_idempotent_consumer_skips_redeliveries(client):
         handle({"id": event["id"], "amount": 99})  # Same id, other content.
 
 
+def test_default_retries_ride_out_a_restart_of_seconds(own_server):
+    with idem.IdemClient("127.0.0.1:%d" % own_server.port) as c:
+        c.lookup("x", "y")
+        own_server.kill()
+        restarter = threading.Timer(3.0, own_server.start)
+        restarter.start()
+        # Sent while the server is down; it waits the outage out.
+        assert c.lookup("x", "y").state == "ABSENT"
+        restarter.join()
+
+
 def test_unreachable_server_is_unavailable():
     with idem.IdemClient("127.0.0.1:1", attempts=2, total_timeout=1,
                          timeout=0.5) as c:

@@ -24,6 +24,7 @@ import (
 	idemv1 "idem/v1"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -65,7 +66,7 @@ type Begun struct {
 }
 
 // Client calls one Idem server. Calls that fail with UNAVAILABLE or
-// DEADLINE_EXCEEDED are retried (5 attempts, backoff 50 ms to 2 s with full
+// DEADLINE_EXCEEDED are retried (12 attempts, backoff 100 ms to 2 s with full
 // jitter); Begin retries reuse one owner.
 type Client struct {
 	conn    *grpc.ClientConn
@@ -79,6 +80,12 @@ func Dial(target string, opts ...grpc.DialOption) (*Client, error) {
 	if len(opts) == 0 {
 		opts = []grpc.DialOption{grpc.WithInsecure()}
 	}
+	// Reconnect within 2 s of a server restart (gRPC's default waits up to
+	// 2 minutes); an option the caller passes comes later and wins.
+	opts = append([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6,
+			Jitter: 0.2, MaxDelay: 2 * time.Second},
+		MinConnectTimeout: 5 * time.Second})}, opts...)
 	conn, err := grpc.Dial(target, opts...)
 	if err != nil {
 		return nil, err
@@ -95,13 +102,16 @@ func retried(err error) bool {
 }
 
 func (c *Client) call(ctx context.Context, extra time.Duration, fn func(context.Context) error) error {
-	backoff := 50 * time.Millisecond
+	// 12 attempts, 100 ms doubling to 2 s with full jitter: rides out a
+	// server restart of several seconds.
+	const attempts = 12
+	backoff := 100 * time.Millisecond
 	var err error
-	for attempt := 1; attempt <= 5; attempt++ {
+	for attempt := 1; attempt <= attempts; attempt++ {
 		callCtx, cancel := context.WithTimeout(ctx, c.Timeout+extra)
 		err = fn(callCtx)
 		cancel()
-		if err == nil || !retried(err) || attempt == 5 {
+		if err == nil || !retried(err) || attempt == attempts {
 			break
 		}
 		jitter, _ := rand.Int(rand.Reader, big.NewInt(int64(backoff)))
