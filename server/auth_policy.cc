@@ -2,15 +2,14 @@
 
 #include <openssl/crypto.h>
 
-#include <fstream>
 #include <set>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/read_file.h"
 #include "yaml-cpp/yaml.h"
 
 namespace idem::server {
@@ -55,14 +54,9 @@ bool Access::MayUseNamespace(absl::string_view name_space) const {
 }
 
 absl::StatusOr<AuthPolicy> AuthPolicy::Load(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot read the policy file ", path));
-  }
-  std::stringstream text;
-  text << in.rdbuf();
-  absl::StatusOr<AuthPolicy> policy = Parse(text.str());
+  absl::StatusOr<std::string> text = ReadFile(path, "policy");
+  if (!text.ok()) return text.status();
+  absl::StatusOr<AuthPolicy> policy = Parse(*text);
   if (!policy.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": ", policy.status().message()));

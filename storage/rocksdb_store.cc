@@ -196,11 +196,7 @@ absl::StatusOr<uint64_t> RocksDbStore::NextToken() {
     write_options.sync = true;  // Always: a reused token breaks fencing.
     rocksdb::Status put =
         db_->Put(write_options, kTokenReservedKey, EncodeFixed64(reserve));
-    if (!put.ok()) {
-      absl::Status error = FromRocks(put, "write of the token counter");
-      NoteStorageError(error);
-      return error;
-    }
+    if (!put.ok()) return StorageFailure(put, "write of the token counter");
     reserved_token_ = reserve;
   }
   return next_token_++;
@@ -343,8 +339,8 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
   if (batch.Count() > 0) {
     rocksdb::WriteOptions write_options;
     write_options.sync = options_.sync_writes;
-    committed = FromRocks(db_->Write(write_options, &batch), "write");
-    if (!committed.ok()) NoteStorageError(committed);
+    const rocksdb::Status written = db_->Write(write_options, &batch);
+    if (!written.ok()) committed = StorageFailure(written, "write");
   }
   // If the batch failed, every answer in it may rest on a lost change.
   for (size_t i = 0; i < ops.size(); ++i) {
@@ -368,11 +364,7 @@ absl::StatusOr<std::optional<Record>> RocksDbStore::ReadRecord(
   std::string value;
   rocksdb::Status got = db_->Get(rocksdb::ReadOptions(), db_key, &value);
   if (got.IsNotFound()) return std::nullopt;
-  if (!got.ok()) {
-    absl::Status error = FromRocks(got, "read");
-    NoteStorageError(error, got.IsCorruption());
-    return error;
-  }
+  if (!got.ok()) return StorageFailure(got, "read");
   absl::StatusOr<Record> record = DecodeRecord(value);
   if (!record.ok()) return record.status();
   return *std::move(record);
@@ -498,6 +490,13 @@ void RocksDbStore::MaintenanceLoop(absl::Duration compaction_tick) {
     }
     maintenance_mu_.Lock();
   }
+}
+
+absl::Status RocksDbStore::StorageFailure(const rocksdb::Status& status,
+                                          absl::string_view what) {
+  absl::Status error = FromRocks(status, what);
+  NoteStorageError(error, status.IsCorruption());
+  return error;
 }
 
 void RocksDbStore::NoteStorageError(const absl::Status& error, bool corrupt) {

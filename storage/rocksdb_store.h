@@ -33,6 +33,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "storage/clock.h"
@@ -41,6 +42,7 @@
 
 namespace rocksdb {
 class DB;
+class Status;
 }  // namespace rocksdb
 
 namespace idem::storage {
@@ -164,6 +166,9 @@ class RocksDbStore final : public Store {
   // A corrupt file makes it unhealthy for good: only an operator can mend
   // that, and a server that answers some keys wrongly must not look ready.
   void NoteStorageError(const absl::Status& error, bool corrupt = false);
+  // A failed RocksDB call: noted as above, returned as UNAVAILABLE.
+  absl::Status StorageFailure(const rocksdb::Status& status,
+                              absl::string_view what);
   // While unhealthy: asks RocksDB to resume, then makes a synced probe
   // write; healthy again if it lands.
   void TryRecover();
