@@ -8,10 +8,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "server/log.h"
 
 namespace idem::server {
 namespace {
+
+constexpr absl::string_view kRedisScheme = "redis-cluster://";
 
 absl::Status Bad(const std::string& flag, const std::string& value,
                  absl::string_view why) {
@@ -251,6 +254,54 @@ std::vector<Setting> MakeSettings() {
                     "authorization policy file (YAML); empty: every caller "
                     "may do everything",
                     &ServerConfig::policy, true),
+      Setting{"store", "IDEM_STORE",
+              "where keys live: rocksdb (embedded, in --data-dir) or "
+              "redis-cluster://HOST:PORT[,HOST:PORT...] (stateless "
+              "replicas sharing a Redis Cluster)",
+              [](const ServerConfig& c) { return c.store; },
+              [](const std::string& v, ServerConfig& c) {
+                ServerConfig parsed = c;
+                parsed.store = v;
+                if (v != "rocksdb" && (!absl::StartsWith(v, kRedisScheme) ||
+                                       RedisSeeds(parsed).empty())) {
+                  return Bad("store", v,
+                             "expected rocksdb or "
+                             "redis-cluster://HOST:PORT[,HOST:PORT...]");
+                }
+                c.store = v;
+                return absl::OkStatus();
+              }},
+      SizeSetting(
+          "redis-wait-replicas", "IDEM_REDIS_WAIT_REPLICAS",
+          "Redis Cluster: replicas that must acknowledge every change "
+          "(WAIT) before it is answered; 0 answers once the master has it",
+          [](ServerConfig& c) -> size_t& { return c.redis_wait_replicas; }, 0,
+          16),
+      DurationSetting(
+          "redis-wait-timeout", "IDEM_REDIS_WAIT_TIMEOUT",
+          "Redis Cluster: how long WAIT waits for the replicas; fewer "
+          "acknowledgements fail the call with UNAVAILABLE",
+          [](ServerConfig& c) -> absl::Duration& {
+            return c.redis_wait_timeout;
+          },
+          absl::Milliseconds(10), absl::Minutes(1)),
+      DurationSetting(
+          "redis-timeout", "IDEM_REDIS_TIMEOUT",
+          "Redis Cluster: how long one operation keeps retrying through "
+          "failovers, redirects and lost connections",
+          [](ServerConfig& c) -> absl::Duration& { return c.redis_timeout; },
+          absl::Seconds(1), absl::Minutes(5)),
+      SizeSetting(
+          "redis-threads", "IDEM_REDIS_THREADS",
+          "Redis Cluster: threads (and connections per node) that run "
+          "changes",
+          [](ServerConfig& c) -> size_t& { return c.redis_threads; }, 1, 1024),
+      DurationSetting(
+          "redis-poll", "IDEM_REDIS_POLL",
+          "Redis Cluster: a waiting Begin looks at its key at least this "
+          "often, should another replica's change announcement be missed",
+          [](ServerConfig& c) -> absl::Duration& { return c.redis_poll; },
+          absl::Milliseconds(100), absl::Minutes(5)),
   };
 }
 
@@ -298,6 +349,23 @@ std::string Usage() {
 }
 
 }  // namespace
+
+std::vector<std::string> RedisSeeds(const ServerConfig& config) {
+  if (!absl::StartsWith(config.store, kRedisScheme)) return {};
+  std::vector<std::string> seeds;
+  for (absl::string_view node :
+       absl::StrSplit(config.store.substr(kRedisScheme.size()), ',')) {
+    const size_t colon = node.rfind(':');
+    int port = 0;
+    if (colon == absl::string_view::npos || colon == 0 ||
+        !absl::SimpleAtoi(node.substr(colon + 1), &port) || port <= 0 ||
+        port > 65535) {
+      return {};  // Refused by --store's check.
+    }
+    seeds.emplace_back(node);
+  }
+  return seeds;
+}
 
 const std::vector<Setting>& Settings() {
   static const std::vector<Setting>* const settings =

@@ -44,8 +44,22 @@ struct ServerConfig {
   absl::Duration tls_refresh = absl::Seconds(1);
   // Authorization policy (see server/auth_policy.h); empty: open.
   std::string policy;
+  // "rocksdb" (embedded, in --data-dir) or
+  // "redis-cluster://HOST:PORT[,HOST:PORT...]" (stateless replicas).
+  std::string store = "rocksdb";
+  // Redis Cluster mode only (see storage/redis_cluster_store.h).
+  size_t redis_wait_replicas = 0;
+  absl::Duration redis_wait_timeout = absl::Seconds(1);
+  absl::Duration redis_timeout = absl::Seconds(10);
+  size_t redis_threads = 16;
+  // Parked Begins look at their key at least this often, in case the
+  // change announcement from another replica was missed.
+  absl::Duration redis_poll = absl::Seconds(1);
   Limits limits;
 };
+
+// The Redis nodes of a "redis-cluster://..." --store; empty for RocksDB.
+std::vector<std::string> RedisSeeds(const ServerConfig& config);
 
 // One configurable setting.
 struct Setting {

@@ -105,7 +105,9 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
     const bool waited = parked_before_;
     parked_before_ = true;
     park->waiter = waits->Park(
-        wait_key_, epoch, std::min(begun->lease_expires_at, wait_until_),
+        wait_key_, epoch,
+        std::min({begun->lease_expires_at, wait_until_,
+                  absl::Now() + service_->limits_.wait_recheck}),
         [this](WaitQueue::Wake wake) { OnWake(wake); },
         service_->limits_.max_parked_waiters);
     if (park->waiter != nullptr) return;

@@ -29,6 +29,9 @@ struct Limits {
   absl::Duration default_retention = absl::Hours(24);
   absl::Duration max_retention = absl::Hours(24 * 30);
   absl::Duration max_wait = absl::Minutes(5);
+  // A parked Begin looks at its key again at least this often (other
+  // processes may change it without telling this one).
+  absl::Duration wait_recheck = absl::InfiniteDuration();
   // Each parked Begin holds a gRPC call (a few KiB) until it is answered.
   size_t max_parked_waiters = 10'000;
   size_t max_body_bytes = size_t{1} << 20;

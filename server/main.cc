@@ -1,11 +1,12 @@
-// idem-server: the Idem gRPC server on its embedded RocksDB store.
+// idem-server: the Idem gRPC server on its embedded RocksDB store, or a
+// stateless replica over a Redis Cluster (--store=redis-cluster://...).
 //
 // Start-up: flags and environment (config.h), then the store opens (RocksDB
-// may replay its log), then the gRPC server starts listening, SERVING. Until
-// then the port is closed, so probes fail as they would on NOT_SERVING.
-// SIGTERM or SIGINT: NOT_SERVING, --drain-delay, parked waits are answered,
-// in-flight calls get --shutdown-grace to finish, and the database is closed
-// cleanly.
+// may replay its log; Redis: the slot map and scripts load), then the gRPC
+// server starts listening, SERVING. Until then the port is closed, so probes
+// fail as they would on NOT_SERVING. SIGTERM or SIGINT: NOT_SERVING,
+// --drain-delay, parked waits are answered, in-flight calls get
+// --shutdown-grace to finish, and the database is closed cleanly.
 #include <signal.h>
 
 #include <algorithm>
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -44,6 +46,7 @@
 #include "server/store_health_watcher.h"
 #include "server/tls.h"
 #include "server/wait_queue.h"
+#include "storage/redis_cluster_store.h"
 #include "storage/rocksdb_store.h"
 
 namespace idem::server {
@@ -62,6 +65,53 @@ bool WritePortFile(const std::string& path, int port, int metrics_port) {
   std::error_code error;
   std::filesystem::rename(tmp, path, error);
   return !error;
+}
+
+absl::StatusOr<std::unique_ptr<storage::Store>> OpenStore(
+    const ServerConfig& config) {
+  const std::vector<std::string> seeds = RedisSeeds(config);
+  if (!seeds.empty()) {
+    Log(LogLevel::kInfo, "store",
+        {{"kind", "redis-cluster"},
+         {"nodes", absl::StrJoin(seeds, ",")},
+         {"wait_replicas", absl::StrCat(config.redis_wait_replicas)},
+         {"ignored",
+          "--data-dir, --sync-writes, --periodic-compaction, "
+          "--block-cache-bytes, --min-free-disk-bytes, "
+          "--max-pending-write-bytes (RocksDB settings)"}});
+    if (config.redis_wait_replicas == 0) {
+      Log(LogLevel::kWarning, "store",
+          {{"durability",
+            "--redis-wait-replicas=0: a change is answered once the Redis "
+            "master has it; a failover before it reaches a replica loses it "
+            "(README, Running a cluster)"}});
+    }
+    storage::RedisClusterStoreOptions options;
+    options.cluster.seeds = seeds;
+    options.cluster.retry_deadline = config.redis_timeout;
+    options.wait_replicas = static_cast<int>(config.redis_wait_replicas);
+    options.wait_timeout = config.redis_wait_timeout;
+    options.threads = static_cast<int>(config.redis_threads);
+    options.max_pending = config.max_pending_writes;
+    absl::StatusOr<std::unique_ptr<storage::RedisClusterStore>> opened =
+        storage::RedisClusterStore::Open(std::move(options));
+    if (!opened.ok()) return opened.status();
+    return std::unique_ptr<storage::Store>(*std::move(opened));
+  }
+  Log(LogLevel::kInfo, "store",
+      {{"kind", "rocksdb"}, {"data_dir", config.data_dir}});
+  storage::RocksDbStoreOptions options;
+  options.path = config.data_dir;
+  options.sync_writes = config.sync_writes;
+  options.periodic_compaction = config.periodic_compaction;
+  options.block_cache_bytes = config.block_cache_bytes;
+  options.max_pending_writes = config.max_pending_writes;
+  options.max_pending_write_bytes = config.max_pending_write_bytes;
+  options.min_free_disk_bytes = config.min_free_disk_bytes;
+  absl::StatusOr<std::unique_ptr<storage::RocksDbStore>> opened =
+      storage::RocksDbStore::Open(options);
+  if (!opened.ok()) return opened.status();
+  return std::unique_ptr<storage::Store>(*std::move(opened));
 }
 
 int Run(int argc, char** argv) {
@@ -139,34 +189,33 @@ int Run(int argc, char** argv) {
           "service"}});
   }
 
-  storage::RocksDbStoreOptions store_options;
-  store_options.path = config->data_dir;
-  store_options.sync_writes = config->sync_writes;
-  store_options.periodic_compaction = config->periodic_compaction;
-  store_options.block_cache_bytes = config->block_cache_bytes;
-  store_options.max_pending_writes = config->max_pending_writes;
-  store_options.max_pending_write_bytes = config->max_pending_write_bytes;
-  store_options.min_free_disk_bytes = config->min_free_disk_bytes;
+  // Declared before the store: the store's change announcements notify it
+  // until the store is closed.
+  WaitQueue waits;
   const absl::Time open_start = absl::Now();
-  absl::StatusOr<std::unique_ptr<storage::RocksDbStore>> store =
-      storage::RocksDbStore::Open(store_options);
+  absl::StatusOr<std::unique_ptr<storage::Store>> store = OpenStore(*config);
   if (!store.ok()) {
     Log(LogLevel::kError, "store_open_failed",
-        {{"data_dir", config->data_dir},
+        {{"store", config->store},
+         {"data_dir", config->data_dir},
          {"error", std::string(store.status().message())}});
     return 1;
   }
   const absl::Duration open_time = absl::Now() - open_start;
+  // Other replicas' Completes and Releases wake the calls parked here.
+  (*store)->WatchChanges(
+      [&waits](const storage::KeyId& id) { waits.Notify(WaitKey(id)); });
 
   // Operator scans (Admin List and Stats) run here, off gRPC's threads.
   BlockingExecutor admin_scans(2);
-  WaitQueue waits;
   Metrics metrics;
   RpcObserver observer(&metrics);
   const Authorizer authorizer(policy.has_value() ? &*policy : nullptr,
                               &metrics);
+  Limits limits = config->limits;
+  if (!RedisSeeds(*config).empty()) limits.wait_recheck = config->redis_poll;
   IdempotencyService idempotency(store->get(), &waits, &observer, &authorizer,
-                                 config->limits);
+                                 limits);
   AdminService admin(store->get(), &waits, &admin_scans, &observer,
                      &authorizer);
 
@@ -295,7 +344,7 @@ int Run(int argc, char** argv) {
   server->Shutdown(absl::ToChronoTime(absl::Now() + config->shutdown_grace));
   server->Wait();
   metrics_http.reset();
-  store->reset();  // Closes RocksDB after the last call.
+  store->reset();  // Closes the store after the last call.
   Log(LogLevel::kInfo, "shutdown_complete");
   return 0;
 }

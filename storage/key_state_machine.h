@@ -38,7 +38,8 @@ bool IsExpired(const Record& record, absl::Time now);
 
 // `current` is the stored record or nullptr. `next_token` is called only when
 // a new lease is issued and must return a token greater than any issued
-// before for any key.
+// before for this key, including after its record expired or was deleted
+// (RocksDB's grow across all keys; Redis Cluster's per slot).
 Decision<BeginResult> DecideBegin(const Record* current,
                                   const BeginCommand& command, absl::Time now,
                                   absl::FunctionRef<uint64_t()> next_token);

@@ -48,12 +48,14 @@ INSTANTIATE_TEST_SUITE_P(
                                    [](const Clock* clock) {
                                      return std::make_unique<RocksDbHarness>(
                                          clock, true);
-                                   }},
+                                   },
+                                   true, true},
                       StoreBackend{"UnsyncedWrites",
                                    [](const Clock* clock) {
                                      return std::make_unique<RocksDbHarness>(
                                          clock, false);
-                                   }}),
+                                   },
+                                   true, true}),
     [](const ::testing::TestParamInfo<StoreBackend>& info) {
       return info.param.name;
     });

@@ -207,8 +207,9 @@ class Store {
   // Reads: synchronous, no side effects.
   // Begin's answer when giving it needs no write (the key is completed, held
   // by another attempt, or used with another fingerprint); nullopt when
-  // Begin must write (acquire). Lets a server answer replays without
-  // waiting behind writers.
+  // Begin must write (acquire), and always from a store that cannot answer
+  // without a network round trip (Redis Cluster). Lets a server answer
+  // replays without waiting behind writers.
   virtual std::optional<absl::StatusOr<BeginResult>> PeekBegin(
       const BeginCommand& command) = 0;
   virtual absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) = 0;
@@ -227,6 +228,15 @@ class Store {
   // keeps trying to recover by itself and reports OK again once a probe
   // write is durable. Cheap: meant to be polled.
   virtual absl::Status Health() = 0;
+
+  // Calls `on_change` (on a thread of the store; it must not block) with
+  // keys that another process sharing this store completed, released or
+  // deleted, so that calls parked on them here look again. May miss some
+  // (callers keep a fallback poll). Stores that only this process writes
+  // never call it.
+  virtual void WatchChanges(std::function<void(const KeyId&)> on_change) {
+    static_cast<void>(on_change);
+  }
 };
 
 }  // namespace idem::storage

@@ -37,6 +37,11 @@ struct StoreBackend {
   std::string name;
   // Makes a harness on an empty store that reads time from `clock`.
   std::function<std::unique_ptr<StoreHarness>(const Clock* clock)> make;
+  // Tokens grow across all keys, not only per key (which every store must).
+  bool tokens_grow_across_keys;
+  // PeekBegin answers what needs no write; false: it never answers (a
+  // networked store that must not block its caller).
+  bool peeks;
 };
 
 // Names the backend in test listings instead of dumping its bytes.

@@ -1,0 +1,692 @@
+#include "storage/redis_cluster_store.h"
+
+#include <hiredis/hiredis.h>
+#include <poll.h>
+
+#include <algorithm>
+#include <random>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "storage/key_state_machine.h"
+#include "storage/record_codec.h"
+
+namespace idem::storage {
+namespace {
+
+// KEYS: record, counter. Returns {seconds, microseconds, record, counter}
+// read at one instant of Redis's clock.
+constexpr char kReadScript[] = R"lua(
+local t = redis.call('TIME')
+return {t[1], t[2], redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
+)lua";
+
+// KEYS: record, counter. ARGV: the record as read ('' if absent), the new
+// record, its TTL in ms ('0': delete the record), the token issued ('0':
+// none), the channel to announce the change on ('' : none). Returns 0 and
+// changes nothing when the record is no longer the one read.
+constexpr char kApplyScript[] = R"lua(
+local current = redis.call('GET', KEYS[1])
+if current == false then current = '' end
+if current ~= ARGV[1] then return 0 end
+if ARGV[3] == '0' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+if ARGV[4] ~= '0' then
+  local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if tonumber(ARGV[4]) > counter then redis.call('SET', KEYS[2], ARGV[4]) end
+end
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], KEYS[1]) end
+return 1
+)lua";
+
+// A transition that keeps losing its compare-and-set to other writers of
+// the same key gives up after this many rounds (ABORTED).
+constexpr int kMaxRounds = 64;
+
+// Escapes glob characters for SCAN MATCH.
+std::string GlobEscape(absl::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\') {
+      out.push_back('\\');
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
+absl::Status Unexpected(absl::string_view what, const RedisReply& reply) {
+  return absl::UnavailableError(absl::StrCat(
+      "Redis answered ", what, " unexpectedly",
+      reply.is_error() ? absl::StrCat(": ", reply.text) : std::string()));
+}
+
+std::string InternalOwner() {
+  thread_local std::mt19937_64 random(std::random_device{}());
+  return absl::StrCat("idem-internal:", absl::Hex(random()),
+                      absl::Hex(random()));
+}
+
+}  // namespace
+
+RedisClusterStore::RedisClusterStore(RedisClusterStoreOptions options,
+                                     std::unique_ptr<RedisCluster> cluster)
+    : options_(std::move(options)),
+      cluster_(std::move(cluster)),
+      channel_(absl::StrCat(options_.prefix, ":changes")) {
+  // One tag per slot for the token counters: short numbers, first found
+  // wins. Every slot is covered well before a million.
+  counter_tags_.resize(kRedisSlots);
+  int filled = 0;
+  for (uint32_t i = 0; filled < kRedisSlots; ++i) {
+    std::string tag = absl::StrCat(i);
+    std::string& entry = counter_tags_[static_cast<size_t>(KeySlot(tag))];
+    if (entry.empty()) {
+      entry = std::move(tag);
+      ++filled;
+    }
+  }
+}
+
+absl::StatusOr<std::unique_ptr<RedisClusterStore>> RedisClusterStore::Open(
+    RedisClusterStoreOptions options) {
+  if (options.threads < 1 || options.wait_replicas < 0 ||
+      options.prefix.empty()) {
+    return absl::InvalidArgumentError(
+        "Redis store: threads must be >= 1, wait_replicas >= 0 and the "
+        "prefix not empty");
+  }
+  absl::StatusOr<std::unique_ptr<RedisCluster>> cluster =
+      RedisCluster::Connect(options.cluster);
+  if (!cluster.ok()) return cluster.status();
+  std::unique_ptr<RedisClusterStore> store(
+      new RedisClusterStore(std::move(options), *std::move(cluster)));
+  // Loaded on every master now; a master that joins later (failover) gets
+  // them on first use (NOSCRIPT → EVAL).
+  for (auto [script, sha] : {std::pair{kReadScript, &store->read_sha_},
+                             std::pair{kApplyScript, &store->apply_sha_}}) {
+    absl::StatusOr<std::vector<std::pair<std::string, RedisReply>>> loaded =
+        store->cluster_->RunOnEveryMaster({"SCRIPT", "LOAD", script});
+    if (!loaded.ok()) return loaded.status();
+    for (const auto& [address, reply] : *loaded) {
+      if (reply.kind != RedisReply::Kind::kString) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "Redis node ", address, " refused the Idem scripts: ", reply.text));
+      }
+      *sha = reply.text;
+    }
+  }
+  {
+    absl::MutexLock lock(&store->mu_);
+    store->health_ = absl::OkStatus();
+  }
+  for (int i = 0; i < store->options_.threads; ++i) {
+    store->workers_.emplace_back([s = store.get()] { s->Work(); });
+  }
+  store->watcher_ = std::thread([s = store.get()] { s->Watch(); });
+  return store;
+}
+
+RedisClusterStore::~RedisClusterStore() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (std::thread& worker : workers_) worker.join();
+  stop_ = true;
+  if (watcher_.joinable()) watcher_.join();
+  if (subscriber_.joinable()) subscriber_.join();
+}
+
+std::string RedisClusterStore::RecordKey(const KeyId& id) const {
+  std::string key = absl::StrCat(options_.prefix, ":r:{", id.name_space);
+  key.push_back('\0');
+  absl::StrAppend(&key, id.key, "}");
+  return key;
+}
+
+std::string RedisClusterStore::CounterKey(int slot) const {
+  return absl::StrCat(options_.prefix, ":t:{",
+                      counter_tags_[static_cast<size_t>(slot)], "}");
+}
+
+absl::StatusOr<RedisReply> RedisClusterStore::RunScript(
+    int slot, const std::string& script, const std::string& sha,
+    const RedisCommand& keys_and_args, bool wait) {
+  RedisCommand call = {"EVALSHA", sha};
+  call.insert(call.end(), keys_and_args.begin(), keys_and_args.end());
+  std::vector<RedisCommand> pipeline = {call};
+  if (wait) {
+    pipeline.push_back(
+        {"WAIT", absl::StrCat(options_.wait_replicas),
+         absl::StrCat(absl::ToInt64Milliseconds(options_.wait_timeout))});
+  }
+  absl::StatusOr<std::vector<RedisReply>> replies =
+      cluster_->RunPipeline(slot, pipeline);
+  if (!replies.ok()) return replies.status();
+  if ((*replies)[0].error_code() == "NOSCRIPT") {
+    // A master that never saw the script (a failover, a new node): EVAL
+    // runs and caches it there.
+    pipeline[0][0] = "EVAL";
+    pipeline[0][1] = script;
+    replies = cluster_->RunPipeline(slot, pipeline);
+    if (!replies.ok()) return replies.status();
+  }
+  if (wait) {
+    const RedisReply& acks = (*replies)[1];
+    if (acks.kind != RedisReply::Kind::kInteger)
+      return Unexpected("WAIT", acks);
+    if (acks.integer < options_.wait_replicas) {
+      return absl::UnavailableError(absl::StrCat(
+          "the change reached the Redis master but only ", acks.integer, " of ",
+          options_.wait_replicas, " replicas acknowledged it within ",
+          absl::FormatDuration(options_.wait_timeout),
+          " (--redis-wait-replicas); it may be lost in a failover: retry"));
+    }
+  }
+  return std::move((*replies)[0]);
+}
+
+absl::StatusOr<RedisClusterStore::KeyRead> RedisClusterStore::Read(
+    const std::string& key, int slot) {
+  absl::StatusOr<RedisReply> reply =
+      RunScript(slot, kReadScript, read_sha_, {"2", key, CounterKey(slot)},
+                /*wait=*/false);
+  if (!reply.ok()) return reply.status();
+  if (reply->kind != RedisReply::Kind::kArray || reply->elements.size() != 4) {
+    return Unexpected("the read script", *reply);
+  }
+  const std::vector<RedisReply>& parts = reply->elements;
+  int64_t seconds = 0;
+  int64_t micros = 0;
+  if (!absl::SimpleAtoi(parts[0].text, &seconds) ||
+      !absl::SimpleAtoi(parts[1].text, &micros)) {
+    return Unexpected("TIME", *reply);
+  }
+  KeyRead read;
+  read.now = options_.clock != nullptr
+                 ? options_.clock->Now()
+                 : absl::FromUnixSeconds(seconds) + absl::Microseconds(micros);
+  if (parts[2].kind == RedisReply::Kind::kString) {
+    read.raw = parts[2].text;
+    absl::StatusOr<Record> record = DecodeRecord(read.raw);
+    if (!record.ok()) return record.status();
+    read.record = *std::move(record);
+  }
+  if (parts[3].kind == RedisReply::Kind::kString &&
+      !absl::SimpleAtoi(parts[3].text, &read.counter)) {
+    return Unexpected("the token counter", parts[3]);
+  }
+  return read;
+}
+
+absl::Status RedisClusterStore::Transition(const KeyId& id,
+                                           const Decide& decide) {
+  const std::string key = RecordKey(id);
+  const int slot = KeySlot(key);
+  for (int round = 0; round < kMaxRounds; ++round) {
+    absl::StatusOr<KeyRead> read = Read(key, slot);
+    if (!read.ok()) return read.status();
+    Change change;
+    absl::Status decided = decide(*read, &change);
+    if (!decided.ok() || !change.write) return decided;
+
+    std::string value;
+    std::string ttl_ms = "0";
+    if (change.record.has_value()) {
+      value = EncodeRecord(*change.record);
+      // Redis drops the record at its expiry (a little after, never
+      // before: reads apply the exact expiry themselves).
+      const absl::Duration left =
+          absl::FromUnixMicros(change.record->expires_at_us()) - read->now;
+      ttl_ms = absl::StrCat(
+          std::max<int64_t>(1, absl::ToInt64Milliseconds(left) + 1));
+    }
+    const bool announce = !change.record.has_value() ||
+                          change.record->state() != Record::STATE_IN_PROGRESS;
+    absl::StatusOr<RedisReply> applied =
+        RunScript(slot, kApplyScript, apply_sha_,
+                  {"2", key, CounterKey(slot), read->raw, value, ttl_ms,
+                   absl::StrCat(change.issued_token), announce ? channel_ : ""},
+                  /*wait=*/options_.wait_replicas > 0);
+    if (!applied.ok()) return applied.status();
+    if (applied->kind != RedisReply::Kind::kInteger) {
+      return Unexpected("the apply script", *applied);
+    }
+    if (applied->integer == 1) return absl::OkStatus();
+    // Another replica changed the key since the read: decide again.
+  }
+  return absl::AbortedError(absl::StrCat("key changed by other callers ",
+                                         kMaxRounds,
+                                         " times during one operation; retry"));
+}
+
+template <typename Reply, typename DecideFn>
+absl::StatusOr<Reply> RedisClusterStore::Decided(const KeyId& id,
+                                                 DecideFn decide_fn) {
+  std::optional<Reply> reply;
+  absl::Status status =
+      Transition(id, [&](const KeyRead& read, Change* change) -> absl::Status {
+        uint64_t issued = 0;
+        auto next_token = [&]() -> uint64_t {
+          // The counter covers every token of the slot; the record's own
+          // token is there for safety should the two ever disagree.
+          issued = std::max(read.counter, read.record.has_value()
+                                              ? read.record->token()
+                                              : uint64_t{0}) +
+                   1;
+          return issued;
+        };
+        Decision<Reply> decision =
+            decide_fn(read.record.has_value() ? &*read.record : nullptr,
+                      read.now, next_token);
+        if (!decision.reply.ok()) return decision.reply.status();
+        reply = *std::move(decision.reply);
+        if (decision.write.has_value()) {
+          change->write = true;
+          change->record = *std::move(decision.write);
+          change->issued_token = issued;
+        }
+        return absl::OkStatus();
+      });
+  if (!status.ok()) return status;
+  return *std::move(reply);
+}
+
+void RedisClusterStore::Submit(std::function<void()> task,
+                               std::function<void()> refuse) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_ && queue_.size() < options_.max_pending) {
+      queue_.push_back(std::move(task));
+      return;
+    }
+  }
+  refuse();
+}
+
+void RedisClusterStore::Work() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](RedisClusterStore* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+            return s->stopping_ || !s->queue_.empty();
+          },
+          this));
+      if (queue_.empty()) return;  // Stopping, and nothing left to do.
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    task();
+  }
+}
+
+namespace {
+
+template <typename T>
+std::function<void()> Refuser(const std::function<void(T)>& done) {
+  return [done] {
+    done(absl::UnavailableError(
+        "the Redis store has too many changes waiting (or is stopping); "
+        "retry with backoff"));
+  };
+}
+
+}  // namespace
+
+void RedisClusterStore::BeginAsync(const BeginCommand& command,
+                                   Done<BeginResult> done) {
+  BeginCommand owned = command;
+  // A reply lost between Redis and this process is retried internally;
+  // an owner makes that retry re-acquire the same lease instead of seeing
+  // its own attempt "in progress".
+  if (owned.owner.empty()) owned.owner = InternalOwner();
+  Submit(
+      [this, owned = std::move(owned), done] {
+        done(Decided<BeginResult>(
+            owned.id, [&](const Record* current, absl::Time now,
+                          absl::FunctionRef<uint64_t()> next_token) {
+              return DecideBegin(current, owned, now, next_token);
+            }));
+      },
+      Refuser(done));
+}
+
+void RedisClusterStore::CompleteAsync(const CompleteCommand& command,
+                                      Done<CompleteResult> done) {
+  Submit(
+      [this, command, done] {
+        done(Decided<CompleteResult>(
+            command.id, [&](const Record* current, absl::Time now,
+                            absl::FunctionRef<uint64_t()>) {
+              return DecideComplete(current, command, now);
+            }));
+      },
+      Refuser(done));
+}
+
+void RedisClusterStore::ReleaseAsync(const ReleaseCommand& command,
+                                     DoneStatus done) {
+  Submit(
+      [this, command, done] {
+        done(Decided<NoReply>(command.id, [&](const Record* current,
+                                              absl::Time now,
+                                              absl::FunctionRef<uint64_t()>) {
+               return DecideRelease(current, command, now);
+             }).status());
+      },
+      Refuser(done));
+}
+
+void RedisClusterStore::ExtendAsync(const ExtendCommand& command,
+                                    Done<absl::Time> done) {
+  Submit(
+      [this, command, done] {
+        done(Decided<absl::Time>(command.id,
+                                 [&](const Record* current, absl::Time now,
+                                     absl::FunctionRef<uint64_t()>) {
+                                   return DecideExtend(current, command, now);
+                                 }));
+      },
+      Refuser(done));
+}
+
+void RedisClusterStore::CheckpointAsync(const CheckpointCommand& command,
+                                        DoneStatus done) {
+  Submit(
+      [this, command, done] {
+        done(Decided<NoReply>(command.id, [&](const Record* current,
+                                              absl::Time now,
+                                              absl::FunctionRef<uint64_t()>) {
+               return DecideCheckpoint(current, command, now);
+             }).status());
+      },
+      Refuser(done));
+}
+
+void RedisClusterStore::DeleteAsync(const KeyId& id, Done<bool> done) {
+  Submit(
+      [this, id, done] {
+        bool existed = false;
+        absl::Status status =
+            Transition(id, [&](const KeyRead& read, Change* change) {
+              existed =
+                  read.record.has_value() &&
+                  Snapshot(&*read.record, read.now).state != KeyState::kAbsent;
+              // Expired leftovers go too; the token counter stays.
+              change->write = read.record.has_value();
+              return absl::OkStatus();
+            });
+        if (!status.ok()) {
+          done(status);
+        } else {
+          done(existed);
+        }
+      },
+      Refuser(done));
+}
+
+void RedisClusterStore::ForceReleaseAsync(const KeyId& id,
+                                          Done<uint64_t> done) {
+  Submit(
+      [this, id, done] {
+        done(Decided<uint64_t>(
+            id, [&](const Record* current, absl::Time now,
+                    absl::FunctionRef<uint64_t()> next_token) {
+              return DecideForceRelease(current, now, next_token);
+            }));
+      },
+      Refuser(done));
+}
+
+std::optional<absl::StatusOr<BeginResult>> RedisClusterStore::PeekBegin(
+    const BeginCommand&) {
+  return std::nullopt;
+}
+
+absl::StatusOr<KeySnapshot> RedisClusterStore::Lookup(const KeyId& id) {
+  const std::string key = RecordKey(id);
+  absl::StatusOr<KeyRead> read = Read(key, KeySlot(key));
+  if (!read.ok()) return read.status();
+  return Snapshot(read->record.has_value() ? &*read->record : nullptr,
+                  read->now);
+}
+
+absl::StatusOr<std::vector<std::string>> RedisClusterStore::ScanKeys(
+    const std::string& match) {
+  std::vector<std::string> keys;
+  for (const std::string& master : cluster_->Masters()) {
+    std::string cursor = "0";
+    do {
+      absl::StatusOr<RedisReply> page = cluster_->RunOnNode(
+          master, {"SCAN", cursor, "MATCH", match, "COUNT", "1000"});
+      if (!page.ok()) return page.status();
+      if (page->kind != RedisReply::Kind::kArray ||
+          page->elements.size() != 2) {
+        return Unexpected("SCAN", *page);
+      }
+      cursor = page->elements[0].text;
+      for (const RedisReply& key : page->elements[1].elements) {
+        keys.push_back(key.text);
+      }
+    } while (cursor != "0");
+  }
+  // A key seen twice (a slot migrating during the scan) counts once.
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  return keys;
+}
+
+absl::StatusOr<ListPage> RedisClusterStore::List(const ListQuery& query) {
+  std::string match =
+      absl::StrCat(options_.prefix, ":r:{", GlobEscape(query.name_space));
+  match.push_back('\0');
+  match.push_back('*');
+  absl::StatusOr<std::vector<std::string>> record_keys = ScanKeys(match);
+  if (!record_keys.ok()) return record_keys.status();
+  const size_t key_start = options_.prefix.size() + 4 +
+                           query.name_space.size() + 1;  // ":r:{" NS "\0"
+  const size_t page_size = std::max<size_t>(1, query.page_size);
+  const size_t scan_limit = std::max<size_t>(1000, page_size * 10);
+  ListPage page;
+  size_t scanned = 0;
+  std::string last_scanned;
+  for (const std::string& record_key : *record_keys) {
+    if (record_key.size() < key_start + 1 || record_key.back() != '}') {
+      continue;
+    }
+    std::string key =
+        record_key.substr(key_start, record_key.size() - key_start - 1);
+    if (key <= query.page_token && !query.page_token.empty()) continue;
+    if (page.keys.size() == page_size || scanned == scan_limit) {
+      page.next_page_token = last_scanned;
+      return page;
+    }
+    ++scanned;
+    last_scanned = key;
+    absl::StatusOr<KeyRead> read = Read(record_key, KeySlot(record_key));
+    if (!read.ok()) {
+      if (read.status().code() == absl::StatusCode::kDataLoss) continue;
+      return read.status();
+    }
+    if (!read->record.has_value()) continue;  // Expired since the scan.
+    KeySnapshot snapshot = Snapshot(&*read->record, read->now);
+    if (snapshot.state == KeyState::kAbsent) continue;
+    if (query.state != KeyState::kAbsent && snapshot.state != query.state) {
+      continue;
+    }
+    const bool lapsed = snapshot.state == KeyState::kInProgress &&
+                        snapshot.lease_expires_at <= read->now;
+    if (query.lease_lapsed_only && !lapsed) continue;
+    page.keys.push_back(KeyListing{std::move(key), std::move(snapshot)});
+  }
+  return page;
+}
+
+absl::StatusOr<std::map<std::string, StateCounts>> RedisClusterStore::CountKeys(
+    const std::string& name_space) {
+  std::string match = absl::StrCat(options_.prefix, ":r:{");
+  if (!name_space.empty()) {
+    absl::StrAppend(&match, GlobEscape(name_space));
+    match.push_back('\0');
+  }
+  match.push_back('*');
+  absl::StatusOr<std::vector<std::string>> record_keys = ScanKeys(match);
+  if (!record_keys.ok()) return record_keys.status();
+  const size_t ns_start = options_.prefix.size() + 4;
+  std::map<std::string, StateCounts> counts;
+  for (const std::string& record_key : *record_keys) {
+    const size_t separator = record_key.find('\0', ns_start);
+    if (separator == std::string::npos) continue;
+    absl::StatusOr<KeyRead> read = Read(record_key, KeySlot(record_key));
+    if (!read.ok()) {
+      if (read.status().code() == absl::StatusCode::kDataLoss) continue;
+      return read.status();
+    }
+    if (!read->record.has_value()) continue;
+    const KeySnapshot snapshot = Snapshot(&*read->record, read->now);
+    StateCounts& c = counts[record_key.substr(ns_start, separator - ns_start)];
+    if (snapshot.state == KeyState::kInProgress) {
+      ++c.in_progress;
+      if (snapshot.lease_expires_at <= read->now) ++c.lease_lapsed;
+    } else if (snapshot.state == KeyState::kCompleted) {
+      ++c.completed;
+    }
+  }
+  // Namespaces whose keys all expired are not reported, as with RocksDB.
+  std::erase_if(counts, [](const auto& entry) {
+    return entry.second.in_progress == 0 && entry.second.completed == 0;
+  });
+  return counts;
+}
+
+StoreStats RedisClusterStore::Stats() {
+  StoreStats stats;
+  absl::StatusOr<std::vector<std::pair<std::string, RedisReply>>> sizes =
+      cluster_->RunOnEveryMaster({"DBSIZE"});
+  if (sizes.ok()) {
+    for (const auto& [address, reply] : *sizes) {
+      if (reply.kind == RedisReply::Kind::kInteger && reply.integer > 0) {
+        stats.estimated_keys += static_cast<uint64_t>(reply.integer);
+      }
+    }
+  }
+  return stats;
+}
+
+absl::Status RedisClusterStore::Health() {
+  absl::MutexLock lock(&mu_);
+  return health_;
+}
+
+void RedisClusterStore::Watch() {
+  absl::Time next_refresh = absl::Now();
+  while (!stop_) {
+    if (absl::Now() >= next_refresh) {
+      // Notices failovers and slot migrations before a call trips on them.
+      cluster_->RefreshSlots().IgnoreError();
+      next_refresh = absl::Now() + absl::Seconds(5);
+    }
+    absl::Status health = cluster_->CheckHealth();
+    {
+      absl::MutexLock lock(&mu_);
+      health_ = std::move(health);
+    }
+    for (int i = 0; i < 10 && !stop_; ++i)
+      absl::SleepFor(absl::Milliseconds(100));
+  }
+}
+
+void RedisClusterStore::WatchChanges(
+    std::function<void(const KeyId&)> on_change) {
+  absl::MutexLock lock(&mu_);
+  on_change_ = std::move(on_change);
+  if (!subscriber_.joinable()) {
+    subscriber_ = std::thread([this] { Subscribe(); });
+  }
+}
+
+void RedisClusterStore::Subscribe() {
+  const std::string record_prefix = absl::StrCat(options_.prefix, ":r:{");
+  size_t next_node = 0;
+  while (!stop_) {
+    // Cluster pub/sub reaches every node: any master will do.
+    const std::vector<std::string> masters = cluster_->Masters();
+    if (masters.empty()) {
+      absl::SleepFor(absl::Milliseconds(200));
+      continue;
+    }
+    const std::string& address = masters[next_node++ % masters.size()];
+    absl::StatusOr<redisContext*> connected =
+        cluster_->ConnectTo(address, absl::Seconds(2));
+    if (!connected.ok()) {
+      absl::SleepFor(absl::Milliseconds(200));
+      continue;
+    }
+    redisContext* context = *connected;
+    void* raw =
+        redisCommand(context, "SUBSCRIBE %b", channel_.data(), channel_.size());
+    bool subscribed = raw != nullptr &&
+                      static_cast<redisReply*>(raw)->type == REDIS_REPLY_ARRAY;
+    if (raw != nullptr) freeReplyObject(raw);
+    while (subscribed && !stop_) {
+      pollfd ready = {context->fd, POLLIN, 0};
+      const int polled = poll(&ready, 1, 200);
+      if (polled < 0 && errno != EINTR) break;
+      if (polled <= 0) continue;
+      if (redisBufferRead(context) != REDIS_OK) break;
+      void* message = nullptr;
+      while (redisReaderGetReply(context->reader, &message) == REDIS_OK &&
+             message != nullptr) {
+        const auto* reply = static_cast<redisReply*>(message);
+        // ["message", channel, record key]
+        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
+            reply->element[2]->type == REDIS_REPLY_STRING) {
+          absl::string_view key(reply->element[2]->str, reply->element[2]->len);
+          if (absl::StartsWith(key, record_prefix) &&
+              absl::EndsWith(key, "}")) {
+            key = key.substr(record_prefix.size(),
+                             key.size() - record_prefix.size() - 1);
+            const size_t separator = key.find('\0');
+            if (separator != absl::string_view::npos) {
+              const KeyId id{std::string(key.substr(0, separator)),
+                             std::string(key.substr(separator + 1))};
+              std::function<void(const KeyId&)> on_change;
+              {
+                absl::MutexLock lock(&mu_);
+                on_change = on_change_;
+              }
+              if (on_change) on_change(id);
+            }
+          }
+        }
+        freeReplyObject(message);
+        message = nullptr;
+      }
+    }
+    redisFree(context);
+    // Messages published while reconnecting are missed; parked calls look
+    // again on their own (the server's fallback poll).
+  }
+}
+
+absl::Status RedisClusterStore::DeleteEverything() {
+  absl::StatusOr<std::vector<std::string>> keys =
+      ScanKeys(absl::StrCat(GlobEscape(options_.prefix), ":*"));
+  if (!keys.ok()) return keys.status();
+  for (const std::string& key : *keys) {
+    absl::StatusOr<RedisReply> deleted =
+        cluster_->Run(KeySlot(key), {"DEL", key});
+    if (!deleted.ok()) return deleted.status();
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace idem::storage

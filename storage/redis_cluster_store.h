@@ -1,0 +1,177 @@
+// The Store on a Redis Cluster, for stateless Idem replicas that share keys.
+//
+// Every change is one transition of the shared key state machine
+// (key_state_machine.h), applied atomically by a Lua script:
+//   1. a read script returns Redis's TIME, the key's record and its slot's
+//      token counter, in one step;
+//   2. the state machine decides, with that time as "now";
+//   3. an apply script writes the decided record (with a Redis TTL at its
+//      expiry), raises the slot's token counter and announces the change,
+//      only if the record is still the one read (compare-and-set);
+//      otherwise the transition starts again from 1.
+// So the rules are exactly the RocksDB store's, the clock is Redis's (skewed
+// replica clocks agree), and two replicas racing on a key serialize in
+// Redis.
+//
+// Keys (with `prefix`, "idem" by default):
+//   {prefix}:r:{NS\0KEY}     the record (record_codec's encoding)
+//   {prefix}:t:{TAG}         the token counter of one slot: TAG is chosen so
+//                            that it hashes to that slot, so the counter
+//                            lives beside the records it numbers, migrates
+//                            with them, and never expires: tokens keep
+//                            growing per key across releases and expiries.
+//   {prefix}:changes         pub/sub channel: the record key of every key
+//                            completed, released or deleted.
+//
+// Durability: Redis replication is asynchronous. With wait_replicas = N,
+// every change is followed by WAIT N on the same connection, and the
+// operation fails (UNAVAILABLE, the change may have been applied) unless N
+// replicas acknowledged it within wait_timeout; see README "Running a
+// cluster".
+#ifndef IDEM_STORAGE_REDIS_CLUSTER_STORE_H_
+#define IDEM_STORAGE_REDIS_CLUSTER_STORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "storage/clock.h"
+#include "storage/record.pb.h"
+#include "storage/redis_cluster.h"
+#include "storage/store.h"
+
+namespace idem::storage {
+
+struct RedisClusterStoreOptions {
+  RedisClusterOptions cluster;
+  // Replicas that must acknowledge each change (WAIT) before it is
+  // reported done; 0 answers as soon as the master applied it.
+  int wait_replicas = 0;
+  absl::Duration wait_timeout = absl::Seconds(1);
+  // Threads that run changes (each blocks on a round trip to Redis).
+  int threads = 16;
+  // Changes waiting for a thread beyond this are refused (UNAVAILABLE).
+  size_t max_pending = 100'000;
+  // Every Redis key and the channel start with this, so that several
+  // deployments (or tests) can share a cluster.
+  std::string prefix = "idem";
+  // Tests only: replaces Redis's TIME as the state machine's clock.
+  const Clock* clock = nullptr;
+};
+
+class RedisClusterStore final : public Store {
+ public:
+  // Connects, loads the slot map and the scripts. Fails (UNAVAILABLE,
+  // FAILED_PRECONDITION) when no node answers or they are not a cluster.
+  static absl::StatusOr<std::unique_ptr<RedisClusterStore>> Open(
+      RedisClusterStoreOptions options);
+  // Finishes queued changes, then stops the threads.
+  ~RedisClusterStore() override;
+
+  void BeginAsync(const BeginCommand& command, Done<BeginResult> done) override;
+  void CompleteAsync(const CompleteCommand& command,
+                     Done<CompleteResult> done) override;
+  void ReleaseAsync(const ReleaseCommand& command, DoneStatus done) override;
+  void ExtendAsync(const ExtendCommand& command,
+                   Done<absl::Time> done) override;
+  void CheckpointAsync(const CheckpointCommand& command,
+                       DoneStatus done) override;
+  void DeleteAsync(const KeyId& id, Done<bool> done) override;
+  void ForceReleaseAsync(const KeyId& id, Done<uint64_t> done) override;
+
+  // Always nullopt: answering needs a round trip to Redis, which must not
+  // happen on the caller's (gRPC's) thread; BeginAsync answers instead.
+  std::optional<absl::StatusOr<BeginResult>> PeekBegin(
+      const BeginCommand& command) override;
+  absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) override;
+  // Scans every master for the namespace's keys and sorts them: the cost of
+  // a page grows with the namespace (an operator's tool).
+  absl::StatusOr<ListPage> List(const ListQuery& query) override;
+  absl::StatusOr<std::map<std::string, StateCounts>> CountKeys(
+      const std::string& name_space) override;
+  // estimated_keys: DBSIZE summed over the masters (every key, not only
+  // Idem's); disk_bytes: 0; expired_dropped: records dropped by Redis TTLs
+  // is not tracked per prefix, so 0.
+  StoreStats Stats() override;
+  // OK while every slot has a master that answers PING (checked every
+  // second).
+  absl::Status Health() override;
+  void WatchChanges(std::function<void(const KeyId&)> on_change) override;
+
+  // Key names, for tests and operators.
+  std::string RecordKey(const KeyId& id) const;
+  std::string CounterKey(int slot) const;
+  // Every Redis key of this prefix, on every master: for tests.
+  absl::Status DeleteEverything();
+
+ private:
+  explicit RedisClusterStore(RedisClusterStoreOptions options,
+                             std::unique_ptr<RedisCluster> cluster);
+
+  // What a transition needs to know about the key as it is now.
+  struct KeyRead {
+    absl::Time now;
+    std::optional<Record> record;
+    std::string raw;  // The record's bytes as stored (compare-and-set).
+    uint64_t counter = 0;
+  };
+  // What a transition writes.
+  struct Change {
+    bool write = false;
+    // What to write; nullopt: delete the record.
+    std::optional<Record> record;
+    uint64_t issued_token = 0;
+  };
+  using Decide = std::function<absl::Status(const KeyRead&, Change*)>;
+
+  absl::StatusOr<KeyRead> Read(const std::string& key, int slot);
+  // Runs read → decide → compare-and-set until the record did not change
+  // in between. `decide` returns an error to stop without writing, or fills
+  // `change` (left untouched: nothing to write).
+  absl::Status Transition(const KeyId& id, const Decide& decide);
+  // Transition() with one of key_state_machine.h's Decide* functions.
+  template <typename Reply, typename DecideFn>
+  absl::StatusOr<Reply> Decided(const KeyId& id, DecideFn decide_fn);
+  absl::StatusOr<RedisReply> RunScript(int slot, const std::string& script,
+                                       const std::string& sha,
+                                       const RedisCommand& keys_and_args,
+                                       bool wait);
+  absl::StatusOr<std::vector<std::string>> ScanKeys(const std::string& match);
+  void Submit(std::function<void()> task, std::function<void()> refuse);
+  void Work();
+  void Watch();
+  void Subscribe();
+
+  const RedisClusterStoreOptions options_;
+  const std::unique_ptr<RedisCluster> cluster_;
+  std::vector<std::string> counter_tags_;  // One per slot.
+  std::string read_sha_;
+  std::string apply_sha_;
+  std::string channel_;
+
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status health_ ABSL_GUARDED_BY(mu_);
+  std::function<void(const KeyId&)> on_change_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> workers_;
+  std::thread watcher_;
+  std::thread subscriber_;
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace idem::storage
+
+#endif  // IDEM_STORAGE_REDIS_CLUSTER_STORE_H_

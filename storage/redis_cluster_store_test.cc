@@ -1,0 +1,329 @@
+// The Redis Cluster store against a real 6-node cluster (3 masters, 3
+// replicas) of Debian's redis-server, started by this test on loopback:
+// the conformance suite every store passes, Redis's own clock and TTLs, the
+// cluster layer's slot hashing and redirects, and a resharding under load.
+#include "storage/redis_cluster_store.h"
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "storage/redis_cluster.h"
+#include "storage/testing/store_conformance.h"
+#include "tests/testing/local_redis_cluster.h"
+#include "tests/testing/status_matchers.h"
+
+namespace idem::storage {
+namespace {
+
+// One cluster for the whole binary (it takes a few seconds to form).
+testing::LocalRedisCluster& Cluster() {
+  static testing::LocalRedisCluster* const cluster = [] {
+    absl::StatusOr<std::unique_ptr<testing::LocalRedisCluster>> started =
+        testing::LocalRedisCluster::Start(3, 1);
+    if (!started.ok()) {
+      ADD_FAILURE() << started.status();
+      std::abort();
+    }
+    return started->release();
+  }();
+  return *cluster;
+}
+
+std::vector<std::string> Seeds() {
+  return absl::StrSplit(Cluster().Seeds(), ',');
+}
+
+RedisClusterOptions ClusterOptions(
+    std::vector<std::string> seeds,
+    absl::Duration deadline = absl::Seconds(10)) {
+  RedisClusterOptions options;
+  options.seeds = std::move(seeds);
+  options.retry_deadline = deadline;
+  return options;
+}
+
+// A prefix per store, so that tests never see each other's keys.
+std::string FreshPrefix() {
+  static std::atomic<int> next{0};
+  static const uint64_t run = std::random_device{}();
+  return absl::StrCat("test", run, "-", next++);
+}
+
+RedisClusterStoreOptions Options(const Clock* clock) {
+  RedisClusterStoreOptions options;
+  options.cluster.seeds = Seeds();
+  options.prefix = FreshPrefix();
+  options.clock = clock;
+  options.threads = 4;
+  return options;
+}
+
+std::unique_ptr<RedisClusterStore> OpenOrDie(RedisClusterStoreOptions options) {
+  absl::StatusOr<std::unique_ptr<RedisClusterStore>> opened =
+      RedisClusterStore::Open(std::move(options));
+  if (!opened.ok()) {
+    ADD_FAILURE() << opened.status();
+    std::abort();
+  }
+  return *std::move(opened);
+}
+
+class RedisHarness final : public StoreHarness {
+ public:
+  explicit RedisHarness(const Clock* clock) : options_(Options(clock)) {
+    Reopen();
+  }
+  ~RedisHarness() override {
+    if (store_ != nullptr) store_->DeleteEverything().IgnoreError();
+  }
+  Store& store() override { return *store_; }
+  // A restart of the replica: the data is in Redis and stays.
+  void Reopen() override {
+    store_.reset();
+    store_ = OpenOrDie(options_);
+  }
+
+ private:
+  RedisClusterStoreOptions options_;
+  std::unique_ptr<RedisClusterStore> store_;
+};
+
+INSTANTIATE_TEST_SUITE_P(
+    RedisCluster, StoreConformanceTest,
+    ::testing::Values(StoreBackend{"ThreeMastersThreeReplicas",
+                                   [](const Clock* clock) {
+                                     return std::make_unique<RedisHarness>(
+                                         clock);
+                                   },
+                                   /*tokens_grow_across_keys=*/false,
+                                   /*peeks=*/false}),
+    [](const ::testing::TestParamInfo<StoreBackend>& info) {
+      return info.param.name;
+    });
+
+TEST(KeySlotTest, MatchesRedisClusterSpecification) {
+  // The specification's CRC16 check value and hash-tag examples.
+  EXPECT_EQ(KeySlot("123456789"), 0x31C3);
+  EXPECT_EQ(KeySlot("{user1000}.following"), KeySlot("{user1000}.followers"));
+  EXPECT_EQ(KeySlot("{user1000}.following"), KeySlot("user1000"));
+  EXPECT_EQ(KeySlot("foo{}{bar}"), KeySlot(std::string("foo{}{bar}")));
+  EXPECT_NE(KeySlot("foo{}{bar}"), KeySlot("bar"));
+  EXPECT_EQ(KeySlot("foo{{bar}}zap"), KeySlot("{bar"));
+  EXPECT_EQ(KeySlot("foo{bar}{zap}"), KeySlot("bar"));
+}
+
+TEST(KeySlotTest, AgreesWithTheServersForRecordAndCounterKeys) {
+  std::unique_ptr<RedisClusterStore> store = OpenOrDie(Options(nullptr));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
+                       RedisCluster::Connect(ClusterOptions(Seeds())));
+  const std::string node = cluster->Masters().front();
+  std::mt19937 random(7);
+  for (int i = 0; i < 200; ++i) {
+    std::string key;
+    for (int c = 0; c < 1 + i % 40; ++c) {
+      key.push_back(static_cast<char>(0x20 + random() % 95));  // Printable.
+    }
+    const std::string record_key = store->RecordKey({"ns", key});
+    ASSERT_OK_AND_ASSIGN(
+        RedisReply slot,
+        cluster->RunOnNode(node, {"CLUSTER", "KEYSLOT", record_key}));
+    EXPECT_EQ(slot.integer, KeySlot(record_key)) << key;
+  }
+  // Every slot's counter lives in that slot (a script may touch both).
+  for (int slot = 0; slot < kRedisSlots; ++slot) {
+    ASSERT_EQ(KeySlot(store->CounterKey(slot)), slot);
+  }
+}
+
+TEST(RedisClusterTest, BadAddressesAndNonClusterNodesAreRefusedClearly) {
+  EXPECT_STATUS_CODE(RedisCluster::Connect(ClusterOptions({"no-port"})),
+                     absl::StatusCode::kInvalidArgument);
+  // Nothing listens on port 1.
+  absl::StatusOr<std::unique_ptr<RedisCluster>> refused =
+      RedisCluster::Connect(ClusterOptions({"127.0.0.1:1"}, absl::Seconds(1)));
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(refused.status().message().find("127.0.0.1:1"), std::string::npos)
+      << refused.status();
+}
+
+// Redis's clock, not a test clock: leases lapse and results expire in real
+// time, and Redis itself drops the expired record.
+TEST(RedisClusterStoreTest, RedisClockRunsLeasesAndTtlsDropExpiredRecords) {
+  std::unique_ptr<RedisClusterStore> store = OpenOrDie(Options(nullptr));
+  const KeyId id{"clock", "k"};
+  ASSERT_OK_AND_ASSIGN(
+      BeginResult first,
+      store->Begin({id, "fp", "", absl::Seconds(1), absl::Seconds(1)}));
+  ASSERT_EQ(first.outcome, BeginOutcome::kAcquired);
+  // Redis's TIME and this machine's clock are the same clock here.
+  EXPECT_LT(absl::AbsDuration(first.lease_expires_at -
+                              (absl::Now() + absl::Seconds(1))),
+            absl::Milliseconds(200));
+  ASSERT_OK_AND_ASSIGN(
+      BeginResult busy,
+      store->Begin({id, "fp", "", absl::Seconds(1), absl::Seconds(1)}));
+  EXPECT_EQ(busy.outcome, BeginOutcome::kInProgress);
+  absl::SleepFor(absl::Milliseconds(1100));
+  ASSERT_OK_AND_ASSIGN(
+      BeginResult taken,
+      store->Begin({id, "fp", "", absl::Seconds(1), absl::Seconds(1)}));
+  ASSERT_EQ(taken.outcome, BeginOutcome::kAcquired);
+  EXPECT_TRUE(taken.took_over);
+  EXPECT_GT(taken.token, first.token);
+  ASSERT_OK(store->Complete(
+      {id, taken.token, Result{200, "done", {}}, absl::Seconds(1)}));
+
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
+                       RedisCluster::Connect(ClusterOptions(Seeds())));
+  const std::string key = store->RecordKey(id);
+  ASSERT_OK_AND_ASSIGN(RedisReply ttl,
+                       cluster->Run(KeySlot(key), {"PTTL", key}));
+  EXPECT_GT(ttl.integer, 0);
+  EXPECT_LE(ttl.integer, 1100);
+  absl::SleepFor(absl::Milliseconds(1200));
+  ASSERT_OK_AND_ASSIGN(RedisReply exists,
+                       cluster->Run(KeySlot(key), {"EXISTS", key}));
+  EXPECT_EQ(exists.integer, 0) << "Redis kept an expired record";
+  ASSERT_OK_AND_ASSIGN(KeySnapshot gone, store->Lookup(id));
+  EXPECT_EQ(gone.state, KeyState::kAbsent);
+
+  // The key starts over, and its token still grows: the slot's counter
+  // outlives the record.
+  ASSERT_OK_AND_ASSIGN(
+      BeginResult again,
+      store->Begin({id, "other", "", absl::Seconds(1), absl::Seconds(1)}));
+  ASSERT_EQ(again.outcome, BeginOutcome::kAcquired);
+  EXPECT_GT(again.token, taken.token);
+  ASSERT_OK(store->Release({id, again.token}));
+  ASSERT_OK_AND_ASSIGN(
+      BeginResult after_release,
+      store->Begin({id, "other", "", absl::Seconds(1), absl::Seconds(1)}));
+  EXPECT_GT(after_release.token, again.token);
+  ASSERT_OK(store->DeleteEverything());
+}
+
+// Two stores (two replicas) on the same cluster race for the same keys:
+// exactly one acquisition per key, and each learns of the other's changes.
+TEST(RedisClusterStoreTest, TwoReplicasRacingOnKeysAcquireEachOnce) {
+  RedisClusterStoreOptions options = Options(nullptr);
+  std::unique_ptr<RedisClusterStore> a = OpenOrDie(options);
+  std::unique_ptr<RedisClusterStore> b = OpenOrDie(options);
+  absl::Mutex mu;
+  std::vector<KeyId> announced;
+  b->WatchChanges([&](const KeyId& id) {
+    absl::MutexLock lock(&mu);
+    announced.push_back(id);
+  });
+  absl::SleepFor(absl::Milliseconds(300));  // Subscribed.
+  constexpr int kKeys = 50;
+  std::atomic<int> acquired{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      RedisClusterStore* store = t % 2 == 0 ? a.get() : b.get();
+      for (int k = 0; k < kKeys; ++k) {
+        absl::StatusOr<BeginResult> begun =
+            store->Begin({{"race", absl::StrCat(k)},
+                          "fp",
+                          "",
+                          absl::Seconds(30),
+                          absl::Hours(1)});
+        ASSERT_OK(begun.status());
+        if (begun->outcome == BeginOutcome::kAcquired) {
+          ++acquired;
+          ASSERT_OK(store->Complete({{"race", absl::StrCat(k)},
+                                     begun->token,
+                                     Result{200, absl::StrCat("by ", t), {}},
+                                     std::nullopt}));
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(acquired.load(), kKeys);
+  // Every completion was announced to the other replica.
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  for (bool all = false; !all && absl::Now() < deadline;) {
+    absl::SleepFor(absl::Milliseconds(20));
+    absl::MutexLock lock(&mu);
+    all = announced.size() >= kKeys;
+  }
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(announced.size(), static_cast<size_t>(kKeys));
+    for (const KeyId& id : announced) EXPECT_EQ(id.name_space, "race");
+  }
+  ASSERT_OK(a->DeleteEverything());
+}
+
+// Slots migrate (redis-cli --cluster reshard: ASK during the move, MOVED
+// after) while four threads Begin and Complete: every call succeeds and
+// every result is still there afterwards.
+TEST(RedisClusterStoreTest, ReshardingUnderLoadLosesNothing) {
+  RedisClusterStoreOptions options = Options(nullptr);
+  options.threads = 8;
+  std::unique_ptr<RedisClusterStore> store = OpenOrDie(options);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
+                       RedisCluster::Connect(ClusterOptions(Seeds())));
+  std::vector<std::string> masters = cluster->Masters();
+  ASSERT_GE(masters.size(), 2u);
+
+  std::atomic<bool> stop{false};
+  absl::Mutex mu;
+  std::map<std::string, std::string> completed;  // key -> body
+  std::atomic<int> failures{0};
+  std::vector<std::thread> load;
+  for (int t = 0; t < 4; ++t) {
+    load.emplace_back([&, t] {
+      for (int i = 0; !stop; ++i) {
+        const std::string key = absl::StrCat(t, "-", i);
+        const KeyId id{"reshard", key};
+        absl::StatusOr<BeginResult> begun =
+            store->Begin({id, "fp", "", absl::Seconds(30), absl::Hours(1)});
+        if (!begun.ok() || begun->outcome != BeginOutcome::kAcquired) {
+          ADD_FAILURE() << key << ": " << begun.status();
+          ++failures;
+          continue;
+        }
+        absl::StatusOr<CompleteResult> done = store->Complete(
+            {id, begun->token, Result{200, "body " + key, {}}, std::nullopt});
+        if (!done.ok()) {
+          ADD_FAILURE() << key << ": " << done.status();
+          ++failures;
+          continue;
+        }
+        absl::MutexLock lock(&mu);
+        completed[key] = "body " + key;
+      }
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_OK(Cluster().MoveSlots(masters[0], masters[1], 1500));
+  ASSERT_OK(Cluster().MoveSlots(masters[1], masters[0], 1500));
+  absl::SleepFor(absl::Milliseconds(300));
+  stop = true;
+  for (std::thread& thread : load) thread.join();
+  EXPECT_EQ(failures.load(), 0);
+
+  absl::MutexLock lock(&mu);
+  EXPECT_GT(completed.size(), 100u);
+  for (const auto& [key, body] : completed) {
+    ASSERT_OK_AND_ASSIGN(KeySnapshot seen, store->Lookup({"reshard", key}));
+    ASSERT_EQ(seen.state, KeyState::kCompleted) << key;
+    EXPECT_EQ(seen.result.body, body);
+  }
+  ASSERT_OK(store->DeleteEverything());
+}
+
+}  // namespace
+}  // namespace idem::storage

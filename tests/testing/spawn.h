@@ -1,0 +1,19 @@
+// Starts helper processes (servers) for tests so that none outlives the test
+// process, however it ends.
+#ifndef IDEM_TESTS_TESTING_SPAWN_H_
+#define IDEM_TESTS_TESTING_SPAWN_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace idem::testing {
+
+// Starts args[0] (a path) with stdout and stderr appended to `log_path`;
+// -1 if fork failed. The child is SIGKILLed when the test process dies.
+pid_t SpawnProcess(std::vector<std::string> args, const std::string& log_path);
+
+}  // namespace idem::testing
+
+#endif  // IDEM_TESTS_TESTING_SPAWN_H_
