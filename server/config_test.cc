@@ -44,6 +44,21 @@ TEST(ConfigTest, EnvironmentSetsAndFlagsOverride) {
   EXPECT_TRUE(config->sync_writes);
 }
 
+TEST(ConfigTest, StoreIsRocksDbByDefaultOrARedisClusterNodeList) {
+  absl::StatusOr<ServerConfig> config = Parse({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->store, "rocksdb");
+  EXPECT_TRUE(RedisSeeds(*config).empty());
+  config = Parse(
+      {}, {{"IDEM_STORE", "redis-cluster://10.0.0.1:6379,redis-0.redis:7000"},
+           {"IDEM_REDIS_WAIT_REPLICAS", "1"}});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(RedisSeeds(*config),
+            (std::vector<std::string>{"10.0.0.1:6379", "redis-0.redis:7000"}));
+  EXPECT_EQ(config->redis_wait_replicas, 1u);
+  EXPECT_EQ(config->redis_poll, absl::Seconds(1));
+}
+
 TEST(ConfigTest, BadSettingsFailWithOneLineNamingThem) {
   struct Case {
     std::vector<std::string> args;
@@ -58,6 +73,12 @@ TEST(ConfigTest, BadSettingsFailWithOneLineNamingThem) {
       {{"stray"}, {}, "unexpected argument"},
       {{"--data-dir="}, {}, "--data-dir"},
       {{"--listen"}, {}, "needs a value"},
+      {{"--store=redis://h:1"}, {}, "--store"},
+      {{"--store=redis-cluster://"}, {}, "--store"},
+      {{"--store=redis-cluster://h:1,h"}, {}, "--store"},
+      {{"--store=redis-cluster://h:99999"}, {}, "--store"},
+      {{"--redis-wait-replicas=17"}, {}, "--redis-wait-replicas"},
+      {{"--redis-poll=1ms"}, {}, "--redis-poll"},
       {{}, {{"IDEM_DEFAULT_LEASE", "0s"}}, "$IDEM_DEFAULT_LEASE"},
       {{"--default-lease=2h"}, {}, "exceeds --max-lease"},
       {{"--max-retention=1h"}, {}, "exceeds --max-retention"},

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -70,29 +71,18 @@ absl::StatusOr<std::unique_ptr<LocalRedisCluster>> LocalRedisCluster::Start(
     if (port < 0) return absl::UnavailableError("no free port pair");
     const std::string dir = cluster->dir_.Sub(absl::StrCat(port));
     std::filesystem::create_directories(dir);
-    std::vector<std::string> args = {kRedisServer,
-                                     "--port",
-                                     absl::StrCat(port),
-                                     "--bind",
-                                     "127.0.0.1",
-                                     "--dir",
-                                     dir,
-                                     "--cluster-enabled",
-                                     "yes",
-                                     "--cluster-config-file",
-                                     dir + "/nodes.conf",
-                                     "--cluster-node-timeout",
-                                     "1000",
-                                     "--appendonly",
-                                     "no",
-                                     "--save",
-                                     "",
-                                     "--daemonize",
-                                     "no",
-                                     "--logfile",
-                                     ""};
+    std::vector<std::string> args = {
+        kRedisServer, "--port", absl::StrCat(port), "--bind", "127.0.0.1",
+        "--dir", dir, "--cluster-enabled", "yes", "--cluster-config-file",
+        dir + "/nodes.conf", "--cluster-node-timeout", "1000", "--appendonly",
+        "no", "--save", "",
+        // Replicas sync at once (the default
+        // waits 5 s for more replicas).
+        "--repl-diskless-sync-delay", "0", "--daemonize", "no", "--logfile",
+        ""};
     Process process;
     process.address = absl::StrCat("127.0.0.1:", port);
+    process.args = args;
     process.pid = SpawnProcess(std::move(args), dir + "/redis.log");
     if (process.pid < 0) return absl::InternalError("fork failed");
     cluster->nodes_.push_back(process);
@@ -123,6 +113,27 @@ absl::StatusOr<std::unique_ptr<LocalRedisCluster>> LocalRedisCluster::Start(
   }
   absl::Status healthy = cluster->WaitHealthy(absl::Seconds(30));
   if (!healthy.ok()) return healthy;
+  // Replicas have synced: WAIT can count them, and they may fail over.
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  for (const Process& node : cluster->nodes_) {
+    while (true) {
+      absl::StatusOr<std::string> info =
+          cluster->Cli(node.address, {"INFO", "replication"});
+      if (info.ok() &&
+          (absl::StrContains(*info, "role:master")
+               ? absl::StrContains(*info, absl::StrCat("connected_slaves:",
+                                                       replicas_per_master))
+               : absl::StrContains(*info, "master_link_status:up"))) {
+        break;
+      }
+      if (absl::Now() > deadline) {
+        return absl::DeadlineExceededError(absl::StrCat(
+            "Redis replicas did not sync in 30s: ", node.address, " ",
+            info.ok() ? *info : std::string(info.status().message())));
+      }
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+  }
   return cluster;
 }
 
@@ -192,6 +203,35 @@ LocalRedisCluster::Nodes(const std::string& asking) const {
   return nodes;
 }
 
+absl::Status LocalRedisCluster::Restart(const std::string& address) {
+  for (Process& node : nodes_) {
+    if (node.address != address) continue;
+    if (node.pid > 0) return absl::FailedPreconditionError("still running");
+    node.pid = SpawnProcess(node.args, dir_.Sub(Port(address)) + "/redis.log");
+    if (node.pid < 0) return absl::InternalError("fork failed");
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(address);
+}
+
+absl::Status LocalRedisCluster::WaitReplicaInSync(
+    const std::string& address, absl::Duration timeout) const {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::string last;
+  while (absl::Now() < deadline) {
+    absl::StatusOr<std::string> info = Cli(address, {"INFO", "replication"});
+    if (info.ok() && absl::StrContains(*info, "role:slave") &&
+        absl::StrContains(*info, "master_link_status:up") &&
+        !absl::StrContains(*info, "master_sync_in_progress:1")) {
+      return absl::OkStatus();
+    }
+    last = info.ok() ? *info : std::string(info.status().message());
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat(address, " is not an in-sync replica: ", last));
+}
+
 void LocalRedisCluster::Kill(const std::string& address) {
   for (Process& node : nodes_) {
     if (node.address == address && node.pid > 0) {
@@ -216,6 +256,26 @@ absl::Status LocalRedisCluster::WaitHealthy(absl::Duration timeout) const {
         last = info.ok() ? *info : std::string(info.status().message());
         break;
       }
+      // Every slot is served by a node that runs (a killed master is only
+      // noticed after the node timeout).
+      absl::StatusOr<std::vector<NodeInfo>> seen = Nodes(node.address);
+      if (!seen.ok()) {
+        healthy = false;
+        break;
+      }
+      for (const NodeInfo& other : *seen) {
+        if (!other.master || other.slots == 0) continue;
+        const bool running =
+            std::any_of(nodes_.begin(), nodes_.end(), [&](const Process& p) {
+              return p.address == other.address && p.pid > 0;
+            });
+        if (!running || other.failed) {
+          healthy = false;
+          last = absl::StrCat(node.address, " still sees slots on ",
+                              other.address);
+        }
+      }
+      if (!healthy) break;
     }
     if (healthy) return absl::OkStatus();
     absl::SleepFor(absl::Milliseconds(100));

@@ -46,6 +46,11 @@ class LocalRedisCluster {
                                   const std::vector<std::string>& args) const;
   // SIGKILLs the node.
   void Kill(const std::string& address);
+  // Starts a killed node again, with its cluster configuration: a failed
+  // over master comes back as a replica of its successor.
+  absl::Status Restart(const std::string& address);
+  absl::Status WaitReplicaInSync(const std::string& address,
+                                 absl::Duration timeout) const;
   // Waits until every live node reports cluster_state:ok with all slots
   // served by live masters.
   absl::Status WaitHealthy(absl::Duration timeout) const;
@@ -58,6 +63,7 @@ class LocalRedisCluster {
  private:
   struct Process {
     std::string address;
+    std::vector<std::string> args;
     pid_t pid = -1;
   };
   LocalRedisCluster() = default;

@@ -8,6 +8,8 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   grpc-proto librocksdb-dev libabsl-dev libssl-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev libyaml-cpp-dev openssl
+  # hiredis: the Redis Cluster store (--store=redis-cluster://).
+  libhiredis-dev
   # The Python client (Debian's interpreter /usr/bin/python3) and its tests.
   python3-grpcio python3-protobuf python3-fastapi python3-httpx python3-pytest
   # The Go client, in GOPATH mode over Debian's Go packages.

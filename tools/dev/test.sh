@@ -6,8 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 # clang-format checks formatting; clang and its runtimes build the sanitizer
-# and libFuzzer pass below.
-tools/dev/deps.sh clang-format python3-yaml clang libclang-rt-14-dev
+# and libFuzzer pass below; the Redis Cluster tests start Debian's
+# redis-server (its package also installs, on a systemd host, a default
+# Redis service on 127.0.0.1:6379 that the tests do not use).
+tools/dev/deps.sh clang-format python3-yaml clang libclang-rt-14-dev \
+  redis-server redis-tools
 
 sources=$(git ls-files '*.cc' '*.h' 2>/dev/null || true)
 if [ -n "$sources" ]; then
