@@ -33,6 +33,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -61,7 +62,8 @@ struct Options {
 };
 
 constexpr char kUsage[] =
-    R"(usage: idem-bench [--target=HOST:PORT] [--workload=W] [--concurrency=64]
+    R"(usage: idem-bench [--target=HOST:PORT[,HOST:PORT...]] [--workload=W]
+                  [--concurrency=64]
                   [--channels=4] [--warmup=2s] [--duration=10s] [--keys=N]
                   [--body-bytes=200] [--batch-size=100] [--retention=D]
                   [--namespace=bench]
@@ -90,6 +92,9 @@ bool ParseArgs(int argc, char** argv, Options& o) {
     bool ok = true;
     if (name == "target") {
       o.target = value;
+      ok = !std::vector<std::string>(
+                absl::StrSplit(value, ',', absl::SkipEmpty()))
+                .empty();
     } else if (name == "workload") {
       o.workload = value;
     } else if (name == "namespace") {
@@ -425,18 +430,24 @@ int Main(int argc, char** argv) {
   Options o;
   if (!ParseArgs(argc, argv, o)) return 2;
 
+  // Several targets (replicas sharing a store): channels go round-robin.
+  const std::vector<std::string> targets =
+      absl::StrSplit(o.target, ',', absl::SkipEmpty());
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (int i = 0; i < o.channels; ++i) {
     grpc::ChannelArguments args;
     // A distinct argument per channel gives each its own connection.
     args.SetInt("idem.bench.channel", i);
     channels.push_back(grpc::CreateCustomChannel(
-        o.target, grpc::InsecureChannelCredentials(), args));
+        targets[static_cast<size_t>(i) % targets.size()],
+        grpc::InsecureChannelCredentials(), args));
   }
-  if (!channels[0]->WaitForConnected(
-          absl::ToChronoTime(absl::Now() + absl::Seconds(10)))) {
-    std::cerr << "idem-bench: cannot connect to " << o.target << "\n";
-    return 1;
+  for (const auto& channel : channels) {
+    if (!channel->WaitForConnected(
+            absl::ToChronoTime(absl::Now() + absl::Seconds(10)))) {
+      std::cerr << "idem-bench: cannot connect to " << o.target << "\n";
+      return 1;
+    }
   }
   if ((o.workload == "replay" || o.workload == "lookup") &&
       !Prepare(o, channels[0])) {
