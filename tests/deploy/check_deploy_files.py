@@ -97,6 +97,36 @@ def check_kubernetes(path, variables):
           "Service selector does not match the pods")
 
 
+def check_kubernetes_replicas(path, variables):
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    kinds = {d["kind"]: d for d in docs}
+    for kind in ("Service", "Deployment", "PodDisruptionBudget"):
+        check(kind in kinds, "%s: no %s" % (path, kind))
+    spec = kinds.get("Deployment", {}).get("spec", {})
+    check(spec.get("replicas", 0) >= 2, "%s: replicas should be >= 2" % path)
+    pod = spec.get("template", {}).get("spec", {})
+    check(pod.get("securityContext", {}).get("runAsNonRoot"),
+          "pod must run as non-root")
+    container = pod.get("containers", [{}])[0]
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc = container.get(probe, {}).get("grpc", {})
+        check(grpc.get("port") == ports.get("grpc"),
+              "%s must be a gRPC probe on the grpc port" % probe)
+    check(container.get("resources", {}).get("requests"), "no resource requests")
+    env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    for name in env:
+        check(name in variables, "Kubernetes sets unknown variable %s" % name)
+    check(env.get("IDEM_STORE", "").startswith("redis-cluster://"),
+          "%s: IDEM_STORE is not a redis-cluster:// list" % path)
+    check(not container.get("volumeMounts"),
+          "%s: stateless replicas need no volume" % path)
+    selector = kinds.get("Service", {}).get("spec", {}).get("selector", {})
+    labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
+    check(all(labels.get(k) == v for k, v in selector.items()),
+          "Service selector does not match the pods")
+
+
 def check_dockerfile(path, variables):
     text = open(path).read()
     stages = re.findall(r"^FROM (\S+)", text, re.M)
@@ -149,6 +179,9 @@ def main():
     check(len(variables) > 10, "could not read the server's variables")
     check_kubernetes(os.path.join(root, "deploy/kubernetes/idem.yaml"),
                      variables)
+    check_kubernetes_replicas(
+        os.path.join(root, "deploy/kubernetes/idem-redis-cluster.yaml"),
+        variables)
     check_dockerfile(os.path.join(root, "deploy/Dockerfile"), variables)
     check_systemd(os.path.join(root, "deploy/systemd/idem.service"), variables)
     check_dashboard(os.path.join(root, "deploy/grafana/idem-dashboard.json"),

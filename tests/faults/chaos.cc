@@ -34,6 +34,7 @@
 #include "grpcpp/security/credentials.h"
 #include "idem/v1/idempotency.grpc.pb.h"
 #include "tests/faults/history_checker.h"
+#include "tests/testing/local_redis_cluster.h"
 #include "tests/testing/server_process.h"
 
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(60),
@@ -53,6 +54,10 @@ ABSL_FLAG(std::string, history, "",
           "write the history here (JSON lines); default: not kept");
 ABSL_FLAG(std::string, check, "", "only check this history file, run nothing");
 ABSL_FLAG(uint32_t, seed, 0, "random seed (0: from the clock)");
+ABSL_FLAG(bool, redis_cluster, false,
+          "run the server as a stateless replica over a local Redis Cluster "
+          "(3 masters, 3 replicas, started here; --redis-wait-replicas=1) "
+          "instead of on RocksDB");
 
 namespace idem::faults {
 namespace {
@@ -467,7 +472,21 @@ int Main(int argc, char** argv) {
               absl::FormatDuration(duration).c_str(), seed);
   std::fflush(stdout);
 
-  testing::ServerProcess server;
+  std::unique_ptr<testing::LocalRedisCluster> redis;
+  std::vector<std::string> server_flags;
+  if (absl::GetFlag(FLAGS_redis_cluster)) {
+    absl::StatusOr<std::unique_ptr<testing::LocalRedisCluster>> started =
+        testing::LocalRedisCluster::Start(3, 1);
+    if (!started.ok()) {
+      std::fprintf(stderr, "%s\n", started.status().ToString().c_str());
+      return 2;
+    }
+    redis = *std::move(started);
+    server_flags = {"--store=redis-cluster://" + redis->Seeds(),
+                    "--redis-wait-replicas=1"};
+    std::printf("idem-chaos: over Redis Cluster %s\n", redis->Seeds().c_str());
+  }
+  testing::ServerProcess server(server_flags);
   if (absl::Status s = server.Start(); !s.ok()) {
     std::fprintf(stderr, "%s\n", s.ToString().c_str());
     return 2;
