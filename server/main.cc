@@ -270,8 +270,10 @@ int Run(int argc, char** argv) {
           Log(LogLevel::kError, "storage_unhealthy",
               {{"error", std::string(store_health.message())},
                {"effect",
-                "changes fail with UNAVAILABLE and health is NOT_SERVING "
-                "until a probe write succeeds (retried every second)"}});
+                "health is NOT_SERVING until the store recovers (checked "
+                "every second: a probe write on RocksDB, every master "
+                "answering on Redis Cluster); meanwhile changes may fail with "
+                "UNAVAILABLE"}});
         }
         health->SetServingStatus(store_health.ok());
         serving = store_health.ok();
