@@ -302,6 +302,14 @@ std::vector<Setting> MakeSettings() {
           "often, should another replica's change announcement be missed",
           [](ServerConfig& c) -> absl::Duration& { return c.redis_poll; },
           absl::Milliseconds(100), absl::Minutes(5)),
+      StringSetting("redis-user", "IDEM_REDIS_USER",
+                    "Redis Cluster: ACL user for AUTH (with "
+                    "--redis-password-file); empty: the default user",
+                    &ServerConfig::redis_user, true),
+      StringSetting("redis-password-file", "IDEM_REDIS_PASSWORD_FILE",
+                    "Redis Cluster: file holding the AUTH password (one "
+                    "line); empty: no AUTH",
+                    &ServerConfig::redis_password_file, true),
   };
 }
 

@@ -55,6 +55,10 @@ struct ServerConfig {
   // Parked Begins look at their key at least this often, in case the
   // change announcement from another replica was missed.
   absl::Duration redis_poll = absl::Seconds(1);
+  // AUTH: the password is read from this file (never from a flag, so that
+  // it does not show in `ps`); the user is for Redis 6+ ACLs.
+  std::string redis_user;
+  std::string redis_password_file;
   Limits limits;
 };
 

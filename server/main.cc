@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -42,6 +43,7 @@
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/metrics_http.h"
+#include "server/read_file.h"
 #include "server/rpc_observer.h"
 #include "server/store_health_watcher.h"
 #include "server/tls.h"
@@ -88,6 +90,20 @@ absl::StatusOr<std::unique_ptr<storage::Store>> OpenStore(
     }
     storage::RedisClusterStoreOptions options;
     options.cluster.seeds = seeds;
+    options.cluster.user = config.redis_user;
+    if (!config.redis_password_file.empty()) {
+      absl::StatusOr<std::string> password =
+          ReadFile(config.redis_password_file, "Redis password");
+      if (!password.ok()) return password.status();
+      // One line; the newline an editor or `echo` leaves is not part of it.
+      options.cluster.password =
+          std::string(absl::StripTrailingAsciiWhitespace(*password));
+      if (options.cluster.password.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the Redis password file ", config.redis_password_file,
+                         " is empty"));
+      }
+    }
     options.cluster.retry_deadline = config.redis_timeout;
     options.wait_replicas = static_cast<int>(config.redis_wait_replicas);
     options.wait_timeout = config.redis_wait_timeout;

@@ -194,9 +194,12 @@ absl::StatusOr<redisContext*> RedisCluster::ConnectTo(
   redisEnableKeepAlive(context);
   if (!options_.password.empty()) {
     std::vector<RedisReply> replies;
-    if (!Exchange(context, {{"AUTH", options_.password}}, &replies) ||
-        replies[0].is_error()) {
-      absl::Status error = absl::UnavailableError(absl::StrCat(
+    RedisCommand auth = {"AUTH", options_.password};
+    if (!options_.user.empty())
+      auth = {"AUTH", options_.user, options_.password};
+    if (!Exchange(context, {auth}, &replies) || replies[0].is_error()) {
+      // Redis's error names neither the user nor the password.
+      absl::Status error = absl::PermissionDeniedError(absl::StrCat(
           "Redis node ", address, " refused AUTH: ",
           replies.empty() ? std::string(context->errstr) : replies[0].text));
       redisFree(context);
@@ -392,6 +395,11 @@ std::vector<std::string> RedisCluster::Masters() {
 absl::Status RedisCluster::LoadSlotsFrom(const std::string& address) {
   absl::StatusOr<RedisReply> reply = RunOnNode(address, {"CLUSTER", "SLOTS"});
   if (!reply.ok()) return reply.status();
+  if (reply->error_code() == "NOAUTH") {
+    return absl::PermissionDeniedError(
+        absl::StrCat("Redis node ", address,
+                     " requires a password (NOAUTH): give one to the client"));
+  }
   if (reply->is_error()) {
     return absl::FailedPreconditionError(
         absl::StrCat("Redis node ", address,
@@ -450,12 +458,17 @@ absl::Status RedisCluster::RefreshSlots() {
   candidates.insert(candidates.end(), options_.seeds.begin(),
                     options_.seeds.end());
   absl::Status last = absl::UnavailableError("no Redis node to ask");
+  // A node that answers but refuses (not a cluster, no slots yet, a
+  // password problem) says more than one that cannot be reached.
+  absl::Status refusal;
   for (const std::string& address : candidates) {
     last = LoadSlotsFrom(address);
-    if (last.ok() || last.code() == absl::StatusCode::kFailedPrecondition) {
-      return last;
+    if (last.ok()) return last;
+    if (last.code() != absl::StatusCode::kUnavailable && refusal.ok()) {
+      refusal = last;
     }
   }
+  if (!refusal.ok()) return refusal;
   return absl::UnavailableError(
       absl::StrCat("no Redis Cluster node answered CLUSTER SLOTS; last error: ",
                    last.message()));

@@ -68,7 +68,9 @@ struct RedisClusterOptions {
   // How long one Run() keeps trying through redirects, failovers and lost
   // connections before it gives up with UNAVAILABLE.
   absl::Duration retry_deadline = absl::Seconds(10);
-  // Sent with AUTH on every new connection when not empty.
+  // Sent with AUTH on every new connection when the password is not empty
+  // (with the user too when set: Redis 6+ ACLs).
+  std::string user;
   std::string password;
 };
 

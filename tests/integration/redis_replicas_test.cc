@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -22,6 +23,7 @@
 #include "idem/v1/idempotency.grpc.pb.h"
 #include "tests/testing/local_redis_cluster.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/temp_dir.h"
 
 namespace idem {
 namespace {
@@ -184,6 +186,48 @@ TEST_F(RedisReplicasTest, UnreachableClusterStopsTheStartWithAClearError) {
   EXPECT_NE(server.log().find("store_open_failed"), std::string::npos)
       << server.log();
   EXPECT_NE(server.log().find("127.0.0.1:1"), std::string::npos);
+}
+
+// A cluster that requires AUTH: without the password, or with a wrong one,
+// the server refuses to start and says why; with the password file it
+// serves, and the password never shows in its log.
+TEST(RedisAuthTest, PasswordProtectedClusterNeedsThePasswordFile) {
+  const std::string password = "s3cret-for-idem-test";
+  absl::StatusOr<std::unique_ptr<testing::LocalRedisCluster>> cluster =
+      testing::LocalRedisCluster::Start(3, 0, password);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  const std::string store = "--store=redis-cluster://" + (*cluster)->Seeds();
+  testing::TempDir dir;
+  const std::string right = dir.Sub("right");
+  const std::string wrong = dir.Sub("wrong");
+  std::ofstream(right) << password << "\n";
+  std::ofstream(wrong) << "not-it\n";
+
+  testing::ServerProcess without({store, "--redis-timeout=1s"});
+  ASSERT_FALSE(without.Start().ok());
+  EXPECT_NE(without.log().find("requires a password"), std::string::npos)
+      << without.log();
+
+  testing::ServerProcess mistaken(
+      {store, "--redis-timeout=1s", "--redis-password-file=" + wrong});
+  ASSERT_FALSE(mistaken.Start().ok());
+  EXPECT_NE(mistaken.log().find("refused AUTH"), std::string::npos)
+      << mistaken.log();
+
+  testing::ServerProcess server({store, "--redis-password-file=" + right});
+  absl::Status started = server.Start();
+  ASSERT_TRUE(started.ok()) << started;
+  auto stub = server.NewStub();
+  BeginResponse begun;
+  ASSERT_TRUE(stub->Begin(Context().get(), Begin("a-1"), &begun).ok());
+  ASSERT_EQ(begun.outcome(), BeginResponse::OUTCOME_ACQUIRED);
+  CompleteResponse done;
+  ASSERT_TRUE(stub->Complete(Context().get(),
+                             Complete("a-1", begun.lease().token(), "ok"),
+                             &done)
+                  .ok());
+  EXPECT_EQ(Lookup(*stub, "a-1").result().body(), "ok");
+  EXPECT_EQ(server.log().find(password), std::string::npos);
 }
 
 // Clients that Begin on one replica and Complete on the other, and remember

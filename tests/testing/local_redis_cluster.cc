@@ -62,8 +62,9 @@ std::string Port(const std::string& address) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LocalRedisCluster>> LocalRedisCluster::Start(
-    int masters, int replicas_per_master) {
+    int masters, int replicas_per_master, const std::string& password) {
   std::unique_ptr<LocalRedisCluster> cluster(new LocalRedisCluster());
+  cluster->password_ = password;
   std::vector<int> ports;
   const int total = masters * (1 + replicas_per_master);
   for (int i = 0; i < total; ++i) {
@@ -80,6 +81,10 @@ absl::StatusOr<std::unique_ptr<LocalRedisCluster>> LocalRedisCluster::Start(
         // waits 5 s for more replicas).
         "--repl-diskless-sync-delay", "0", "--daemonize", "no", "--logfile",
         ""};
+    if (!password.empty()) {
+      args.insert(args.end(),
+                  {"--requirepass", password, "--masterauth", password});
+    }
     Process process;
     process.address = absl::StrCat("127.0.0.1:", port);
     process.args = args;
@@ -101,7 +106,9 @@ absl::StatusOr<std::unique_ptr<LocalRedisCluster>> LocalRedisCluster::Start(
       absl::SleepFor(absl::Milliseconds(50));
     }
   }
-  std::vector<std::string> create = {kRedisCli, "--cluster", "create"};
+  std::vector<std::string> create = {kRedisCli};
+  for (const std::string& arg : cluster->CliAuth()) create.push_back(arg);
+  create.insert(create.end(), {"--cluster", "create"});
   for (const Process& node : cluster->nodes_) create.push_back(node.address);
   create.insert(create.end(),
                 {"--cluster-replicas", absl::StrCat(replicas_per_master),
@@ -160,6 +167,7 @@ absl::StatusOr<std::string> LocalRedisCluster::Cli(
     const std::string& address, const std::vector<std::string>& args) const {
   std::vector<std::string> argv = {kRedisCli, "-h", "127.0.0.1", "-p",
                                    Port(address)};
+  for (const std::string& arg : CliAuth()) argv.push_back(arg);
   argv.insert(argv.end(), args.begin(), args.end());
   const CommandResult result = RunCommand(argv);
   if (result.exit_code != 0) {
@@ -292,16 +300,25 @@ absl::Status LocalRedisCluster::MoveSlots(const std::string& from,
   absl::StatusOr<std::string> to_id = Cli(to, {"CLUSTER", "MYID"});
   if (!from_id.ok()) return from_id.status();
   if (!to_id.ok()) return to_id.status();
-  const CommandResult moved = RunCommand(
-      {kRedisCli, "--cluster", "reshard", from, "--cluster-from",
+  std::vector<std::string> reshard = {kRedisCli};
+  for (const std::string& arg : CliAuth()) reshard.push_back(arg);
+  reshard.insert(
+      reshard.end(),
+      {"--cluster", "reshard", from, "--cluster-from",
        std::string(absl::StripAsciiWhitespace(*from_id)), "--cluster-to",
        std::string(absl::StripAsciiWhitespace(*to_id)), "--cluster-slots",
        absl::StrCat(slots), "--cluster-yes", "--cluster-pipeline", "20"});
+  const CommandResult moved = RunCommand(reshard);
   if (moved.exit_code != 0) {
     return absl::InternalError(
         absl::StrCat("redis-cli --cluster reshard: ", moved.out, moved.err));
   }
   return absl::OkStatus();
+}
+
+std::vector<std::string> LocalRedisCluster::CliAuth() const {
+  if (password_.empty()) return {};
+  return {"-a", password_, "--no-auth-warning"};
 }
 
 std::string LocalRedisCluster::log(const std::string& address) const {

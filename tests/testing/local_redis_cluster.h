@@ -30,8 +30,10 @@ class LocalRedisCluster {
   };
 
   // Starts the nodes, creates the cluster and waits until it is healthy.
+  // With a password, every node requires it (requirepass, masterauth).
   static absl::StatusOr<std::unique_ptr<LocalRedisCluster>> Start(
-      int masters = 3, int replicas_per_master = 1);
+      int masters = 3, int replicas_per_master = 1,
+      const std::string& password = "");
   ~LocalRedisCluster();
   LocalRedisCluster(const LocalRedisCluster&) = delete;
   LocalRedisCluster& operator=(const LocalRedisCluster&) = delete;
@@ -68,7 +70,11 @@ class LocalRedisCluster {
   };
   LocalRedisCluster() = default;
 
+  // redis-cli's password arguments (none without a password).
+  std::vector<std::string> CliAuth() const;
+
   TempDir dir_;
+  std::string password_;
   std::vector<Process> nodes_;
 };
 
