@@ -293,8 +293,8 @@ std::vector<Setting> MakeSettings() {
           absl::Seconds(1), absl::Minutes(5)),
       SizeSetting(
           "redis-threads", "IDEM_REDIS_THREADS",
-          "Redis Cluster: threads (and connections per node) that run "
-          "changes",
+          "Redis Cluster: threads that run changes (each keeps its own "
+          "connections to the nodes it uses)",
           [](ServerConfig& c) -> size_t& { return c.redis_threads; }, 1, 1024),
       DurationSetting(
           "redis-poll", "IDEM_REDIS_POLL",

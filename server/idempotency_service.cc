@@ -106,7 +106,7 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
     parked_before_ = true;
     park->waiter = waits->Park(
         wait_key_, epoch,
-        std::min({begun->lease_expires_at, wait_until_,
+        std::min({absl::Now() + begun->lease_left, wait_until_,
                   absl::Now() + service_->limits_.wait_recheck}),
         [this](WaitQueue::Wake wake) { OnWake(wake); },
         service_->limits_.max_parked_waiters);

@@ -129,6 +129,7 @@ Decision<BeginResult> DecideBegin(const Record* current,
     BeginResult in_progress;
     in_progress.outcome = BeginOutcome::kInProgress;
     in_progress.lease_expires_at = FromMicros(live->lease_expires_at_us());
+    in_progress.lease_left = in_progress.lease_expires_at - now;
     return {in_progress, std::nullopt};
   }
 

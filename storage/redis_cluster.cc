@@ -197,11 +197,15 @@ absl::StatusOr<redisContext*> RedisCluster::ConnectTo(
     RedisCommand auth = {"AUTH", options_.password};
     if (!options_.user.empty())
       auth = {"AUTH", options_.user, options_.password};
-    if (!Exchange(context, {auth}, &replies) || replies[0].is_error()) {
+    const bool sent = Exchange(context, {auth}, &replies);
+    if (!sent || replies[0].is_error()) {
       // Redis's error names neither the user nor the password.
-      absl::Status error = absl::PermissionDeniedError(absl::StrCat(
-          "Redis node ", address, " refused AUTH: ",
-          replies.empty() ? std::string(context->errstr) : replies[0].text));
+      absl::Status error =
+          sent
+              ? absl::PermissionDeniedError(absl::StrCat(
+                    "Redis node ", address, " refused AUTH: ", replies[0].text))
+              : absl::UnavailableError(absl::StrCat("Redis node ", address,
+                                                    ": ", context->errstr));
       redisFree(context);
       return error;
     }

@@ -25,12 +25,20 @@ return {t[1], t[2], redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
 
 // KEYS: record, counter. ARGV: the record as read ('' if absent), the new
 // record, its TTL in ms ('0': delete the record), the token issued ('0':
-// none), the channel to announce the change on ('' : none). Returns 0 and
-// changes nothing when the record is no longer the one read.
+// none), the channel to announce the change on ('' : none). Returns 1 when
+// it wrote; 0, changing nothing, when the record is no longer the one read;
+// 2 when the record already is the one to write (a retry of this very
+// write, whose reply was lost).
 constexpr char kApplyScript[] = R"lua(
 local current = redis.call('GET', KEYS[1])
 if current == false then current = '' end
-if current ~= ARGV[1] then return 0 end
+if current ~= ARGV[1] then
+  if (ARGV[3] == '0' and current == '') or
+     (ARGV[3] ~= '0' and current == ARGV[2]) then
+    return 2
+  end
+  return 0
+end
 if ARGV[3] == '0' then
   redis.call('DEL', KEYS[1])
 else
@@ -96,29 +104,56 @@ RedisClusterStore::RedisClusterStore(RedisClusterStoreOptions options,
 absl::StatusOr<std::unique_ptr<RedisClusterStore>> RedisClusterStore::Open(
     RedisClusterStoreOptions options) {
   if (options.threads < 1 || options.wait_replicas < 0 ||
-      options.prefix.empty()) {
+      options.prefix.empty() ||
+      options.prefix.find_first_of("{}*?[]\\") != std::string::npos) {
     return absl::InvalidArgumentError(
         "Redis store: threads must be >= 1, wait_replicas >= 0 and the "
-        "prefix not empty");
+        "prefix not empty, without braces or glob characters");
+  }
+  // A WAIT may take wait_timeout before its reply: the connection must not
+  // give up on it first.
+  if (options.wait_replicas > 0) {
+    options.cluster.command_timeout += options.wait_timeout;
   }
   absl::StatusOr<std::unique_ptr<RedisCluster>> cluster =
       RedisCluster::Connect(options.cluster);
   if (!cluster.ok()) return cluster.status();
   std::unique_ptr<RedisClusterStore> store(
       new RedisClusterStore(std::move(options), *std::move(cluster)));
-  // Loaded on every master now; a master that joins later (failover) gets
-  // them on first use (NOSCRIPT → EVAL).
+  for (const std::string& master : store->cluster_->Masters()) {
+    // Eviction would silently drop leases, results or token counters.
+    absl::StatusOr<RedisReply> policy = store->cluster_->RunOnNode(
+        master, {"CONFIG", "GET", "maxmemory-policy"});
+    if (policy.ok() && policy->kind == RedisReply::Kind::kArray &&
+        policy->elements.size() == 2 &&
+        policy->elements[1].text != "noeviction") {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "Redis node ", master, " has maxmemory-policy ",
+          policy->elements[1].text,
+          ": Idem needs noeviction (an evicted record or token counter "
+          "breaks its promises); CONFIG SET maxmemory-policy noeviction"));
+    }
+    // (A node where CONFIG is disabled, as in some managed services, is
+    // taken on trust; see README.)
+  }
+  // Loaded on the masters now; one that cannot be reached (mid-failover)
+  // or joins later gets them on first use (NOSCRIPT → EVAL).
   for (auto [script, sha] : {std::pair{kReadScript, &store->read_sha_},
                              std::pair{kApplyScript, &store->apply_sha_}}) {
-    absl::StatusOr<std::vector<std::pair<std::string, RedisReply>>> loaded =
-        store->cluster_->RunOnEveryMaster({"SCRIPT", "LOAD", script});
-    if (!loaded.ok()) return loaded.status();
-    for (const auto& [address, reply] : *loaded) {
-      if (reply.kind != RedisReply::Kind::kString) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "Redis node ", address, " refused the Idem scripts: ", reply.text));
+    for (const std::string& master : store->cluster_->Masters()) {
+      absl::StatusOr<RedisReply> loaded =
+          store->cluster_->RunOnNode(master, {"SCRIPT", "LOAD", script});
+      if (!loaded.ok()) continue;
+      if (loaded->kind != RedisReply::Kind::kString) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("Redis node ", master,
+                         " refused the Idem scripts: ", loaded->text));
       }
-      *sha = reply.text;
+      *sha = loaded->text;
+    }
+    if (sha->empty()) {
+      return absl::UnavailableError(
+          "no Redis master could load the Idem scripts");
     }
   }
   {
@@ -178,18 +213,39 @@ absl::StatusOr<RedisReply> RedisClusterStore::RunScript(
     if (!replies.ok()) return replies.status();
   }
   if (wait) {
-    const RedisReply& acks = (*replies)[1];
-    if (acks.kind != RedisReply::Kind::kInteger)
-      return Unexpected("WAIT", acks);
-    if (acks.integer < options_.wait_replicas) {
-      return absl::UnavailableError(absl::StrCat(
-          "the change reached the Redis master but only ", acks.integer, " of ",
-          options_.wait_replicas, " replicas acknowledged it within ",
-          absl::FormatDuration(options_.wait_timeout),
-          " (--redis-wait-replicas); it may be lost in a failover: retry"));
+    // Only a script that wrote (1) is confirmed here; the caller confirms
+    // the other outcomes itself if it must.
+    const RedisReply& result = (*replies)[0];
+    if (result.kind == RedisReply::Kind::kInteger && result.integer == 1) {
+      absl::Status acknowledged = CheckAcknowledged((*replies)[1]);
+      if (!acknowledged.ok()) return acknowledged;
     }
   }
   return std::move((*replies)[0]);
+}
+
+absl::Status RedisClusterStore::ConfirmReplicated(int slot) {
+  // WAIT counts replicas up to this connection's last write: make one (a
+  // no-op increment, replicated like any write), then WAIT. Its offset
+  // covers every earlier change on that master, whoever made it.
+  absl::StatusOr<std::vector<RedisReply>> replies = cluster_->RunPipeline(
+      slot, {{"INCRBY", CounterKey(slot), "0"},
+             {"WAIT", absl::StrCat(options_.wait_replicas),
+              absl::StrCat(absl::ToInt64Milliseconds(options_.wait_timeout))}});
+  if (!replies.ok()) return replies.status();
+  return CheckAcknowledged((*replies)[1]);
+}
+
+absl::Status RedisClusterStore::CheckAcknowledged(const RedisReply& acks) {
+  if (acks.kind != RedisReply::Kind::kInteger) return Unexpected("WAIT", acks);
+  if (acks.integer < options_.wait_replicas) {
+    return absl::UnavailableError(absl::StrCat(
+        "the change reached the Redis master but only ", acks.integer, " of ",
+        options_.wait_replicas, " replicas acknowledged it within ",
+        absl::FormatDuration(options_.wait_timeout),
+        " (--redis-wait-replicas); it may be lost in a failover: retry"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<RedisClusterStore::KeyRead> RedisClusterStore::Read(
@@ -234,7 +290,14 @@ absl::Status RedisClusterStore::Transition(const KeyId& id,
     if (!read.ok()) return read.status();
     Change change;
     absl::Status decided = decide(*read, &change);
-    if (!decided.ok() || !change.write) return decided;
+    if (!decided.ok()) return decided;
+    if (!change.write) {
+      // Nothing to write (a replay, a repeated Complete or Release): the
+      // answer still rests on the stored record, which must be on the
+      // replicas too before it is given with --redis-wait-replicas.
+      return options_.wait_replicas > 0 ? ConfirmReplicated(slot)
+                                        : absl::OkStatus();
+    }
 
     std::string value;
     std::string ttl_ms = "0";
@@ -258,7 +321,11 @@ absl::Status RedisClusterStore::Transition(const KeyId& id,
     if (applied->kind != RedisReply::Kind::kInteger) {
       return Unexpected("the apply script", *applied);
     }
-    if (applied->integer == 1) return absl::OkStatus();
+    if (applied->integer == 1) return absl::OkStatus();  // WAITed with it.
+    if (applied->integer == 2) {
+      return options_.wait_replicas > 0 ? ConfirmReplicated(slot)
+                                        : absl::OkStatus();
+    }
     // Another replica changed the key since the read: decide again.
   }
   return absl::AbortedError(absl::StrCat("key changed by other callers ",
@@ -493,18 +560,25 @@ absl::StatusOr<ListPage> RedisClusterStore::List(const ListQuery& query) {
   if (!record_keys.ok()) return record_keys.status();
   const size_t key_start = options_.prefix.size() + 4 +
                            query.name_space.size() + 1;  // ":r:{" NS "\0"
+  // Pages follow key order: sort the keys themselves (the record keys'
+  // closing brace would sort "k10}" before "k1}").
+  std::vector<std::pair<std::string, std::string>> keys;  // key, record key
+  for (const std::string& record_key : *record_keys) {
+    if (record_key.size() < key_start + 1 || record_key.back() != '}') {
+      continue;
+    }
+    keys.emplace_back(
+        record_key.substr(key_start, record_key.size() - key_start - 1),
+        record_key);
+  }
+  std::sort(keys.begin(), keys.end());
   const size_t page_size = std::max<size_t>(1, query.page_size);
   const size_t scan_limit = std::max<size_t>(1000, page_size * 10);
   ListPage page;
   size_t scanned = 0;
   std::string last_scanned;
-  for (const std::string& record_key : *record_keys) {
-    if (record_key.size() < key_start + 1 || record_key.back() != '}') {
-      continue;
-    }
-    std::string key =
-        record_key.substr(key_start, record_key.size() - key_start - 1);
-    if (key <= query.page_token && !query.page_token.empty()) continue;
+  for (auto& [key, record_key] : keys) {
+    if (!query.page_token.empty() && key <= query.page_token) continue;
     if (page.keys.size() == page_size || scanned == scan_limit) {
       page.next_page_token = last_scanned;
       return page;
@@ -613,6 +687,30 @@ void RedisClusterStore::WatchChanges(
   }
 }
 
+void RedisClusterStore::Announced(const redisReply& reply,
+                                  const std::string& record_prefix) {
+  // ["message", channel, record key]; PING answers and the like are not.
+  if (reply.type != REDIS_REPLY_ARRAY || reply.elements != 3 ||
+      reply.element[2]->type != REDIS_REPLY_STRING) {
+    return;
+  }
+  absl::string_view key(reply.element[2]->str, reply.element[2]->len);
+  if (!absl::StartsWith(key, record_prefix) || !absl::EndsWith(key, "}")) {
+    return;
+  }
+  key = key.substr(record_prefix.size(), key.size() - record_prefix.size() - 1);
+  const size_t separator = key.find('\0');
+  if (separator == absl::string_view::npos) return;
+  const KeyId id{std::string(key.substr(0, separator)),
+                 std::string(key.substr(separator + 1))};
+  std::function<void(const KeyId&)> on_change;
+  {
+    absl::MutexLock lock(&mu_);
+    on_change = on_change_;
+  }
+  if (on_change) on_change(id);
+}
+
 void RedisClusterStore::Subscribe() {
   const std::string record_prefix = absl::StrCat(options_.prefix, ":r:{");
   size_t next_node = 0;
@@ -633,43 +731,46 @@ void RedisClusterStore::Subscribe() {
     redisContext* context = *connected;
     void* raw =
         redisCommand(context, "SUBSCRIBE %b", channel_.data(), channel_.size());
-    bool subscribed = raw != nullptr &&
-                      static_cast<redisReply*>(raw)->type == REDIS_REPLY_ARRAY;
+    bool healthy = raw != nullptr &&
+                   static_cast<redisReply*>(raw)->type == REDIS_REPLY_ARRAY;
     if (raw != nullptr) freeReplyObject(raw);
-    while (subscribed && !stop_) {
+    absl::Time last_heard = absl::Now();
+    bool ping_sent = false;
+    while (healthy && !stop_) {
+      // First what hiredis has read already (messages may have come in with
+      // the SUBSCRIBE confirmation), then wait for the socket.
+      void* message = nullptr;
+      while (healthy) {
+        if (redisReaderGetReply(context->reader, &message) != REDIS_OK) {
+          healthy = false;  // A protocol error: reconnect.
+          break;
+        }
+        if (message == nullptr) break;
+        last_heard = absl::Now();
+        ping_sent = false;
+        Announced(*static_cast<redisReply*>(message), record_prefix);
+        freeReplyObject(message);
+        message = nullptr;
+      }
+      if (!healthy) break;
+      // A connection that went silent (a half-open TCP connection after a
+      // node vanished) is noticed by a PING without answer.
+      const absl::Duration quiet = absl::Now() - last_heard;
+      if (quiet > absl::Seconds(10) && ping_sent) break;
+      if (quiet > absl::Seconds(5) && !ping_sent) {
+        int done = 0;
+        if (redisAppendCommand(context, "PING") != REDIS_OK) break;
+        while (!done) {
+          if (redisBufferWrite(context, &done) != REDIS_OK) break;
+        }
+        if (!done) break;
+        ping_sent = true;
+      }
       pollfd ready = {context->fd, POLLIN, 0};
       const int polled = poll(&ready, 1, 200);
       if (polled < 0 && errno != EINTR) break;
       if (polled <= 0) continue;
       if (redisBufferRead(context) != REDIS_OK) break;
-      void* message = nullptr;
-      while (redisReaderGetReply(context->reader, &message) == REDIS_OK &&
-             message != nullptr) {
-        const auto* reply = static_cast<redisReply*>(message);
-        // ["message", channel, record key]
-        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
-            reply->element[2]->type == REDIS_REPLY_STRING) {
-          absl::string_view key(reply->element[2]->str, reply->element[2]->len);
-          if (absl::StartsWith(key, record_prefix) &&
-              absl::EndsWith(key, "}")) {
-            key = key.substr(record_prefix.size(),
-                             key.size() - record_prefix.size() - 1);
-            const size_t separator = key.find('\0');
-            if (separator != absl::string_view::npos) {
-              const KeyId id{std::string(key.substr(0, separator)),
-                             std::string(key.substr(separator + 1))};
-              std::function<void(const KeyId&)> on_change;
-              {
-                absl::MutexLock lock(&mu_);
-                on_change = on_change_;
-              }
-              if (on_change) on_change(id);
-            }
-          }
-        }
-        freeReplyObject(message);
-        message = nullptr;
-      }
     }
     redisFree(context);
     // Messages published while reconnecting are missed; parked calls look

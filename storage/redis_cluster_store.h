@@ -52,6 +52,8 @@
 #include "storage/redis_cluster.h"
 #include "storage/store.h"
 
+struct redisReply;
+
 namespace idem::storage {
 
 struct RedisClusterStoreOptions {
@@ -137,6 +139,10 @@ class RedisClusterStore final : public Store {
   using Decide = std::function<absl::Status(const KeyRead&, Change*)>;
 
   absl::StatusOr<KeyRead> Read(const std::string& key, int slot);
+  // With wait_replicas: OK once that many replicas of the slot's master
+  // have everything it has applied so far (WAIT).
+  absl::Status ConfirmReplicated(int slot);
+  absl::Status CheckAcknowledged(const RedisReply& acks);
   // Runs read → decide → compare-and-set until the record did not change
   // in between. `decide` returns an error to stop without writing, or fills
   // `change` (left untouched: nothing to write).
@@ -153,6 +159,8 @@ class RedisClusterStore final : public Store {
   void Work();
   void Watch();
   void Subscribe();
+  // Wakes waiters for one pub/sub message.
+  void Announced(const redisReply& reply, const std::string& record_prefix);
 
   const RedisClusterStoreOptions options_;
   const std::unique_ptr<RedisCluster> cluster_;

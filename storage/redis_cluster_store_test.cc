@@ -116,8 +116,7 @@ TEST(KeySlotTest, MatchesRedisClusterSpecification) {
   EXPECT_EQ(KeySlot("123456789"), 0x31C3);
   EXPECT_EQ(KeySlot("{user1000}.following"), KeySlot("{user1000}.followers"));
   EXPECT_EQ(KeySlot("{user1000}.following"), KeySlot("user1000"));
-  EXPECT_EQ(KeySlot("foo{}{bar}"), KeySlot(std::string("foo{}{bar}")));
-  EXPECT_NE(KeySlot("foo{}{bar}"), KeySlot("bar"));
+  EXPECT_NE(KeySlot("foo{}{bar}"), KeySlot("bar"));  // Empty tag: all hashed.
   EXPECT_EQ(KeySlot("foo{{bar}}zap"), KeySlot("{bar"));
   EXPECT_EQ(KeySlot("foo{bar}{zap}"), KeySlot("bar"));
 }
@@ -127,6 +126,12 @@ TEST(KeySlotTest, AgreesWithTheServersForRecordAndCounterKeys) {
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
                        RedisCluster::Connect(ClusterOptions(Seeds())));
   const std::string node = cluster->Masters().front();
+  for (const char* key : {"123456789", "foo{}{bar}", "foo{{bar}}zap",
+                          "foo{bar}{zap}", "{}", "}{", "{user1000}.x"}) {
+    ASSERT_OK_AND_ASSIGN(RedisReply slot,
+                         cluster->RunOnNode(node, {"CLUSTER", "KEYSLOT", key}));
+    EXPECT_EQ(slot.integer, KeySlot(key)) << key;
+  }
   std::mt19937 random(7);
   for (int i = 0; i < 200; ++i) {
     std::string key;
@@ -210,6 +215,44 @@ TEST(RedisClusterStoreTest, RedisClockRunsLeasesAndTtlsDropExpiredRecords) {
       store->Begin({id, "other", "", absl::Seconds(1), absl::Seconds(1)}));
   EXPECT_GT(after_release.token, again.token);
   ASSERT_OK(store->DeleteEverything());
+}
+
+// A master that lost the scripts (restarted, failed over to, SCRIPT FLUSH)
+// gets them again on first use.
+TEST(RedisClusterStoreTest, ScriptsFlushedFromTheMastersAreSentAgain) {
+  std::unique_ptr<RedisClusterStore> store = OpenOrDie(Options(nullptr));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
+                       RedisCluster::Connect(ClusterOptions(Seeds())));
+  ASSERT_OK(cluster->RunOnEveryMaster({"SCRIPT", "FLUSH"}).status());
+  for (int i = 0; i < 20; ++i) {  // Keys on every master.
+    const KeyId id{"flushed", absl::StrCat(i)};
+    ASSERT_OK_AND_ASSIGN(
+        BeginResult begun,
+        store->Begin({id, "fp", "", absl::Seconds(30), absl::Hours(1)}));
+    ASSERT_EQ(begun.outcome, BeginOutcome::kAcquired);
+    ASSERT_OK(store->Complete({id, begun.token, Result{200, "x", {}}, {}}));
+  }
+  ASSERT_OK(store->DeleteEverything());
+}
+
+// Eviction would drop records and token counters: refused at start.
+TEST(RedisClusterStoreTest, AnEvictingClusterIsRefused) {
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
+                       RedisCluster::Connect(ClusterOptions(Seeds())));
+  const std::string master = cluster->Masters().back();
+  ASSERT_OK(cluster
+                ->RunOnNode(master, {"CONFIG", "SET", "maxmemory-policy",
+                                     "allkeys-lru"})
+                .status());
+  absl::StatusOr<std::unique_ptr<RedisClusterStore>> opened =
+      RedisClusterStore::Open(Options(nullptr));
+  ASSERT_OK(cluster
+                ->RunOnNode(master,
+                            {"CONFIG", "SET", "maxmemory-policy", "noeviction"})
+                .status());
+  ASSERT_EQ(opened.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(opened.status().message().find("noeviction"), std::string::npos)
+      << opened.status();
 }
 
 // Two stores (two replicas) on the same cluster race for the same keys:

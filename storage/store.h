@@ -63,6 +63,10 @@ struct BeginResult {
   uint64_t token = 0;
   // kAcquired: the caller's lease; kInProgress: the holder's lease.
   absl::Time lease_expires_at = absl::InfinitePast();
+  // kInProgress: how long the holder's lease has left by the store's clock,
+  // which may not be this process's (Redis Cluster): wait this long, not
+  // until lease_expires_at by the local clock.
+  absl::Duration lease_left = absl::ZeroDuration();
   // kCompleted only.
   Result result;
   absl::Time completed_at = absl::InfinitePast();

@@ -47,6 +47,8 @@ TEST_P(StoreConformanceTest, SecondCallerSeesInProgressWithoutToken) {
   EXPECT_EQ(second.outcome, BeginOutcome::kInProgress);
   EXPECT_EQ(second.token, 0u);
   EXPECT_EQ(second.lease_expires_at, first.lease_expires_at);
+  // What a waiter waits for, measured on the store's clock.
+  EXPECT_EQ(second.lease_left, kLease - absl::Seconds(1));
 }
 
 TEST_P(StoreConformanceTest, CompletedResultIsReplayed) {
@@ -335,6 +337,22 @@ TEST_P(StoreConformanceTest, ListPagesThroughANamespaceWithFilters) {
   ASSERT_OK_AND_ASSIGN(auto one, store().CountKeys("payments-eu"));
   EXPECT_EQ(one.size(), 1u);
   EXPECT_GT(store().Stats().estimated_keys, 0u);
+}
+
+TEST_P(StoreConformanceTest, ListPagesFollowKeyOrderWhenKeysPrefixOthers) {
+  for (const char* key : {"k2", "k10", "k1"}) {
+    ASSERT_OK(store().Begin(BeginOf(key)).status());
+  }
+  std::vector<std::string> seen;
+  ListQuery query;
+  query.name_space = "payments";
+  query.page_size = 1;
+  do {
+    ASSERT_OK_AND_ASSIGN(ListPage page, store().List(query));
+    for (const KeyListing& listed : page.keys) seen.push_back(listed.key);
+    query.page_token = page.next_page_token;
+  } while (!query.page_token.empty() && seen.size() < 10);
+  EXPECT_EQ(seen, (std::vector<std::string>{"k1", "k10", "k2"}));
 }
 
 TEST_P(StoreConformanceTest, PeekBeginAnswersOnlyWhatNeedsNoWrite) {

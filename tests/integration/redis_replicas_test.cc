@@ -167,15 +167,24 @@ TEST_F(RedisReplicasTest, TwoReplicasShareKeysAndWakeEachOthersWaiters) {
   EXPECT_EQ(replay.result().body(), "ch_1");
   EXPECT_EQ(Lookup(*stub_b, "o-1").state(), LookupResponse::STATE_COMPLETED);
 
-  // A lease taken on B is fenced on A: A's stale token cannot complete.
-  BeginResponse other;
-  ASSERT_TRUE(stub_b->Begin(Context().get(), Begin("o-2"), &other).ok());
-  ASSERT_EQ(other.outcome(), BeginResponse::OUTCOME_ACQUIRED);
+  // A lease taken on A that lapses is taken over on B, with a higher token;
+  // A's holder is then fenced out on A as well.
+  BeginRequest short_lease = Begin("o-2");
+  short_lease.mutable_lease()->set_seconds(1);
+  BeginResponse first;
+  ASSERT_TRUE(stub_a->Begin(Context().get(), short_lease, &first).ok());
+  ASSERT_EQ(first.outcome(), BeginResponse::OUTCOME_ACQUIRED);
+  absl::SleepFor(absl::Milliseconds(1200));
+  BeginResponse second;
+  ASSERT_TRUE(stub_b->Begin(Context().get(), Begin("o-2"), &second).ok());
+  ASSERT_EQ(second.outcome(), BeginResponse::OUTCOME_ACQUIRED);
+  EXPECT_GT(second.lease().token(), first.lease().token());
   CompleteResponse refused;
   grpc::Status stale = stub_a->Complete(
-      Context().get(), Complete("o-2", other.lease().token() + 1, "x"),
+      Context().get(), Complete("o-2", first.lease().token(), "late"),
       &refused);
-  EXPECT_EQ(stale.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(stale.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+      << stale.error_message();
 }
 
 TEST_F(RedisReplicasTest, UnreachableClusterStopsTheStartWithAClearError) {
@@ -349,6 +358,54 @@ TEST_F(RedisReplicasTest, MasterFailoverUnderLoadLosesNoResultAckedByWait) {
   EXPECT_GT(before, 0);
   EXPECT_GT(after, 0);
   ExpectAllReadable(*stub_a, load.acknowledged());
+}
+
+// With --redis-wait-replicas=1 a Complete is confirmed only once a replica
+// has it: while every replica is stopped, Complete and its retries fail
+// (the result is on the masters only), and so do replays of it; once the
+// replicas are back, the retry is confirmed.
+TEST_F(RedisReplicasTest, CompleteIsNotConfirmedUntilAReplicaHasIt) {
+  testing::ServerProcess& server =
+      StartReplica({"--redis-wait-replicas=1", "--redis-wait-timeout=300ms",
+                    "--redis-timeout=2s"});
+  auto stub = server.NewStub();
+  BeginResponse begun;
+  ASSERT_TRUE(stub->Begin(Context().get(), Begin("w-1"), &begun).ok());
+  ASSERT_EQ(begun.outcome(), BeginResponse::OUTCOME_ACQUIRED);
+
+  absl::StatusOr<std::vector<testing::LocalRedisCluster::NodeInfo>> nodes =
+      cluster_->Nodes(cluster_->Addresses().front());
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  std::vector<std::string> replicas;
+  for (const auto& node : *nodes) {
+    if (!node.master) replicas.push_back(node.address);
+  }
+  ASSERT_EQ(replicas.size(), 3u);
+  for (const std::string& replica : replicas) {
+    cluster_->Signal(replica, SIGSTOP);
+  }
+  const CompleteRequest complete =
+      Complete("w-1", begun.lease().token(), "paid");
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    CompleteResponse done;
+    grpc::Status status = stub->Complete(Context().get(), complete, &done);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << "attempt " << attempt << ": " << status.error_message();
+  }
+  BeginResponse replay;
+  EXPECT_EQ(stub->Begin(Context().get(), Begin("w-1"), &replay).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  for (const std::string& replica : replicas) {
+    cluster_->Signal(replica, SIGCONT);
+  }
+  grpc::Status confirmed = grpc::Status::CANCELLED;
+  for (int attempt = 0; attempt < 50 && !confirmed.ok(); ++attempt) {
+    CompleteResponse done;
+    confirmed = stub->Complete(Context().get(), complete, &done);
+    if (!confirmed.ok()) absl::SleepFor(absl::Milliseconds(200));
+  }
+  ASSERT_TRUE(confirmed.ok()) << confirmed.error_message();
+  EXPECT_EQ(Lookup(*stub, "w-1").result().body(), "paid");
 }
 
 TEST_F(RedisReplicasTest, ReshardingUnderLoadIsSurvived) {

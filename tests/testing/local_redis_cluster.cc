@@ -240,6 +240,12 @@ absl::Status LocalRedisCluster::WaitReplicaInSync(
       absl::StrCat(address, " is not an in-sync replica: ", last));
 }
 
+void LocalRedisCluster::Signal(const std::string& address, int signal_number) {
+  for (Process& node : nodes_) {
+    if (node.address == address && node.pid > 0) kill(node.pid, signal_number);
+  }
+}
+
 void LocalRedisCluster::Kill(const std::string& address) {
   for (Process& node : nodes_) {
     if (node.address == address && node.pid > 0) {

@@ -48,6 +48,8 @@ class LocalRedisCluster {
                                   const std::vector<std::string>& args) const;
   // SIGKILLs the node.
   void Kill(const std::string& address);
+  // Sends a signal (SIGSTOP, SIGCONT) to a running node.
+  void Signal(const std::string& address, int signal_number);
   // Starts a killed node again, with its cluster configuration: a failed
   // over master comes back as a replica of its successor.
   absl::Status Restart(const std::string& address);
