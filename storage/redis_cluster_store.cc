@@ -45,8 +45,12 @@ else
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 end
 if ARGV[4] ~= '0' then
-  local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if tonumber(ARGV[4]) > counter then redis.call('SET', KEYS[2], ARGV[4]) end
+  -- Decimal strings compared by length, then text: exact past 2^53, where
+  -- Lua's numbers (doubles) are not.
+  local counter = redis.call('GET', KEYS[2]) or '0'
+  if #ARGV[4] > #counter or (#ARGV[4] == #counter and ARGV[4] > counter) then
+    redis.call('SET', KEYS[2], ARGV[4])
+  end
 end
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], KEYS[1]) end
 return 1
@@ -366,15 +370,24 @@ absl::StatusOr<Reply> RedisClusterStore::Decided(const KeyId& id,
 }
 
 void RedisClusterStore::Submit(std::function<void()> task,
-                               std::function<void()> refuse) {
+                               std::function<void(absl::Status)> refuse) {
+  absl::Status refused;
   {
     absl::MutexLock lock(&mu_);
-    if (!stopping_ && queue_.size() < options_.max_pending) {
+    if (stopping_) {
+      refused = absl::UnavailableError("the Redis store is stopping");
+    } else if (queue_.size() >= options_.max_pending) {
+      // As the RocksDB store does when its writer is behind: overload.
+      refused = absl::ResourceExhaustedError(absl::StrCat(
+          "the server is overloaded: ", options_.max_pending,
+          " changes are already waiting for Redis (--max-pending-writes); "
+          "retry with backoff"));
+    } else {
       queue_.push_back(std::move(task));
       return;
     }
   }
-  refuse();
+  refuse(std::move(refused));
 }
 
 void RedisClusterStore::Work() {
@@ -398,12 +411,8 @@ void RedisClusterStore::Work() {
 namespace {
 
 template <typename T>
-std::function<void()> Refuser(const std::function<void(T)>& done) {
-  return [done] {
-    done(absl::UnavailableError(
-        "the Redis store has too many changes waiting (or is stopping); "
-        "retry with backoff"));
-  };
+std::function<void(absl::Status)> Refuser(const std::function<void(T)>& done) {
+  return [done](absl::Status refused) { done(std::move(refused)); };
 }
 
 }  // namespace

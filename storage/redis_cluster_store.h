@@ -155,7 +155,8 @@ class RedisClusterStore final : public Store {
                                        const RedisCommand& keys_and_args,
                                        bool wait);
   absl::StatusOr<std::vector<std::string>> ScanKeys(const std::string& match);
-  void Submit(std::function<void()> task, std::function<void()> refuse);
+  void Submit(std::function<void()> task,
+              std::function<void(absl::Status)> refuse);
   void Work();
   void Watch();
   void Subscribe();

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "storage/redis_cluster.h"
@@ -235,6 +236,44 @@ TEST(RedisClusterStoreTest, ScriptsFlushedFromTheMastersAreSentAgain) {
   ASSERT_OK(store->DeleteEverything());
 }
 
+// More changes waiting than --max-pending-writes: refused as overload, as
+// the RocksDB store does, while the ones queued still complete.
+TEST(RedisClusterStoreTest, AFullQueueIsRefusedAsOverload) {
+  RedisClusterStoreOptions options = Options(nullptr);
+  options.threads = 1;
+  options.max_pending = 1;
+  std::unique_ptr<RedisClusterStore> store = OpenOrDie(options);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
+                       RedisCluster::Connect(ClusterOptions(Seeds())));
+  // Scripts wait while the masters are paused: the one thread is busy.
+  ASSERT_OK(
+      cluster->RunOnEveryMaster({"CLIENT", "PAUSE", "1500", "WRITE"}).status());
+  absl::Notification first_done;
+  absl::Notification second_done;
+  absl::Status first;
+  absl::Status second;
+  absl::Status third;
+  auto begin = [&](const std::string& key, absl::Status* status,
+                   absl::Notification* done) {
+    store->BeginAsync(
+        {{"overload", key}, "fp", "", absl::Seconds(30), absl::Hours(1)},
+        [status, done](absl::StatusOr<BeginResult> begun) {
+          *status = begun.status();
+          if (done != nullptr) done->Notify();
+        });
+  };
+  begin("1", &first, &first_done);
+  absl::SleepFor(absl::Milliseconds(300));  // Taken by the thread.
+  begin("2", &second, &second_done);        // Queued.
+  begin("3", &third, nullptr);              // Refused at once.
+  EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted) << third;
+  first_done.WaitForNotification();
+  second_done.WaitForNotification();
+  EXPECT_OK(first);
+  EXPECT_OK(second);
+  ASSERT_OK(store->DeleteEverything());
+}
+
 // Eviction would drop records and token counters: refused at start.
 TEST(RedisClusterStoreTest, AnEvictingClusterIsRefused) {
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
@@ -321,6 +360,18 @@ TEST(RedisClusterStoreTest, ReshardingUnderLoadLosesNothing) {
   std::vector<std::string> masters = cluster->Masters();
   ASSERT_GE(masters.size(), 2u);
 
+  // Keys whose tokens must keep growing although their slots (and the
+  // slots' token counters) move to another master.
+  std::map<std::string, uint64_t> released;
+  for (int i = 0; i < 200; ++i) {  // About 18 in the slots that move.
+    const KeyId id{"reshard-tokens", absl::StrCat(i)};
+    ASSERT_OK_AND_ASSIGN(
+        BeginResult begun,
+        store->Begin({id, "fp", "", absl::Seconds(30), absl::Hours(1)}));
+    ASSERT_OK(store->Release({id, begun.token}));
+    released[id.key] = begun.token;
+  }
+
   std::atomic<bool> stop{false};
   absl::Mutex mu;
   std::map<std::string, std::string> completed;  // key -> body
@@ -357,6 +408,17 @@ TEST(RedisClusterStoreTest, ReshardingUnderLoadLosesNothing) {
   stop = true;
   for (std::thread& thread : load) thread.join();
   EXPECT_EQ(failures.load(), 0);
+
+  for (const auto& [key, token] : released) {
+    ASSERT_OK_AND_ASSIGN(BeginResult again,
+                         store->Begin({{"reshard-tokens", key},
+                                       "fp",
+                                       "",
+                                       absl::Seconds(30),
+                                       absl::Hours(1)}));
+    ASSERT_EQ(again.outcome, BeginOutcome::kAcquired);
+    EXPECT_GT(again.token, token) << key;
+  }
 
   absl::MutexLock lock(&mu);
   EXPECT_GT(completed.size(), 100u);
