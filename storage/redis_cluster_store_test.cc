@@ -5,6 +5,7 @@
 #include "storage/redis_cluster_store.h"
 
 #include <atomic>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <random>
@@ -271,6 +272,59 @@ TEST(RedisClusterStoreTest, AFullQueueIsRefusedAsOverload) {
   second_done.WaitForNotification();
   EXPECT_OK(first);
   EXPECT_OK(second);
+  ASSERT_OK(store->DeleteEverything());
+}
+
+// Connections are killed under the store again and again (CLIENT KILL),
+// so that some writes are applied but their replies lost. Retried, every
+// operation still gives the answer of the write it made: Begin acquires,
+// Delete reports the key existed, ForceRelease reports its token.
+TEST(RedisClusterStoreTest, LostRepliesAreRetriedWithTheirOwnAnswers) {
+  RedisClusterStoreOptions options = Options(nullptr);
+  options.threads = 4;
+  std::unique_ptr<RedisClusterStore> store = OpenOrDie(options);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> killer,
+                       RedisCluster::Connect(ClusterOptions(Seeds())));
+  std::atomic<bool> stop{false};
+  std::atomic<int> kills{0};
+  std::thread kill_loop([&] {
+    while (!stop) {
+      absl::StatusOr<std::vector<std::pair<std::string, RedisReply>>> killed =
+          killer->RunOnEveryMaster(
+              {"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"});
+      if (killed.ok()) {
+        for (const auto& [address, reply] : *killed) kills += reply.integer;
+      }
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+  });
+  constexpr int kKeys = 150;
+  for (int i = 0; i < kKeys; ++i) {
+    const KeyId id{"lost", absl::StrCat(i)};
+    absl::StatusOr<BeginResult> begun =
+        store->Begin({id, "fp", "", absl::Seconds(30), absl::Hours(1)});
+    ASSERT_OK(begun.status());
+    ASSERT_EQ(begun->outcome, BeginOutcome::kAcquired) << i;
+    if (i % 2 == 0) {
+      absl::StatusOr<uint64_t> fenced = store->ForceRelease(id);
+      ASSERT_OK(fenced.status()) << i;
+      EXPECT_GT(*fenced, begun->token);
+      // Released now (Delete would report it absent): acquire it again.
+      absl::StatusOr<BeginResult> again =
+          store->Begin({id, "fp", "", absl::Seconds(30), absl::Hours(1)});
+      ASSERT_OK(again.status());
+      ASSERT_EQ(again->outcome, BeginOutcome::kAcquired) << i;
+      EXPECT_GT(again->token, *fenced);
+    }
+    absl::StatusOr<bool> deleted = store->Delete(id);
+    ASSERT_OK(deleted.status()) << i;
+    EXPECT_TRUE(*deleted) << i;
+  }
+  stop = true;
+  kill_loop.join();
+  std::cout << kills.load() << " connections killed under " << kKeys * 2.5
+            << " operations\n";
+  EXPECT_GT(kills.load(), 0);
   ASSERT_OK(store->DeleteEverything());
 }
 
