@@ -366,8 +366,13 @@ absl::StatusOr<RedisReply> RedisCluster::Run(int slot,
 
 absl::StatusOr<RedisReply> RedisCluster::RunOnNode(
     const std::string& address, const RedisCommand& command) {
+  // A pooled connection may have been closed by the node since its last
+  // use (a restart, a timeout, CLIENT KILL): one more try, on a new one.
+  // The commands sent this way (PING, SCAN, SCRIPT LOAD, CLUSTER SLOTS...)
+  // are safe to repeat.
   absl::StatusOr<std::vector<RedisReply>> replies =
       Attempt(address, {command}, /*asking=*/false);
+  if (!replies.ok()) replies = Attempt(address, {command}, /*asking=*/false);
   if (!replies.ok()) return replies.status();
   return std::move((*replies)[0]);
 }

@@ -96,7 +96,9 @@ class RedisCluster {
   // e.g. SCAN or SCRIPT LOAD. One reply per master, with its address.
   absl::StatusOr<std::vector<std::pair<std::string, RedisReply>>>
   RunOnEveryMaster(const RedisCommand& command);
-  // Runs `command` on the node at `address` (a master from the map).
+  // Runs `command` on the node at `address` (a master from the map), once
+  // more on a new connection if the first fails: only for commands that
+  // are safe to repeat.
   absl::StatusOr<RedisReply> RunOnNode(const std::string& address,
                                        const RedisCommand& command);
 
