@@ -64,67 +64,54 @@ def scrape_metric_names(binary):
     return set(re.findall(r"^# TYPE (\S+) ", text, re.M))
 
 
-def check_kubernetes(path, variables):
+def check_workload(path, variables, workload_kind):
+    """Checks what every Idem manifest needs: the objects, a non-root pod,
+    gRPC probes, resource requests, known variables, a matching Service.
+    Returns (workload spec, container, env) for the mode's own checks."""
     docs = [d for d in yaml.safe_load_all(open(path)) if d]
     kinds = {d["kind"]: d for d in docs}
-    for kind in ("Service", "StatefulSet", "PodDisruptionBudget"):
+    for kind in ("Service", workload_kind, "PodDisruptionBudget"):
         check(kind in kinds, "%s: no %s" % (path, kind))
-    sts = kinds.get("StatefulSet", {})
-    spec = sts.get("spec", {})
+    spec = kinds.get(workload_kind, {}).get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
+    check(pod.get("securityContext", {}).get("runAsNonRoot"),
+          "%s: pod must run as non-root" % path)
+    container = pod.get("containers", [{}])[0]
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc = container.get(probe, {}).get("grpc", {})
+        check(grpc.get("port") == ports.get("grpc"),
+              "%s: %s must be a gRPC probe on the grpc port" % (path, probe))
+    check(container.get("resources", {}).get("requests"),
+          "%s: no resource requests" % path)
+    env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    for name in env:
+        check(name in variables,
+              "%s sets unknown variable %s" % (path, name))
+    selector = kinds.get("Service", {}).get("spec", {}).get("selector", {})
+    labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
+    check(all(labels.get(k) == v for k, v in selector.items()),
+          "%s: Service selector does not match the pods" % path)
+    return spec, container, env
+
+
+def check_kubernetes(path, variables):
+    spec, container, env = check_workload(path, variables, "StatefulSet")
     check(spec.get("replicas") == 1,
           "StatefulSet must have exactly 1 replica (RocksDB is single-writer)")
     check(spec.get("volumeClaimTemplates"), "StatefulSet has no volume claim")
-    pod = spec.get("template", {}).get("spec", {})
-    check(pod.get("securityContext", {}).get("runAsNonRoot"),
-          "pod must run as non-root")
-    container = pod.get("containers", [{}])[0]
-    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        grpc = container.get(probe, {}).get("grpc", {})
-        check(grpc.get("port") == ports.get("grpc"),
-              "%s must be a gRPC probe on the grpc port" % probe)
-    check(container.get("resources", {}).get("requests"), "no resource requests")
-    for env in container.get("env", []):
-        check(env["name"] in variables,
-              "Kubernetes sets unknown variable %s" % env["name"])
     mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
-    data_dir = {e["name"]: e.get("value") for e in container.get("env", [])}
-    check(any(data_dir.get("IDEM_DATA_DIR", "").startswith(m) for m in mounts),
+    check(any(env.get("IDEM_DATA_DIR", "").startswith(m) for m in mounts),
           "IDEM_DATA_DIR is not on the mounted volume")
-    selector = kinds.get("Service", {}).get("spec", {}).get("selector", {})
-    labels = pod and spec["template"]["metadata"]["labels"]
-    check(all(labels.get(k) == v for k, v in selector.items()),
-          "Service selector does not match the pods")
 
 
 def check_kubernetes_replicas(path, variables):
-    docs = [d for d in yaml.safe_load_all(open(path)) if d]
-    kinds = {d["kind"]: d for d in docs}
-    for kind in ("Service", "Deployment", "PodDisruptionBudget"):
-        check(kind in kinds, "%s: no %s" % (path, kind))
-    spec = kinds.get("Deployment", {}).get("spec", {})
+    spec, container, env = check_workload(path, variables, "Deployment")
     check(spec.get("replicas", 0) >= 2, "%s: replicas should be >= 2" % path)
-    pod = spec.get("template", {}).get("spec", {})
-    check(pod.get("securityContext", {}).get("runAsNonRoot"),
-          "pod must run as non-root")
-    container = pod.get("containers", [{}])[0]
-    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        grpc = container.get(probe, {}).get("grpc", {})
-        check(grpc.get("port") == ports.get("grpc"),
-              "%s must be a gRPC probe on the grpc port" % probe)
-    check(container.get("resources", {}).get("requests"), "no resource requests")
-    env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
-    for name in env:
-        check(name in variables, "Kubernetes sets unknown variable %s" % name)
     check(env.get("IDEM_STORE", "").startswith("redis-cluster://"),
           "%s: IDEM_STORE is not a redis-cluster:// list" % path)
     check(not container.get("volumeMounts"),
           "%s: stateless replicas need no volume" % path)
-    selector = kinds.get("Service", {}).get("spec", {}).get("selector", {})
-    labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
-    check(all(labels.get(k) == v for k, v in selector.items()),
-          "Service selector does not match the pods")
 
 
 def check_dockerfile(path, variables):
