@@ -252,6 +252,14 @@ absl::StatusOr<std::vector<RedisReply>> RedisCluster::Attempt(
         absl::StrCat("Redis node ", address, ": ",
                      context->err != 0 ? context->errstr : "no reply"));
     redisFree(context);
+    // The node's other idle connections are likely dead too (a restart,
+    // CLIENT KILL): drop them, so that the next attempt connects afresh.
+    std::vector<redisContext*> stale;
+    {
+      absl::MutexLock lock(&node.mu);
+      stale.swap(node.idle);
+    }
+    for (redisContext* idle : stale) redisFree(idle);
     return error;
   }
   {

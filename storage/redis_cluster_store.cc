@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <random>
+#include <type_traits>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -28,17 +29,22 @@ return {t[1], t[2], redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
 // none), the channel to announce the change on ('' : none). Returns 1 when
 // it wrote; 0, changing nothing, when the record is no longer the one read;
 // 2 when the record already is the one to write (a retry of this very
-// write, whose reply was lost).
+// write whose reply was lost, or an identical write by another caller),
+// after a no-op write so that a WAIT behind it covers that record.
 constexpr char kApplyScript[] = R"lua(
 local current = redis.call('GET', KEYS[1])
 if current == false then current = '' end
 if current ~= ARGV[1] then
   if (ARGV[3] == '0' and current == '') or
      (ARGV[3] ~= '0' and current == ARGV[2]) then
+    redis.call('INCRBY', KEYS[2], 0)
     return 2
   end
   return 0
 end
+-- Announced first: if the channel is refused (an ACL), nothing is written.
+-- Subscribers read the key only after this script has finished.
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], KEYS[1]) end
 if ARGV[3] == '0' then
   redis.call('DEL', KEYS[1])
 else
@@ -52,7 +58,18 @@ if ARGV[4] ~= '0' then
     redis.call('SET', KEYS[2], ARGV[4])
   end
 end
-if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], KEYS[1]) end
+return 1
+)lua";
+
+// KEYS: record, counter. ARGV: the record as read ('' if absent). An answer
+// given without a write rests on the record: makes a no-op write (so that a
+// WAIT behind it covers the record) only if the record is still the one
+// read on this master; returns 1 then, else 0.
+constexpr char kConfirmScript[] = R"lua(
+local current = redis.call('GET', KEYS[1])
+if current == false then current = '' end
+if current ~= ARGV[1] then return 0 end
+redis.call('INCRBY', KEYS[2], 0)
 return 1
 )lua";
 
@@ -109,10 +126,13 @@ absl::StatusOr<std::unique_ptr<RedisClusterStore>> RedisClusterStore::Open(
     RedisClusterStoreOptions options) {
   if (options.threads < 1 || options.wait_replicas < 0 ||
       options.prefix.empty() ||
-      options.prefix.find_first_of("{}*?[]\\") != std::string::npos) {
+      options.prefix.find_first_of("{}*?[]\\") != std::string::npos ||
+      (options.wait_replicas > 0 &&
+       options.wait_timeout < absl::Milliseconds(1))) {
     return absl::InvalidArgumentError(
-        "Redis store: threads must be >= 1, wait_replicas >= 0 and the "
-        "prefix not empty, without braces or glob characters");
+        "Redis store: threads must be >= 1, wait_replicas >= 0, "
+        "wait_timeout >= 1ms (WAIT 0 waits forever) and the prefix not "
+        "empty, without braces or glob characters");
   }
   // A WAIT may take wait_timeout before its reply: the connection must not
   // give up on it first.
@@ -143,7 +163,8 @@ absl::StatusOr<std::unique_ptr<RedisClusterStore>> RedisClusterStore::Open(
   // Loaded on the masters now; one that cannot be reached (mid-failover)
   // or joins later gets them on first use (NOSCRIPT → EVAL).
   for (auto [script, sha] : {std::pair{kReadScript, &store->read_sha_},
-                             std::pair{kApplyScript, &store->apply_sha_}}) {
+                             std::pair{kApplyScript, &store->apply_sha_},
+                             std::pair{kConfirmScript, &store->confirm_sha_}}) {
     for (const std::string& master : store->cluster_->Masters()) {
       absl::StatusOr<RedisReply> loaded =
           store->cluster_->RunOnNode(master, {"SCRIPT", "LOAD", script});
@@ -220,7 +241,8 @@ absl::StatusOr<RedisReply> RedisClusterStore::RunScript(
     // Only a script that wrote (1) is confirmed here; the caller confirms
     // the other outcomes itself if it must.
     const RedisReply& result = (*replies)[0];
-    if (result.kind == RedisReply::Kind::kInteger && result.integer == 1) {
+    if (result.kind == RedisReply::Kind::kInteger &&
+        (result.integer == 1 || result.integer == 2)) {
       absl::Status acknowledged = CheckAcknowledged((*replies)[1]);
       if (!acknowledged.ok()) return acknowledged;
     }
@@ -228,16 +250,19 @@ absl::StatusOr<RedisReply> RedisClusterStore::RunScript(
   return std::move((*replies)[0]);
 }
 
-absl::Status RedisClusterStore::ConfirmReplicated(int slot) {
-  // WAIT counts replicas up to this connection's last write: make one (a
-  // no-op increment, replicated like any write), then WAIT. Its offset
-  // covers every earlier change on that master, whoever made it.
-  absl::StatusOr<std::vector<RedisReply>> replies = cluster_->RunPipeline(
-      slot, {{"INCRBY", CounterKey(slot), "0"},
-             {"WAIT", absl::StrCat(options_.wait_replicas),
-              absl::StrCat(absl::ToInt64Milliseconds(options_.wait_timeout))}});
-  if (!replies.ok()) return replies.status();
-  return CheckAcknowledged((*replies)[1]);
+absl::StatusOr<bool> RedisClusterStore::ConfirmReplicated(
+    const std::string& key, int slot, const std::string& raw) {
+  // WAIT counts replicas up to this connection's last write: the script
+  // makes one (a replicated no-op) if the record is still the one read,
+  // and the WAIT behind it covers every earlier change on that master.
+  absl::StatusOr<RedisReply> confirmed =
+      RunScript(slot, kConfirmScript, confirm_sha_,
+                {"2", key, CounterKey(slot), raw}, /*wait=*/true);
+  if (!confirmed.ok()) return confirmed.status();
+  if (confirmed->kind != RedisReply::Kind::kInteger) {
+    return Unexpected("the confirm script", *confirmed);
+  }
+  return confirmed->integer == 1;
 }
 
 absl::Status RedisClusterStore::CheckAcknowledged(const RedisReply& acks) {
@@ -299,8 +324,13 @@ absl::Status RedisClusterStore::Transition(const KeyId& id,
       // Nothing to write (a replay, a repeated Complete or Release): the
       // answer still rests on the stored record, which must be on the
       // replicas too before it is given with --redis-wait-replicas.
-      return options_.wait_replicas > 0 ? ConfirmReplicated(slot)
-                                        : absl::OkStatus();
+      if (options_.wait_replicas == 0 || !change.confirm) {
+        return absl::OkStatus();
+      }
+      absl::StatusOr<bool> confirmed = ConfirmReplicated(key, slot, read->raw);
+      if (!confirmed.ok()) return confirmed.status();
+      if (*confirmed) return absl::OkStatus();
+      continue;  // The record changed meanwhile: decide again.
     }
 
     std::string value;
@@ -325,10 +355,9 @@ absl::Status RedisClusterStore::Transition(const KeyId& id,
     if (applied->kind != RedisReply::Kind::kInteger) {
       return Unexpected("the apply script", *applied);
     }
-    if (applied->integer == 1) return absl::OkStatus();  // WAITed with it.
-    if (applied->integer == 2) {
-      return options_.wait_replicas > 0 ? ConfirmReplicated(slot)
-                                        : absl::OkStatus();
+    // Written (1), or found written (2): WAITed with it.
+    if (applied->integer == 1 || applied->integer == 2) {
+      return absl::OkStatus();
     }
     // Another replica changed the key since the read: decide again.
   }
@@ -358,6 +387,10 @@ absl::StatusOr<Reply> RedisClusterStore::Decided(const KeyId& id,
                       read.now, next_token);
         if (!decision.reply.ok()) return decision.reply.status();
         reply = *std::move(decision.reply);
+        if constexpr (std::is_same_v<Reply, BeginResult>) {
+          // Refusals (in progress, mismatch) promise nothing to confirm.
+          change->confirm = reply->outcome == BeginOutcome::kCompleted;
+        }
         if (decision.write.has_value()) {
           change->write = true;
           change->record = *std::move(decision.write);
@@ -743,6 +776,12 @@ void RedisClusterStore::Subscribe() {
     bool healthy = raw != nullptr &&
                    static_cast<redisReply*>(raw)->type == REDIS_REPLY_ARRAY;
     if (raw != nullptr) freeReplyObject(raw);
+    if (!healthy) {
+      // Refused (an ACL without the channel) or cut: not in a tight loop.
+      redisFree(context);
+      absl::SleepFor(absl::Seconds(1));
+      continue;
+    }
     absl::Time last_heard = absl::Now();
     bool ping_sent = false;
     while (healthy && !stop_) {

@@ -64,7 +64,8 @@ struct RedisClusterStoreOptions {
   absl::Duration wait_timeout = absl::Seconds(1);
   // Threads that run changes (each blocks on a round trip to Redis).
   int threads = 16;
-  // Changes waiting for a thread beyond this are refused (UNAVAILABLE).
+  // Changes waiting for a thread beyond this are refused
+  // (RESOURCE_EXHAUSTED).
   size_t max_pending = 100'000;
   // Every Redis key and the channel start with this, so that several
   // deployments (or tests) can share a cluster.
@@ -132,6 +133,9 @@ class RedisClusterStore final : public Store {
   // What a transition writes.
   struct Change {
     bool write = false;
+    // Without a write: whether the answer needs the record confirmed on
+    // the replicas (with wait_replicas) before it is given.
+    bool confirm = true;
     // What to write; nullopt: delete the record.
     std::optional<Record> record;
     uint64_t issued_token = 0;
@@ -139,9 +143,11 @@ class RedisClusterStore final : public Store {
   using Decide = std::function<absl::Status(const KeyRead&, Change*)>;
 
   absl::StatusOr<KeyRead> Read(const std::string& key, int slot);
-  // With wait_replicas: OK once that many replicas of the slot's master
-  // have everything it has applied so far (WAIT).
-  absl::Status ConfirmReplicated(int slot);
+  // With wait_replicas: true once that many replicas of the slot's master
+  // have everything it applied so far (WAIT), the record read (`raw`)
+  // included; false if the record changed since (read again).
+  absl::StatusOr<bool> ConfirmReplicated(const std::string& key, int slot,
+                                         const std::string& raw);
   absl::Status CheckAcknowledged(const RedisReply& acks);
   // Runs read → decide → compare-and-set until the record did not change
   // in between. `decide` returns an error to stop without writing, or fills
@@ -168,6 +174,7 @@ class RedisClusterStore final : public Store {
   std::vector<std::string> counter_tags_;  // One per slot.
   std::string read_sha_;
   std::string apply_sha_;
+  std::string confirm_sha_;
   std::string channel_;
 
   absl::Mutex mu_;

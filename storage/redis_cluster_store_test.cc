@@ -328,6 +328,43 @@ TEST(RedisClusterStoreTest, LostRepliesAreRetriedWithTheirOwnAnswers) {
   ASSERT_OK(store->DeleteEverything());
 }
 
+// With wait_replicas, an answer given without a write (a retried Complete,
+// a replay) is confirmed by a no-op write and WAIT; a master that refuses
+// writes (out of memory under noeviction) cannot confirm, and the answer
+// is UNAVAILABLE rather than an unconfirmed OK.
+TEST(RedisClusterStoreTest, UnconfirmableAnswersAreUnavailable) {
+  RedisClusterStoreOptions options = Options(nullptr);
+  options.wait_replicas = 1;
+  options.wait_timeout = absl::Milliseconds(500);
+  options.cluster.retry_deadline = absl::Seconds(2);
+  std::unique_ptr<RedisClusterStore> store = OpenOrDie(options);
+  const KeyId id{"confirm", "k"};
+  ASSERT_OK_AND_ASSIGN(
+      BeginResult begun,
+      store->Begin({id, "fp", "", absl::Seconds(30), absl::Hours(1)}));
+  const CompleteCommand complete{id, begun.token, Result{200, "paid", {}}, {}};
+  ASSERT_OK(store->Complete(complete));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
+                       RedisCluster::Connect(ClusterOptions(Seeds())));
+  ASSERT_OK(
+      cluster->RunOnEveryMaster({"CONFIG", "SET", "maxmemory", "1"}).status());
+  absl::StatusOr<CompleteResult> again = store->Complete(complete);
+  absl::StatusOr<BeginResult> replay =
+      store->Begin({id, "fp", "", absl::Seconds(30), absl::Hours(1)});
+  ASSERT_OK(
+      cluster->RunOnEveryMaster({"CONFIG", "SET", "maxmemory", "0"}).status());
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kUnavailable)
+      << again.status();
+  EXPECT_EQ(replay.status().code(), absl::StatusCode::kUnavailable)
+      << replay.status();
+  ASSERT_OK(store->Complete(complete));
+  ASSERT_OK_AND_ASSIGN(
+      BeginResult replayed,
+      store->Begin({id, "fp", "", absl::Seconds(30), absl::Hours(1)}));
+  EXPECT_EQ(replayed.outcome, BeginOutcome::kCompleted);
+  ASSERT_OK(store->DeleteEverything());
+}
+
 // Eviction would drop records and token counters: refused at start.
 TEST(RedisClusterStoreTest, AnEvictingClusterIsRefused) {
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
