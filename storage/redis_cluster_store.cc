@@ -441,14 +441,20 @@ void RedisClusterStore::Work() {
   }
 }
 
-namespace {
-
-template <typename T>
-std::function<void(absl::Status)> Refuser(const std::function<void(T)>& done) {
-  return [done](absl::Status refused) { done(std::move(refused)); };
+template <typename Reply, typename DecideFn, typename DoneFn>
+void RedisClusterStore::SubmitDecided(const KeyId& id, DecideFn decide_fn,
+                                      DoneFn done) {
+  Submit(
+      [this, id, decide_fn = std::move(decide_fn), done] {
+        absl::StatusOr<Reply> reply = Decided<Reply>(id, decide_fn);
+        if constexpr (std::is_same_v<Reply, NoReply>) {
+          done(reply.status());
+        } else {
+          done(std::move(reply));
+        }
+      },
+      [done](absl::Status refused) { done(std::move(refused)); });
 }
-
-}  // namespace
 
 void RedisClusterStore::BeginAsync(const BeginCommand& command,
                                    Done<BeginResult> done) {
@@ -457,67 +463,57 @@ void RedisClusterStore::BeginAsync(const BeginCommand& command,
   // an owner makes that retry re-acquire the same lease instead of seeing
   // its own attempt "in progress".
   if (owned.owner.empty()) owned.owner = InternalOwner();
-  Submit(
-      [this, owned = std::move(owned), done] {
-        done(Decided<BeginResult>(
-            owned.id, [&](const Record* current, absl::Time now,
-                          absl::FunctionRef<uint64_t()> next_token) {
-              return DecideBegin(current, owned, now, next_token);
-            }));
+  SubmitDecided<BeginResult>(
+      command.id,
+      [owned = std::move(owned)](const Record* current, absl::Time now,
+                                 absl::FunctionRef<uint64_t()> next_token) {
+        return DecideBegin(current, owned, now, next_token);
       },
-      Refuser(done));
+      std::move(done));
 }
 
 void RedisClusterStore::CompleteAsync(const CompleteCommand& command,
                                       Done<CompleteResult> done) {
-  Submit(
-      [this, command, done] {
-        done(Decided<CompleteResult>(
-            command.id, [&](const Record* current, absl::Time now,
-                            absl::FunctionRef<uint64_t()>) {
-              return DecideComplete(current, command, now);
-            }));
+  SubmitDecided<CompleteResult>(
+      command.id,
+      [command](const Record* current, absl::Time now,
+                absl::FunctionRef<uint64_t()>) {
+        return DecideComplete(current, command, now);
       },
-      Refuser(done));
+      std::move(done));
 }
 
 void RedisClusterStore::ReleaseAsync(const ReleaseCommand& command,
                                      DoneStatus done) {
-  Submit(
-      [this, command, done] {
-        done(Decided<NoReply>(command.id, [&](const Record* current,
-                                              absl::Time now,
-                                              absl::FunctionRef<uint64_t()>) {
-               return DecideRelease(current, command, now);
-             }).status());
+  SubmitDecided<NoReply>(
+      command.id,
+      [command](const Record* current, absl::Time now,
+                absl::FunctionRef<uint64_t()>) {
+        return DecideRelease(current, command, now);
       },
-      Refuser(done));
+      std::move(done));
 }
 
 void RedisClusterStore::ExtendAsync(const ExtendCommand& command,
                                     Done<absl::Time> done) {
-  Submit(
-      [this, command, done] {
-        done(Decided<absl::Time>(command.id,
-                                 [&](const Record* current, absl::Time now,
-                                     absl::FunctionRef<uint64_t()>) {
-                                   return DecideExtend(current, command, now);
-                                 }));
+  SubmitDecided<absl::Time>(
+      command.id,
+      [command](const Record* current, absl::Time now,
+                absl::FunctionRef<uint64_t()>) {
+        return DecideExtend(current, command, now);
       },
-      Refuser(done));
+      std::move(done));
 }
 
 void RedisClusterStore::CheckpointAsync(const CheckpointCommand& command,
                                         DoneStatus done) {
-  Submit(
-      [this, command, done] {
-        done(Decided<NoReply>(command.id, [&](const Record* current,
-                                              absl::Time now,
-                                              absl::FunctionRef<uint64_t()>) {
-               return DecideCheckpoint(current, command, now);
-             }).status());
+  SubmitDecided<NoReply>(
+      command.id,
+      [command](const Record* current, absl::Time now,
+                absl::FunctionRef<uint64_t()>) {
+        return DecideCheckpoint(current, command, now);
       },
-      Refuser(done));
+      std::move(done));
 }
 
 void RedisClusterStore::DeleteAsync(const KeyId& id, Done<bool> done) {
@@ -539,20 +535,18 @@ void RedisClusterStore::DeleteAsync(const KeyId& id, Done<bool> done) {
           done(existed);
         }
       },
-      Refuser(done));
+      [done](absl::Status refused) { done(std::move(refused)); });
 }
 
 void RedisClusterStore::ForceReleaseAsync(const KeyId& id,
                                           Done<uint64_t> done) {
-  Submit(
-      [this, id, done] {
-        done(Decided<uint64_t>(
-            id, [&](const Record* current, absl::Time now,
-                    absl::FunctionRef<uint64_t()> next_token) {
-              return DecideForceRelease(current, now, next_token);
-            }));
+  SubmitDecided<uint64_t>(
+      id,
+      [](const Record* current, absl::Time now,
+         absl::FunctionRef<uint64_t()> next_token) {
+        return DecideForceRelease(current, now, next_token);
       },
-      Refuser(done));
+      std::move(done));
 }
 
 std::optional<absl::StatusOr<BeginResult>> RedisClusterStore::PeekBegin(

@@ -156,6 +156,9 @@ class RedisClusterStore final : public Store {
   // Transition() with one of key_state_machine.h's Decide* functions.
   template <typename Reply, typename DecideFn>
   absl::StatusOr<Reply> Decided(const KeyId& id, DecideFn decide_fn);
+  // Queues Decided() for a thread of the store; `done` gets its outcome.
+  template <typename Reply, typename DecideFn, typename DoneFn>
+  void SubmitDecided(const KeyId& id, DecideFn decide_fn, DoneFn done);
   absl::StatusOr<RedisReply> RunScript(int slot, const std::string& script,
                                        const std::string& sha,
                                        const RedisCommand& keys_and_args,
