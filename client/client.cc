@@ -107,7 +107,9 @@ absl::Duration Backoff(const RetryPolicy& policy, int retry,
   const double factor = std::ldexp(1.0, std::clamp(retry - 1, 0, 30));
   const absl::Duration cap =
       std::min(policy.max_backoff, policy.initial_backoff * factor);
-  return cap * std::clamp(unit_random, 0.0, 1.0);
+  // Half fixed, half random: retries still spread out, and the pauses
+  // add up to a known minimum (a restart of seconds is always ridden out).
+  return cap * (0.5 + 0.5 * std::clamp(unit_random, 0.0, 1.0));
 }
 
 class Client::Impl {

@@ -40,16 +40,22 @@ TEST(KeysTest, FingerprintIsTheRawSha256Digest) {
   EXPECT_EQ(Fingerprint("abc").size(), 32u);
 }
 
-TEST(BackoffTest, GrowsExponentiallyUpToTheCapWithFullJitter) {
+TEST(BackoffTest, GrowsExponentiallyUpToTheCapWithEqualJitter) {
   RetryPolicy policy;
   policy.initial_backoff = absl::Milliseconds(50);
   policy.max_backoff = absl::Seconds(1);
-  EXPECT_EQ(Backoff(policy, 1, 0.999999), absl::Milliseconds(50) * 0.999999);
-  EXPECT_EQ(Backoff(policy, 2, 0.5), absl::Milliseconds(50));
-  EXPECT_EQ(Backoff(policy, 3, 0.5), absl::Milliseconds(100));
-  EXPECT_EQ(Backoff(policy, 10, 0.5), absl::Milliseconds(500));
-  EXPECT_EQ(Backoff(policy, 1000, 0.5), absl::Milliseconds(500));
-  EXPECT_EQ(Backoff(policy, 4, 0.0), absl::ZeroDuration());
+  EXPECT_EQ(Backoff(policy, 1, 0.0), absl::Milliseconds(25));
+  EXPECT_EQ(Backoff(policy, 1, 1.0), absl::Milliseconds(50));
+  EXPECT_EQ(Backoff(policy, 2, 0.5), absl::Milliseconds(75));
+  EXPECT_EQ(Backoff(policy, 3, 0.0), absl::Milliseconds(100));
+  EXPECT_EQ(Backoff(policy, 10, 0.0), absl::Milliseconds(500));
+  EXPECT_EQ(Backoff(policy, 1000, 1.0), absl::Seconds(1));
+  // The defaults pause 7.5 s at the least over their 11 retries.
+  absl::Duration least;
+  for (int retry = 1; retry < RetryPolicy().max_attempts; ++retry) {
+    least += Backoff(RetryPolicy(), retry, 0.0);
+  }
+  EXPECT_GE(least, absl::Milliseconds(7500));
 }
 
 TEST(ErrorKindTest, PlainStatusesHaveNoKind) {

@@ -15,7 +15,8 @@
 //
 // Every call has a per-attempt deadline and retries transient failures
 // (UNAVAILABLE, DEADLINE_EXCEEDED of one attempt) with exponential backoff
-// and full jitter, within a bounded number of attempts and a total deadline.
+// and "equal" jitter, within a bounded number of attempts and a total
+// deadline.
 // Other errors are never retried. Retrying is safe for every call: Begin
 // retries carry the same `owner`, so a lost reply gets the same lease back;
 // Complete, Release, Extend and Checkpoint are idempotent for the same token.
@@ -119,8 +120,8 @@ struct KeyInfo {
 };
 
 // The defaults ride out a server restart of several seconds: the pauses
-// (full jitter under 100 ms, 200 ms, ... capped at 2 s) add up to at most
-// about 17 s, 8.5 s on average, within the 20 s bound.
+// (between half and all of 100 ms, 200 ms, ... capped at 2 s) add up to
+// 7.5 s at least and about 15 s at most, within the 20 s bound.
 struct RetryPolicy {
   // Attempts per call, the first included. 1 turns retries off.
   int max_attempts = 12;
@@ -270,8 +271,8 @@ class Client {
 };
 
 // The backoff before retry number `retry` (1 for the first retry): a uniform
-// random duration in [0, min(max, initial * 2^(retry-1))]. `unit_random` is
-// in [0, 1). Exposed for tests.
+// random duration in [b/2, b] for b = min(max, initial * 2^(retry-1)).
+// `unit_random` is in [0, 1). Exposed for tests.
 absl::Duration Backoff(const RetryPolicy& policy, int retry,
                        double unit_random);
 

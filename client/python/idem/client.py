@@ -103,7 +103,7 @@ class RunContext:
 
 class IdemClient:
     """Typed calls with retries of UNAVAILABLE / DEADLINE_EXCEEDED (12
-    attempts, exponential backoff with full jitter, 100 ms to 2 s, 20 s in
+    attempts, exponential backoff with equal jitter, 100 ms to 2 s, 20 s in
     all: enough to ride out a server restart of several seconds). After a
     failed attempt the channel is replaced by one with its own connection (at
     most every 500 ms), since gRPC's own reconnect waits seconds."""
@@ -170,7 +170,8 @@ class IdemClient:
                 if (error.code() not in _RETRIED or attempt == self._attempts
                         or time.monotonic() + backoff > deadline):
                     raise from_rpc_error(error) from None
-            time.sleep(random.uniform(0, backoff))
+            # Half fixed, half random: the pauses add up to 7.5 s at least.
+            time.sleep(random.uniform(backoff / 2, backoff))
             backoff = min(backoff * 2, 2.0)
         raise AssertionError("unreachable")
 

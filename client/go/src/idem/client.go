@@ -66,7 +66,7 @@ type Begun struct {
 }
 
 // Client calls one Idem server. Calls that fail with UNAVAILABLE or
-// DEADLINE_EXCEEDED are retried (12 attempts, backoff 100 ms to 2 s with full
+// DEADLINE_EXCEEDED are retried (12 attempts, backoff 100 ms to 2 s with equal
 // jitter); Begin retries reuse one owner.
 type Client struct {
 	conn    *grpc.ClientConn
@@ -102,8 +102,8 @@ func retried(err error) bool {
 }
 
 func (c *Client) call(ctx context.Context, extra time.Duration, fn func(context.Context) error) error {
-	// 12 attempts, 100 ms doubling to 2 s with full jitter: rides out a
-	// server restart of several seconds.
+	// 12 attempts, 100 ms doubling to 2 s, each pause between half and all
+	// of that: at least 7.5 s in all, so a restart of seconds is ridden out.
 	const attempts = 12
 	backoff := 100 * time.Millisecond
 	var err error
@@ -114,11 +114,11 @@ func (c *Client) call(ctx context.Context, extra time.Duration, fn func(context.
 		if err == nil || !retried(err) || attempt == attempts {
 			break
 		}
-		jitter, _ := rand.Int(rand.Reader, big.NewInt(int64(backoff)))
+		jitter, _ := rand.Int(rand.Reader, big.NewInt(int64(backoff/2)+1))
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(time.Duration(jitter.Int64())):
+		case <-time.After(backoff/2 + time.Duration(jitter.Int64())):
 		}
 		if backoff *= 2; backoff > 2*time.Second {
 			backoff = 2 * time.Second
