@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "storage/key_state_machine.h"
 #include "storage/record_codec.h"
 
@@ -107,6 +108,7 @@ RedisClusterStore::RedisClusterStore(RedisClusterStoreOptions options,
                                      std::unique_ptr<RedisCluster> cluster)
     : options_(std::move(options)),
       cluster_(std::move(cluster)),
+      record_prefix_(absl::StrCat(options_.prefix, ":r:{")),
       channel_(absl::StrCat(options_.prefix, ":changes")) {
   // One tag per slot for the token counters: short numbers, first found
   // wins. Every slot is covered well before a million.
@@ -204,10 +206,23 @@ RedisClusterStore::~RedisClusterStore() {
 }
 
 std::string RedisClusterStore::RecordKey(const KeyId& id) const {
-  std::string key = absl::StrCat(options_.prefix, ":r:{", id.name_space);
+  std::string key = absl::StrCat(record_prefix_, id.name_space);
   key.push_back('\0');
   absl::StrAppend(&key, id.key, "}");
   return key;
+}
+
+std::optional<KeyId> RedisClusterStore::ParseRecordKey(
+    absl::string_view record_key) const {
+  if (!absl::ConsumePrefix(&record_key, record_prefix_) ||
+      !absl::ConsumeSuffix(&record_key, "}")) {
+    return std::nullopt;
+  }
+  // Namespaces are printable: the first NUL ends it.
+  const size_t separator = record_key.find('\0');
+  if (separator == absl::string_view::npos) return std::nullopt;
+  return KeyId{std::string(record_key.substr(0, separator)),
+               std::string(record_key.substr(separator + 1))};
 }
 
 std::string RedisClusterStore::CounterKey(int slot) const {
@@ -589,23 +604,18 @@ absl::StatusOr<std::vector<std::string>> RedisClusterStore::ScanKeys(
 
 absl::StatusOr<ListPage> RedisClusterStore::List(const ListQuery& query) {
   std::string match =
-      absl::StrCat(options_.prefix, ":r:{", GlobEscape(query.name_space));
+      absl::StrCat(record_prefix_, GlobEscape(query.name_space));
   match.push_back('\0');
   match.push_back('*');
   absl::StatusOr<std::vector<std::string>> record_keys = ScanKeys(match);
   if (!record_keys.ok()) return record_keys.status();
-  const size_t key_start = options_.prefix.size() + 4 +
-                           query.name_space.size() + 1;  // ":r:{" NS "\0"
   // Pages follow key order: sort the keys themselves (the record keys'
   // closing brace would sort "k10}" before "k1}").
   std::vector<std::pair<std::string, std::string>> keys;  // key, record key
   for (const std::string& record_key : *record_keys) {
-    if (record_key.size() < key_start + 1 || record_key.back() != '}') {
-      continue;
-    }
-    keys.emplace_back(
-        record_key.substr(key_start, record_key.size() - key_start - 1),
-        record_key);
+    std::optional<KeyId> id = ParseRecordKey(record_key);
+    if (!id.has_value()) continue;
+    keys.emplace_back(std::move(id->key), record_key);
   }
   std::sort(keys.begin(), keys.end());
   const size_t page_size = std::max<size_t>(1, query.page_size);
@@ -642,7 +652,7 @@ absl::StatusOr<ListPage> RedisClusterStore::List(const ListQuery& query) {
 
 absl::StatusOr<std::map<std::string, StateCounts>> RedisClusterStore::CountKeys(
     const std::string& name_space) {
-  std::string match = absl::StrCat(options_.prefix, ":r:{");
+  std::string match = record_prefix_;
   if (!name_space.empty()) {
     absl::StrAppend(&match, GlobEscape(name_space));
     match.push_back('\0');
@@ -650,11 +660,10 @@ absl::StatusOr<std::map<std::string, StateCounts>> RedisClusterStore::CountKeys(
   match.push_back('*');
   absl::StatusOr<std::vector<std::string>> record_keys = ScanKeys(match);
   if (!record_keys.ok()) return record_keys.status();
-  const size_t ns_start = options_.prefix.size() + 4;
   std::map<std::string, StateCounts> counts;
   for (const std::string& record_key : *record_keys) {
-    const size_t separator = record_key.find('\0', ns_start);
-    if (separator == std::string::npos) continue;
+    const std::optional<KeyId> id = ParseRecordKey(record_key);
+    if (!id.has_value()) continue;
     absl::StatusOr<KeyRead> read = Read(record_key, KeySlot(record_key));
     if (!read.ok()) {
       if (read.status().code() == absl::StatusCode::kDataLoss) continue;
@@ -662,7 +671,7 @@ absl::StatusOr<std::map<std::string, StateCounts>> RedisClusterStore::CountKeys(
     }
     if (!read->record.has_value()) continue;
     const KeySnapshot snapshot = Snapshot(&*read->record, read->now);
-    StateCounts& c = counts[record_key.substr(ns_start, separator - ns_start)];
+    StateCounts& c = counts[id->name_space];
     if (snapshot.state == KeyState::kInProgress) {
       ++c.in_progress;
       if (snapshot.lease_expires_at <= read->now) ++c.lease_lapsed;
@@ -723,32 +732,24 @@ void RedisClusterStore::WatchChanges(
   }
 }
 
-void RedisClusterStore::Announced(const redisReply& reply,
-                                  const std::string& record_prefix) {
+void RedisClusterStore::Announced(const redisReply& reply) {
   // ["message", channel, record key]; PING answers and the like are not.
   if (reply.type != REDIS_REPLY_ARRAY || reply.elements != 3 ||
       reply.element[2]->type != REDIS_REPLY_STRING) {
     return;
   }
-  absl::string_view key(reply.element[2]->str, reply.element[2]->len);
-  if (!absl::StartsWith(key, record_prefix) || !absl::EndsWith(key, "}")) {
-    return;
-  }
-  key = key.substr(record_prefix.size(), key.size() - record_prefix.size() - 1);
-  const size_t separator = key.find('\0');
-  if (separator == absl::string_view::npos) return;
-  const KeyId id{std::string(key.substr(0, separator)),
-                 std::string(key.substr(separator + 1))};
+  const std::optional<KeyId> id = ParseRecordKey(
+      absl::string_view(reply.element[2]->str, reply.element[2]->len));
+  if (!id.has_value()) return;
   std::function<void(const KeyId&)> on_change;
   {
     absl::MutexLock lock(&mu_);
     on_change = on_change_;
   }
-  if (on_change) on_change(id);
+  if (on_change) on_change(*id);
 }
 
 void RedisClusterStore::Subscribe() {
-  const std::string record_prefix = absl::StrCat(options_.prefix, ":r:{");
   size_t next_node = 0;
   while (!stop_) {
     // Cluster pub/sub reaches every node: any master will do.
@@ -790,7 +791,7 @@ void RedisClusterStore::Subscribe() {
         if (message == nullptr) break;
         last_heard = absl::Now();
         ping_sent = false;
-        Announced(*static_cast<redisReply*>(message), record_prefix);
+        Announced(*static_cast<redisReply*>(message));
         freeReplyObject(message);
         message = nullptr;
       }

@@ -116,6 +116,8 @@ class RedisClusterStore final : public Store {
   // Key names, for tests and operators.
   std::string RecordKey(const KeyId& id) const;
   std::string CounterKey(int slot) const;
+  // The key a record key names; nullopt for other keys.
+  std::optional<KeyId> ParseRecordKey(absl::string_view record_key) const;
   // Every Redis key of this prefix, on every master: for tests.
   absl::Status DeleteEverything();
 
@@ -170,7 +172,7 @@ class RedisClusterStore final : public Store {
   void Watch();
   void Subscribe();
   // Wakes waiters for one pub/sub message.
-  void Announced(const redisReply& reply, const std::string& record_prefix);
+  void Announced(const redisReply& reply);
 
   const RedisClusterStoreOptions options_;
   const std::unique_ptr<RedisCluster> cluster_;
@@ -178,6 +180,7 @@ class RedisClusterStore final : public Store {
   std::string read_sha_;
   std::string apply_sha_;
   std::string confirm_sha_;
+  std::string record_prefix_;  // "{prefix}:r:{"
   std::string channel_;
 
   absl::Mutex mu_;
