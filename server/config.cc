@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "server/address.h"
 #include "server/log.h"
 
 namespace idem::server {
@@ -29,6 +30,25 @@ Setting StringSetting(std::string flag, std::string env, std::string help,
       [field](const ServerConfig& c) { return c.*field; },
       [flag, field, allow_empty](const std::string& v, ServerConfig& c) {
         if (v.empty() && !allow_empty) return Bad(flag, v, "must not be empty");
+        c.*field = v;
+        return absl::OkStatus();
+      }};
+}
+
+// HOST:PORT (server/address.h); `allow_empty` lets the empty value turn the
+// listener off.
+Setting AddressSetting(std::string flag, std::string env, std::string help,
+                       std::string ServerConfig::*field, bool allow_empty) {
+  return Setting{
+      flag, std::move(env), std::move(help),
+      [field](const ServerConfig& c) { return c.*field; },
+      [flag, field, allow_empty](const std::string& v, ServerConfig& c) {
+        if (v.empty() && allow_empty) {
+          c.*field = v;
+          return absl::OkStatus();
+        }
+        absl::StatusOr<HostPort> address = ParseHostPort(v, PortZero::kAllowed);
+        if (!address.ok()) return Bad(flag, v, address.status().message());
         c.*field = v;
         return absl::OkStatus();
       }};
@@ -104,9 +124,9 @@ Setting BoolSetting(std::string flag, std::string env, std::string help,
 std::vector<Setting> MakeSettings() {
   constexpr absl::Duration kYear = absl::Hours(24 * 366);
   return {
-      StringSetting("listen", "IDEM_LISTEN",
-                    "gRPC address HOST:PORT (port 0 picks a free port)",
-                    &ServerConfig::listen, false),
+      AddressSetting("listen", "IDEM_LISTEN",
+                     "gRPC address HOST:PORT (port 0 picks a free port)",
+                     &ServerConfig::listen, false),
       StringSetting("data-dir", "IDEM_DATA_DIR",
                     "RocksDB directory, created if missing",
                     &ServerConfig::data_dir, false),
@@ -212,10 +232,10 @@ std::vector<Setting> MakeSettings() {
           "cancelled",
           [](ServerConfig& c) -> absl::Duration& { return c.shutdown_grace; },
           absl::ZeroDuration(), absl::Hours(1)),
-      StringSetting("metrics-listen", "IDEM_METRICS_LISTEN",
-                    "Prometheus /metrics address HOST:PORT; empty turns it "
-                    "off",
-                    &ServerConfig::metrics_listen, true),
+      AddressSetting("metrics-listen", "IDEM_METRICS_LISTEN",
+                     "/metrics and /healthz address HOST:PORT (port 0 picks "
+                     "a free port); empty turns it off",
+                     &ServerConfig::metrics_listen, true),
       Setting{"log-level", "IDEM_LOG_LEVEL", "debug, info, warning or error",
               [](const ServerConfig& c) { return c.log_level; },
               [](const std::string& v, ServerConfig& c) {
@@ -254,23 +274,35 @@ std::vector<Setting> MakeSettings() {
                     "authorization policy file (YAML); empty: every caller "
                     "may do everything",
                     &ServerConfig::policy, true),
-      Setting{"store", "IDEM_STORE",
-              "where keys live: rocksdb (embedded, in --data-dir) or "
-              "redis-cluster://HOST:PORT[,HOST:PORT...] (stateless "
-              "replicas sharing a Redis Cluster)",
-              [](const ServerConfig& c) { return c.store; },
-              [](const std::string& v, ServerConfig& c) {
-                ServerConfig parsed = c;
-                parsed.store = v;
-                if (v != "rocksdb" && (!absl::StartsWith(v, kRedisScheme) ||
-                                       RedisSeeds(parsed).empty())) {
-                  return Bad("store", v,
-                             "expected rocksdb or "
-                             "redis-cluster://HOST:PORT[,HOST:PORT...]");
-                }
-                c.store = v;
-                return absl::OkStatus();
-              }},
+      Setting{
+          "store", "IDEM_STORE",
+          "where keys live: rocksdb (embedded, in --data-dir) or "
+          "redis-cluster://HOST:PORT[,HOST:PORT...] (stateless "
+          "replicas sharing a Redis Cluster)",
+          [](const ServerConfig& c) { return c.store; },
+          [](const std::string& v, ServerConfig& c) {
+            if (v == "rocksdb") {
+              c.store = v;
+              return absl::OkStatus();
+            }
+            if (!absl::StartsWith(v, kRedisScheme)) {
+              return Bad("store", v,
+                         "expected rocksdb or "
+                         "redis-cluster://HOST:PORT[,HOST:PORT...]");
+            }
+            for (absl::string_view node : absl::StrSplit(
+                     absl::string_view(v).substr(kRedisScheme.size()), ',')) {
+              absl::StatusOr<HostPort> address =
+                  ParseHostPort(node, PortZero::kRefused);
+              if (!address.ok()) {
+                return Bad("store", v,
+                           absl::StrCat("Redis node \"", node,
+                                        "\": ", address.status().message()));
+              }
+            }
+            c.store = v;
+            return absl::OkStatus();
+          }},
       SizeSetting(
           "redis-wait-replicas", "IDEM_REDIS_WAIT_REPLICAS",
           "Redis Cluster: replicas that must acknowledge every change "
@@ -360,19 +392,8 @@ std::string Usage() {
 
 std::vector<std::string> RedisSeeds(const ServerConfig& config) {
   if (!absl::StartsWith(config.store, kRedisScheme)) return {};
-  std::vector<std::string> seeds;
-  for (absl::string_view node :
-       absl::StrSplit(config.store.substr(kRedisScheme.size()), ',')) {
-    const size_t colon = node.rfind(':');
-    int port = 0;
-    if (colon == absl::string_view::npos || colon == 0 ||
-        !absl::SimpleAtoi(node.substr(colon + 1), &port) || port <= 0 ||
-        port > 65535) {
-      return {};  // Refused by --store's check.
-    }
-    seeds.emplace_back(node);
-  }
-  return seeds;
+  // Each node was checked by --store's setter.
+  return absl::StrSplit(config.store.substr(kRedisScheme.size()), ',');
 }
 
 const std::vector<Setting>& Settings() {

@@ -40,6 +40,7 @@
 #include "server/blocking_executor.h"
 #include "server/config.h"
 #include "server/idempotency_service.h"
+#include "server/invalid_request_interceptor.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/metrics_http.h"
@@ -256,6 +257,11 @@ int Run(int argc, char** argv) {
   builder.SetResourceQuota(quota);
   builder.RegisterService(&idempotency);
   builder.RegisterService(&admin);
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(MakeInvalidRequestInterceptorFactory(&observer));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   // Room for the largest valid Complete: body, metadata and framing.
   const size_t max_message = std::max<size_t>(
       size_t{4} << 20, config->limits.max_body_bytes +
@@ -267,10 +273,18 @@ int Run(int argc, char** argv) {
       std::min<size_t>(max_message, std::numeric_limits<int>::max())));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    Log(LogLevel::kError, "listen_failed", {{"listen", config->listen}});
+    Log(LogLevel::kError, "listen_failed",
+        {{"listen", config->listen},
+         {"error",
+          "cannot bind the gRPC address: in use by another process, or not "
+          "an address of this host (gRPC's own line above says which)"}});
     return 1;
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  // Clients ask for "" (the server) or for the service they call; every
+  // later SetServingStatus(bool) updates all three.
+  health->SetServingStatus(v1::Idempotency::service_full_name(), true);
+  health->SetServingStatus(v1::Admin::service_full_name(), true);
   health->SetServingStatus(true);  // The store is open: ready.
   // The same status for HTTP probes (/healthz on the metrics port).
   std::atomic<bool> serving{true};

@@ -1,30 +1,28 @@
 #include "server/metrics_http.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
+#include <cerrno>
+#include <cstring>
 #include <utility>
 
 #include "absl/status/status.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "server/address.h"
 
 namespace idem::server {
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     const std::string& listen, std::function<std::string()> render,
     std::function<bool()> serving) {
-  const size_t colon = listen.rfind(':');
-  int port = -1;
-  if (colon == std::string::npos ||
-      !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 ||
-      port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metrics address \"", listen, "\" is not HOST:PORT"));
+  absl::StatusOr<HostPort> address = ParseHostPort(listen, PortZero::kAllowed);
+  if (!address.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics address \"", listen, "\": ", address.status().message()));
   }
-  std::string host = listen.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);  // [::1] -> ::1
-  }
+  const std::string& host = address->host;
+  int port = address->port;
   std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer());
   server->http_ = std::make_unique<httplib::Server>();
   server->http_->Get("/metrics", [render = std::move(render)](
@@ -39,14 +37,26 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
         response.status = ok ? 200 : 503;
         response.set_content(ok ? "SERVING\n" : "NOT_SERVING\n", "text/plain");
       });
+  // cpp-httplib sets SO_REUSEPORT by default: a second server on the same
+  // port would start and share the scrapes and probes with the first one,
+  // each answering for its own process. Only SO_REUSEADDR, as gRPC's port.
+  server->http_->set_socket_options([](socket_t socket) {
+    const int yes = 1;
+    setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  errno = 0;
   if (port == 0) {
     port = server->http_->bind_to_any_port(host);
   } else if (!server->http_->bind_to_port(host, port)) {
     port = -1;
   }
   if (port <= 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen for metrics on ", listen));
+    const int error = errno;
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen for metrics on ", listen, ": ",
+        error == EADDRINUSE ? "address in use (is another server running?)"
+        : error != 0        ? std::strerror(error)
+                            : "bind failed"));
   }
   server->port_ = port;
   httplib::Server* http = server->http_.get();

@@ -39,7 +39,20 @@ absl::Status LeaseLost(const Record* live, uint64_t token) {
         "its record expired); token ",
         token, " is not valid"));
   }
+  // Tokens for a key only grow: one above the key's newest was never
+  // issued for it (a typo, or a token of another key).
+  if (token > live->token()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "token ", token,
+        " was never issued for this key; pass the token Begin returned"));
+  }
   if (live->state() == Record::STATE_COMPLETED) {
+    if (live->token() == token) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the key is already completed under this token (", token,
+          "): the work succeeded and its result is stored; no lease is left "
+          "to extend or checkpoint"));
+    }
     return absl::FailedPreconditionError(absl::StrCat(
         "lease lost: the key was completed by another attempt; token ", token,
         " is stale"));

@@ -272,7 +272,9 @@ TEST(DecideCompleteTest, OnlyTheNewestTokenCompletes) {
     EXPECT_EQ(d.reply.status().code(), c.code) << d.reply.status();
     EXPECT_EQ(d.write.has_value(), c.writes);
     if (c.code == absl::StatusCode::kFailedPrecondition) {
-      EXPECT_NE(d.reply.status().message().find("lease lost"),
+      const bool never_issued = c.token > kHolderToken;
+      EXPECT_NE(d.reply.status().message().find(never_issued ? "never issued"
+                                                             : "lease lost"),
                 std::string::npos)
           << d.reply.status();
     }
@@ -284,6 +286,47 @@ TEST(DecideCompleteTest, OnlyTheNewestTokenCompletes) {
       EXPECT_EQ(d.reply->expires_at, kNow + kRetention);
     }
   }
+}
+
+TEST(LeaseLostTest, ATokenAboveTheKeysNewestIsNeverIssuedNotStale) {
+  for (Stored stored : {Stored::kInProgress, Stored::kLapsed, Stored::kReleased,
+                        Stored::kCompleted}) {
+    SCOPED_TRACE(Name(stored));
+    std::optional<Record> current = Make(stored);
+    const absl::Status extend =
+        DecideExtend(Ptr(current), {{"ns", "k"}, kHolderToken + 5, kLease},
+                     kNow)
+            .reply.status();
+    EXPECT_EQ(extend.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(extend.message().find("was never issued for this key"),
+              std::string::npos)
+        << extend;
+    EXPECT_EQ(extend.message().find("stale"), std::string::npos) << extend;
+  }
+}
+
+TEST(LeaseLostTest, ExtendByTheTokenThatCompletedSaysItCompleted) {
+  std::optional<Record> current = Make(Stored::kCompleted);
+  const absl::Status extend =
+      DecideExtend(Ptr(current), {{"ns", "k"}, kHolderToken, kLease}, kNow)
+          .reply.status();
+  EXPECT_EQ(extend.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(extend.message().find("already completed under this token"),
+            std::string::npos)
+      << extend;
+  const absl::Status checkpoint =
+      DecideCheckpoint(Ptr(current), {{"ns", "k"}, kHolderToken, "step"}, kNow)
+          .reply.status();
+  EXPECT_NE(checkpoint.message().find("already completed under this token"),
+            std::string::npos)
+      << checkpoint;
+  // An older token was taken over: that one is stale.
+  const absl::Status older =
+      DecideExtend(Ptr(current), {{"ns", "k"}, kHolderToken - 1, kLease}, kNow)
+          .reply.status();
+  EXPECT_NE(older.message().find("completed by another attempt"),
+            std::string::npos)
+      << older;
 }
 
 TEST(DecideCompleteTest, RepeatingTheSameResultIsOkAndWritesNothing) {

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "storage/key_state_machine.h"
+#include "storage/list_pager.h"
 #include "storage/record_codec.h"
 
 namespace idem::storage {
@@ -618,36 +619,24 @@ absl::StatusOr<ListPage> RedisClusterStore::List(const ListQuery& query) {
     keys.emplace_back(std::move(id->key), record_key);
   }
   std::sort(keys.begin(), keys.end());
-  const size_t page_size = std::max<size_t>(1, query.page_size);
-  const size_t scan_limit = std::max<size_t>(1000, page_size * 10);
-  ListPage page;
-  size_t scanned = 0;
-  std::string last_scanned;
+  ListPager pager(query);
   for (auto& [key, record_key] : keys) {
     if (!query.page_token.empty() && key <= query.page_token) continue;
-    if (page.keys.size() == page_size || scanned == scan_limit) {
-      page.next_page_token = last_scanned;
-      return page;
-    }
-    ++scanned;
-    last_scanned = key;
     absl::StatusOr<KeyRead> read = Read(record_key, KeySlot(record_key));
-    if (!read.ok()) {
-      if (read.status().code() == absl::StatusCode::kDataLoss) continue;
+    if (!read.ok() && read.status().code() != absl::StatusCode::kDataLoss) {
       return read.status();
     }
-    if (!read->record.has_value()) continue;  // Expired since the scan.
-    KeySnapshot snapshot = Snapshot(&*read->record, read->now);
-    if (snapshot.state == KeyState::kAbsent) continue;
-    if (query.state != KeyState::kAbsent && snapshot.state != query.state) {
-      continue;
+    // Undecodable (DATA_LOSS, as Lookup reports it) or expired since the
+    // scan: skipped.
+    const bool readable = read.ok() && read->record.has_value();
+    const KeySnapshot snapshot =
+        readable ? Snapshot(&*read->record, read->now) : KeySnapshot{};
+    if (!pager.Offer(key, readable ? &snapshot : nullptr,
+                     readable ? read->now : absl::Now())) {
+      break;
     }
-    const bool lapsed = snapshot.state == KeyState::kInProgress &&
-                        snapshot.lease_expires_at <= read->now;
-    if (query.lease_lapsed_only && !lapsed) continue;
-    page.keys.push_back(KeyListing{std::move(key), std::move(snapshot)});
   }
-  return page;
+  return pager.Take();
 }
 
 absl::StatusOr<std::map<std::string, StateCounts>> RedisClusterStore::CountKeys(

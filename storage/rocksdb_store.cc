@@ -24,6 +24,7 @@
 #include "rocksdb/table.h"
 #include "rocksdb/write_batch.h"
 #include "storage/key_state_machine.h"
+#include "storage/list_pager.h"
 #include "storage/record_codec.h"
 
 namespace idem::storage {
@@ -597,43 +598,27 @@ void RocksDbStore::ForceReleaseAsync(const KeyId& id, Done<uint64_t> done) {
 
 absl::StatusOr<ListPage> RocksDbStore::List(const ListQuery& query) {
   const std::string prefix = NamespacePrefix(query.name_space);
-  const size_t page_size = std::max<size_t>(1, query.page_size);
-  // Filters may skip most records: bound the work of one call.
-  const size_t scan_limit = std::max<size_t>(1000, page_size * 10);
   const absl::Time now = options_.clock->Now();
-
   std::unique_ptr<rocksdb::Iterator> it(
       db_->NewIterator(rocksdb::ReadOptions()));
   const std::string start = prefix + query.page_token;
-  ListPage page;
-  size_t scanned = 0;
-  std::string last_scanned;
+  ListPager pager(query);
   for (it->Seek(start); it->Valid() && it->key().starts_with(prefix);
        it->Next()) {
     const absl::string_view db_key(it->key().data(), it->key().size());
     if (!query.page_token.empty() && db_key == start) continue;
-    if (page.keys.size() == page_size || scanned == scan_limit) {
-      // More records follow: the next page starts after the last one seen.
-      page.next_page_token = last_scanned;
-      return page;
-    }
-    ++scanned;
-    last_scanned = std::string(db_key.substr(prefix.size()));
     absl::StatusOr<Record> record =
         DecodeRecord(absl::string_view(it->value().data(), it->value().size()));
-    if (!record.ok()) continue;  // Lookup reports it as DATA_LOSS.
-    KeySnapshot snapshot = Snapshot(&*record, now);
-    if (snapshot.state == KeyState::kAbsent) continue;
-    if (query.state != KeyState::kAbsent && snapshot.state != query.state) {
-      continue;
+    // An undecodable record is skipped (Lookup reports it as DATA_LOSS).
+    const KeySnapshot snapshot =
+        record.ok() ? Snapshot(&*record, now) : KeySnapshot{};
+    if (!pager.Offer(std::string(db_key.substr(prefix.size())),
+                     record.ok() ? &snapshot : nullptr, now)) {
+      break;
     }
-    const bool lapsed = snapshot.state == KeyState::kInProgress &&
-                        snapshot.lease_expires_at <= now;
-    if (query.lease_lapsed_only && !lapsed) continue;
-    page.keys.push_back(KeyListing{last_scanned, std::move(snapshot)});
   }
   if (!it->status().ok()) return FromRocks(it->status(), "scan");
-  return page;
+  return pager.Take();
 }
 
 absl::StatusOr<std::map<std::string, StateCounts>> RocksDbStore::CountKeys(

@@ -355,6 +355,40 @@ TEST_P(StoreConformanceTest, ListPagesFollowKeyOrderWhenKeysPrefixOthers) {
   EXPECT_EQ(seen, (std::vector<std::string>{"k1", "k10", "k2"}));
 }
 
+// AIP-158: the last page carries no token, also when the keys after a full
+// page do not match the query's filter.
+TEST_P(StoreConformanceTest, TheLastPageHasNoNextPageToken) {
+  ListQuery query;
+  query.name_space = "payments";
+  query.page_size = 2;
+  ASSERT_OK_AND_ASSIGN(ListPage empty, store().List(query));
+  EXPECT_TRUE(empty.keys.empty());
+  EXPECT_EQ(empty.next_page_token, "");
+
+  for (const char* key : {"a1", "a2", "a3", "a4"}) {
+    ASSERT_OK_AND_ASSIGN(BeginResult b, store().Begin(BeginOf(key)));
+    ASSERT_OK(store().Complete(
+        {{"payments", key}, b.token, Created(), std::nullopt}));
+  }
+  ASSERT_OK_AND_ASSIGN(ListPage first, store().List(query));
+  ASSERT_EQ(first.keys.size(), 2u);
+  EXPECT_EQ(first.next_page_token, "a2");
+  query.page_token = first.next_page_token;
+  ASSERT_OK_AND_ASSIGN(ListPage last, store().List(query));
+  ASSERT_EQ(last.keys.size(), 2u);
+  EXPECT_EQ(last.keys.back().key, "a4");
+  EXPECT_EQ(last.next_page_token, "") << "exactly two pages of two keys";
+
+  // Keys in another state follow the completed ones: a full page of
+  // completed keys is still the last.
+  for (const char* key : {"b1", "b2"}) ASSERT_OK(store().Begin(BeginOf(key)));
+  query.page_token = "a2";
+  query.state = KeyState::kCompleted;
+  ASSERT_OK_AND_ASSIGN(ListPage filtered, store().List(query));
+  ASSERT_EQ(filtered.keys.size(), 2u);
+  EXPECT_EQ(filtered.next_page_token, "");
+}
+
 TEST_P(StoreConformanceTest, PeekBeginAnswersOnlyWhatNeedsNoWrite) {
   EXPECT_FALSE(store().PeekBegin(BeginOf("k1")).has_value());  // Absent.
   BeginCommand holder = BeginOf("k1", "fp", "owner-a");

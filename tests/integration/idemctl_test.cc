@@ -133,7 +133,7 @@ TEST_F(IdemctlTest, ExitCodesFollowTheOutcomes) {
   EXPECT_EQ(different.exit_code, 6) << different.err;
   CommandResult stale = Idemctl({"release", "pay", "k1", "--token=999999"});
   EXPECT_EQ(stale.exit_code, 5);
-  EXPECT_NE(stale.err.find("lease lost"), std::string::npos) << stale.err;
+  EXPECT_NE(stale.err.find("never issued"), std::string::npos) << stale.err;
   CommandResult invalid = Idemctl({"lookup", "pay", std::string(256, 'k')});
   EXPECT_EQ(invalid.exit_code, 4);
   EXPECT_NE(invalid.err.find("key must be 1 to 255"), std::string::npos);

@@ -2,7 +2,9 @@
 // the metrics endpoint, the Admin service and the logs, all against the real
 // idem-server.
 #include <httplib.h>
+#include <signal.h>
 
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <regex>
@@ -13,7 +15,9 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/descriptor.pb.h"
@@ -21,10 +25,13 @@
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
 #include "idem/v1/admin.grpc.pb.h"
 #include "idem/v1/idempotency.grpc.pb.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/temp_dir.h"
 
 namespace idem {
 namespace {
@@ -412,6 +419,167 @@ TEST_F(OperationsTest, InvalidConfigurationFailsAtStartWithOneLine) {
   EXPECT_NE(bad.log().find("idem-server: invalid --max-lease=\"forever\""),
             std::string::npos)
       << bad.log();
+}
+
+// --- Flags and ports
+// ----------------------------------------------------------
+
+TEST_F(OperationsTest, AddressFlagsRefuseBadPortsAndHostsAndTouchNothing) {
+  testing::TempDir dir;
+  const std::string data_dir = dir.path() + "/data";
+  struct Case {
+    std::vector<std::string> flags;
+    std::map<std::string, std::string> env;
+    std::string expected;  // In the one line on stderr.
+  };
+  const std::vector<Case> cases = {
+      {{"--listen=127.0.0.1:99999"}, {}, "--listen=\"127.0.0.1:99999\""},
+      {{}, {{"IDEM_LISTEN", "127.0.0.1:99999"}}, "$IDEM_LISTEN"},
+      {{"--listen=:50051"}, {}, "host is empty"},
+      {{"--listen=127.0.0.1"}, {}, "expected HOST:PORT"},
+      {{"--listen=127.0.0.1:-1"}, {}, "port \"-1\""},
+      {{"--listen=bad host!:50051"}, {}, "not a host name"},
+      {{"--listen=::1:50051"}, {}, "needs brackets"},
+      {{"--metrics-listen=127.0.0.1:65536"}, {}, "--metrics-listen="},
+      {{"--store=redis-cluster://127.0.0.1:7000,127.0.0.1:99999"},
+       {},
+       "Redis node \"127.0.0.1:99999\""},
+      {{"--store=redis-cluster://127.0.0.1:0"}, {}, "port 0"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> argv = {IDEM_SERVER_BINARY,
+                                     "--data-dir=" + data_dir};
+    argv.insert(argv.end(), c.flags.begin(), c.flags.end());
+    testing::CommandResult result = testing::RunCommand(argv, c.env);
+    SCOPED_TRACE(absl::StrJoin(argv, " "));
+    EXPECT_EQ(result.exit_code, 2) << result.err;
+    EXPECT_NE(result.err.find("idem-server: "), std::string::npos)
+        << result.err;
+    EXPECT_NE(result.err.find(c.expected), std::string::npos) << result.err;
+    EXPECT_FALSE(std::filesystem::exists(data_dir))
+        << "a refused flag created the data directory";
+  }
+  // Bracketed IPv6 and port 0 (any free port) stay valid.
+  testing::ServerProcess ipv6({"--metrics-listen=[::1]:0"});
+  EXPECT_TRUE(ipv6.Start().ok()) << ipv6.log();
+}
+
+TEST_F(OperationsTest, ASecondServerCannotShareTheMetricsPort) {
+  // With SO_REUSEPORT the second server started, and probes and scrapes
+  // alternated between the two processes.
+  testing::ServerProcess second({"--metrics-listen=127.0.0.1:" +
+                                 std::to_string(server_->metrics_port())});
+  EXPECT_FALSE(second.Start().ok());
+  EXPECT_NE(second.log().find("event=metrics_listen_failed"), std::string::npos)
+      << second.log();
+  EXPECT_NE(second.log().find("address in use"), std::string::npos)
+      << second.log();
+  // The first server still answers every scrape.
+  for (int i = 0; i < 5; ++i) EXPECT_FALSE(Scrape().empty());
+}
+
+// --- Answers that say what happened -----------------------------------------
+
+TEST_F(OperationsTest, UnparsableRequestBytesAreInvalidArgumentAndCounted) {
+  grpc::GenericStub generic(channel_);
+  const char garbage[] = "\xff\xff\xff\xff\x0f";
+  for (const char* method :
+       {"/idem.v1.Idempotency/Begin", "/idem.v1.Admin/List"}) {
+    grpc::Slice slice(garbage, sizeof(garbage) - 1);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    absl::Notification done;
+    grpc::Status status;
+    generic.UnaryCall(&context, method, grpc::StubOptions(), &request,
+                      &response, [&](grpc::Status s) {
+                        status = std::move(s);
+                        done.Notify();
+                      });
+    done.WaitForNotification();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << method << ": " << status.error_message();
+    EXPECT_NE(status.error_message().find("is not a valid idem.v1."),
+              std::string::npos)
+        << status.error_message();
+  }
+  std::map<std::string, double> m = ParseMetrics(Scrape());
+  EXPECT_EQ(m[R"(idem_rpc_total{method="Begin",outcome="INVALID_ARGUMENT"})"],
+            1);
+  EXPECT_EQ(
+      m[R"(idem_rpc_total{method="Admin.List",outcome="INVALID_ARGUMENT"})"],
+      1);
+}
+
+TEST_F(OperationsTest, HealthAnswersForEachServiceName) {
+  Start({"--drain-delay=2s"});
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  for (const char* service : {"", "idem.v1.Idempotency", "idem.v1.Admin"}) {
+    HealthCheckRequest request;
+    request.set_service(service);
+    HealthCheckResponse response;
+    grpc::Status status = health->Check(Context().get(), request, &response);
+    ASSERT_TRUE(status.ok()) << service << ": " << status.error_message();
+    EXPECT_EQ(response.status(), HealthCheckResponse::SERVING) << service;
+  }
+  HealthCheckRequest unknown;
+  unknown.set_service("idem.v1.Nope");
+  HealthCheckResponse response;
+  EXPECT_EQ(health->Check(Context().get(), unknown, &response).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  // Draining turns every name NOT_SERVING.
+  server_->Signal(SIGTERM);
+  HealthCheckRequest named;
+  named.set_service("idem.v1.Idempotency");
+  for (int i = 0; i < 50; ++i) {
+    grpc::Status status = health->Check(Context().get(), named, &response);
+    if (!status.ok() || response.status() == HealthCheckResponse::NOT_SERVING)
+      break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(server_->Wait(), 0);
+}
+
+TEST_F(OperationsTest, AdminListsLastPageCarriesNoToken) {
+  for (int i = 0; i < 4; ++i) {
+    const std::string key = "done-" + std::to_string(i);
+    ASSERT_TRUE(Complete("shop", key, Begin("shop", key).lease().token()).ok());
+  }
+  Begin("shop", "x-busy");  // Follows the completed keys, filtered out.
+  v1::ListRequest list;
+  list.set_namespace_("shop");
+  list.set_state(v1::LookupResponse::STATE_COMPLETED);
+  list.set_page_size(2);
+  v1::ListResponse first;
+  ASSERT_TRUE(admin_->List(Context().get(), list, &first).ok());
+  ASSERT_EQ(first.keys_size(), 2);
+  ASSERT_FALSE(first.next_page_token().empty());
+  list.set_page_token(first.next_page_token());
+  v1::ListResponse last;
+  ASSERT_TRUE(admin_->List(Context().get(), list, &last).ok());
+  ASSERT_EQ(last.keys_size(), 2);
+  EXPECT_EQ(last.keys(1).key(), "done-3");
+  EXPECT_EQ(last.next_page_token(), "");
+}
+
+TEST_F(OperationsTest, ATokenNeverIssuedIsNamedAsSuch) {
+  const uint64_t token = Begin("shop", "t1").lease().token();
+  v1::ExtendRequest extend;
+  extend.set_namespace_("shop");
+  extend.set_key("t1");
+  extend.set_token(token + 1000);
+  v1::ExtendResponse extended;
+  grpc::Status status = stub_->Extend(Context().get(), extend, &extended);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(status.error_message().find("never issued for this key"),
+            std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(status.error_message().find("stale"), std::string::npos);
+  EXPECT_NE(
+      Complete("shop", "t1", token + 1000).error_message().find("never issued"),
+      std::string::npos);
 }
 
 }  // namespace
