@@ -1,5 +1,6 @@
 // idemctl: the Idem command-line tool. One subcommand per RPC, for operators
 // and shell scripts. It uses the public C++ client library, like any service.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -72,7 +73,8 @@ Global flags:
   --tls-key=FILE      its private key
   --token-file=FILE   send the token in FILE as "authorization: Bearer" (TLS)
   --json              print one JSON object shaped like the RPC's response
-  --timeout=D         give up after D, retries included (default 5s)
+  --timeout=D         give up after D, retries and begin's --wait included
+                      (a longer --wait is cut to 4/5 of D; default 5s)
   --help              this text; "idemctl COMMAND --help" for one command
 
 Exit codes: 0 success (begin: ACQUIRED), 10 COMPLETED, 11 IN_PROGRESS,
@@ -674,6 +676,14 @@ int Run(const Args& args) {
     begin.lease = cmd.Duration("lease");
     begin.retention = cmd.Duration("retention");
     begin.wait = cmd.Duration("wait");
+    // --timeout bounds the whole command: a longer wait is cut to 4/5 of it,
+    // so that the server's IN_PROGRESS answer still arrives in time, and the
+    // retries get the rest (the client adds the wait to their budget).
+    if (begin.wait > absl::ZeroDuration()) {
+      begin.wait = std::min(begin.wait, args.timeout * 4 / 5);
+      options.retry.total_timeout = args.timeout - begin.wait;
+      options.rpc_timeout = args.timeout - begin.wait;
+    }
     begin.owner = cmd.Flag("owner").value_or("");
   } else if (args.command == "complete") {
     cmd.Allow({"token", "code", "body", "meta", "retention"});

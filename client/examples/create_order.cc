@@ -4,7 +4,12 @@
 //
 // Run it twice with the same key: the first run creates the order (in two
 // recorded steps: reserve stock, then charge), the second replays the stored
-// response without creating anything. With no key a new one is made.
+// response without creating anything. With no key a new one is made. Each
+// run ends with one line saying what happened:
+//
+//   created order-42: 201 {"order":"reservation-…","charge":"charge-…"}
+//   replayed order-42 (nothing ran again): 201 {"order":…}
+//   refused order-42: it was already used with a different order
 #include <cstdio>
 #include <string>
 
@@ -16,12 +21,12 @@ namespace {
 
 // Stand-ins for the real side effects of an order service.
 std::string ReserveStock(const std::string& order) {
-  std::printf("  reserving stock for %s\n", order.c_str());
+  std::printf("reserving stock for %s\n", order.c_str());
   return "reservation-" + idem::client::NewKey().substr(0, 8);
 }
 
 std::string ChargeCard(const std::string& reservation) {
-  std::printf("  charging the card for %s\n", reservation.c_str());
+  std::printf("charging the card for %s\n", reservation.c_str());
   return "charge-" + idem::client::NewKey().substr(0, 8);
 }
 
@@ -39,8 +44,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "connect: %s\n", client.status().ToString().c_str());
     return 1;
   }
-  std::printf("POST /v1/orders with Idempotency-Key: %s\n", key.c_str());
-
   // The request's canonical form is what is fingerprinted: a retry with the
   // same key and a different order is refused (MISMATCH).
   absl::StatusOr<idem::client::RunResult> created = (*client)->Run(
@@ -63,11 +66,18 @@ int main(int argc, char** argv) {
       });
 
   if (!created.ok()) {
-    std::fprintf(stderr, "create order failed: %s\n",
+    if (idem::client::ErrorKindOf(created.status()) ==
+        idem::client::ErrorKind::kMismatch) {
+      std::printf("refused %s: it was already used with a different order\n",
+                  key.c_str());
+      return 3;
+    }
+    std::fprintf(stderr, "failed %s: %s\n", key.c_str(),
                  created.status().ToString().c_str());
     return 1;
   }
-  std::printf("%s %d %s\n", created->replayed ? "replayed" : "created",
+  std::printf("%s %s%s: %d %s\n", created->replayed ? "replayed" : "created",
+              key.c_str(), created->replayed ? " (nothing ran again)" : "",
               created->result.code, created->result.body.c_str());
   return 0;
 }

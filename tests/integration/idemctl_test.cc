@@ -3,6 +3,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -256,6 +258,51 @@ TEST_F(IdemctlTest, ADownServerIsReportedClearlyWithinTheTimeout) {
       Idemctl({"--server=no such host:1", "--timeout=1s", "ping"});
   EXPECT_EQ(bad.exit_code, 3);
   EXPECT_NE(bad.err.find("no such host:1"), std::string::npos) << bad.err;
+}
+
+TEST_F(IdemctlTest, TimeoutBoundsTheWholeCommandWaitIncluded) {
+  ASSERT_EQ(Idemctl({"begin", "pay", "busy", "--lease=60s"}).exit_code, 0);
+  const absl::Time start = absl::Now();
+  CommandResult waited =
+      Idemctl({"--timeout=2s", "begin", "pay", "busy", "--wait=60s"});
+  const absl::Duration took = absl::Now() - start;
+  // The server answered IN_PROGRESS after the cut wait (1.6 s), within the
+  // 2 s the command was given; before, it waited the whole minute.
+  EXPECT_EQ(waited.exit_code, 11) << waited.err;
+  EXPECT_GE(took, absl::Milliseconds(1500));
+  EXPECT_LT(took, absl::Seconds(3)) << "--timeout=2s took " << took;
+}
+
+// The example client of the README: one line per outcome, and the work's own
+// lines only when the work runs.
+TEST_F(IdemctlTest, TheExampleClientSaysWhatHappenedInOneLine) {
+  auto run = [&](std::vector<std::string> extra) {
+    std::vector<std::string> argv = {CREATE_ORDER_EXAMPLE, server_.address(),
+                                     "order-42"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return testing::RunCommand(argv);
+  };
+  CommandResult created = run({});
+  ASSERT_EQ(created.exit_code, 0) << created.err;
+  std::vector<std::string> lines =
+      absl::StrSplit(absl::StripTrailingAsciiWhitespace(created.out), '\n');
+  ASSERT_EQ(lines.size(), 3u) << created.out;
+  EXPECT_EQ(lines[0].rfind("reserving stock for ", 0), 0u) << created.out;
+  EXPECT_EQ(lines[1].rfind("charging the card for ", 0), 0u) << created.out;
+  EXPECT_EQ(lines[2].rfind("created order-42: 201 {\"order\":", 0), 0u)
+      << created.out;
+
+  CommandResult replayed = run({});
+  ASSERT_EQ(replayed.exit_code, 0) << replayed.err;
+  EXPECT_EQ(replayed.out,
+            "replayed order-42 (nothing ran again): " +
+                lines[2].substr(std::string("created order-42: ").size()) +
+                "\n");
+
+  CommandResult refused = run({R"({"item":"pen","quantity":2})"});
+  EXPECT_EQ(refused.exit_code, 3) << refused.err;
+  EXPECT_EQ(refused.out,
+            "refused order-42: it was already used with a different order\n");
 }
 
 }  // namespace

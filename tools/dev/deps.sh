@@ -12,6 +12,7 @@ packages=(
   libhiredis-dev
   # The Python client (Debian's interpreter /usr/bin/python3) and its tests.
   python3-grpcio python3-protobuf python3-fastapi python3-httpx python3-pytest
+  python3-uvicorn
   # The Go client, in GOPATH mode over Debian's Go packages.
   golang-go golang-google-grpc-dev golang-google-protobuf-dev
   golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc

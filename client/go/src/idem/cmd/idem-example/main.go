@@ -37,10 +37,10 @@ func main() {
 		if err != nil {
 			log.Fatalf("create order: %v", err)
 		}
-		what := "created"
 		if res.Replayed {
-			what = "replayed"
+			fmt.Printf("replayed %s (nothing ran again): %d %s\n", *key, res.Code, res.Body)
+		} else {
+			fmt.Printf("created %s: %d %s\n", *key, res.Code, res.Body)
 		}
-		fmt.Printf("%s %d %s\n", what, res.Code, res.Body)
 	}
 }
