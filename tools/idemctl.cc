@@ -288,6 +288,27 @@ struct Args {
   std::multimap<std::string, std::string> flags;  // Subcommand flags.
 };
 
+// gRPC wraps a port above 65535 into another one (99999 dials 34463): a
+// HOST:PORT target's port is checked here. Targets with a scheme
+// ("dns:///...", "unix:...") are gRPC's to check.
+void CheckServerPort(const std::string& server) {
+  if (absl::StrContains(server, "://") || absl::StartsWith(server, "unix:")) {
+    return;
+  }
+  const size_t colon = server.rfind(':');
+  const std::string port =
+      colon == std::string::npos ? "" : server.substr(colon + 1);
+  int number = 0;
+  if (colon == 0 || port.empty() || port.size() > 5 ||
+      port.find_first_not_of("0123456789") != std::string::npos ||
+      !absl::SimpleAtoi(port, &number) || number < 1 || number > 65535) {
+    throw UsageError{
+        absl::StrCat("--server=", server,
+                     " (or $IDEM_SERVER) is not HOST:PORT with a port "
+                     "from 1 to 65535")};
+  }
+}
+
 Args Parse(int argc, char** argv) {
   Args args;
   const char* env = std::getenv("IDEM_SERVER");
@@ -347,6 +368,7 @@ Args Parse(int argc, char** argv) {
       args.flags.emplace(name, value);
     }
   }
+  CheckServerPort(args.server);
   return args;
 }
 

@@ -260,6 +260,17 @@ TEST_F(IdemctlTest, ADownServerIsReportedClearlyWithinTheTimeout) {
   EXPECT_NE(bad.err.find("no such host:1"), std::string::npos) << bad.err;
 }
 
+TEST_F(IdemctlTest, AServerAddressWithABadPortIsAUsageError) {
+  for (const char* server : {"127.0.0.1:99999", "127.0.0.1", "localhost:0",
+                             ":50051", "127.0.0.1:5x"}) {
+    CommandResult r =
+        Idemctl({std::string("--server=") + server, "--timeout=1s", "ping"});
+    EXPECT_EQ(r.exit_code, 2) << server << ": " << r.err;
+    EXPECT_NE(r.err.find(std::string("--server=") + server), std::string::npos)
+        << r.err;
+  }
+}
+
 TEST_F(IdemctlTest, TimeoutBoundsTheWholeCommandWaitIncluded) {
   ASSERT_EQ(Idemctl({"begin", "pay", "busy", "--lease=60s"}).exit_code, 0);
   const absl::Time start = absl::Now();
