@@ -18,9 +18,9 @@ from idem.fingerprint import fingerprint, fingerprint_parts
 def __getattr__(name):
     # The middleware needs only the standard library at import, but keep it
     # lazy so that plain clients never import asyncio machinery they skip.
-    if name == "IdempotencyMiddleware":
-        from idem.middleware import IdempotencyMiddleware
-        return IdempotencyMiddleware
+    if name in ("IdempotencyMiddleware", "mark_not_executed"):
+        from idem import middleware
+        return getattr(middleware, name)
     raise AttributeError(name)
 
 
@@ -29,5 +29,5 @@ __all__ = [
     "BeginResult", "ConsumerOutcome", "IdemClient", "IdemError",
     "IdempotencyMiddleware", "InProgress", "LeaseLost", "LookupResult",
     "Mismatch", "Result", "RunContext", "Unavailable", "fingerprint",
-    "fingerprint_parts", "idempotent_consumer",
+    "fingerprint_parts", "idempotent_consumer", "mark_not_executed",
 ]
