@@ -76,7 +76,7 @@ struct Setting {
   bool is_bool = false;
 };
 
-// Every setting, in the order the README documents them.
+// Every setting, in the order docs/operations.md documents them.
 const std::vector<Setting>& Settings();
 
 // Reads settings from `environ` (name=value pairs) then from the command

@@ -161,7 +161,7 @@ absl::StatusOr<std::unique_ptr<RedisClusterStore>> RedisClusterStore::Open(
           "breaks its promises); CONFIG SET maxmemory-policy noeviction"));
     }
     // (A node where CONFIG is disabled, as in some managed services, is
-    // taken on trust; see README.)
+    // taken on trust; see docs/cluster.md.)
   }
   // Loaded on the masters now; one that cannot be reached (mid-failover)
   // or joins later gets them on first use (NOSCRIPT → EVAL).

@@ -26,8 +26,7 @@
 // Durability: Redis replication is asynchronous. With wait_replicas = N,
 // every change is followed by WAIT N on the same connection, and the
 // operation fails (UNAVAILABLE, the change may have been applied) unless N
-// replicas acknowledged it within wait_timeout; see README "Running a
-// cluster".
+// replicas acknowledged it within wait_timeout; see docs/cluster.md.
 #ifndef IDEM_STORAGE_REDIS_CLUSTER_STORE_H_
 #define IDEM_STORAGE_REDIS_CLUSTER_STORE_H_
 

@@ -30,7 +30,7 @@ using client::BeginReply;
 using client::KeyInfo;
 using client::Outcome;
 
-// Exit codes: documented in the README, relied on by scripts.
+// Exit codes: documented in docs/clients.md, relied on by scripts.
 enum ExitCode {
   kOk = 0,  // Success; for begin: ACQUIRED.
   kOtherError = 1,

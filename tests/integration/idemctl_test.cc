@@ -284,8 +284,8 @@ TEST_F(IdemctlTest, TimeoutBoundsTheWholeCommandWaitIncluded) {
   EXPECT_LT(took, absl::Seconds(3)) << "--timeout=2s took " << took;
 }
 
-// The example client of the README: one line per outcome, and the work's own
-// lines only when the work runs.
+// The example client of docs/clients.md: one line per outcome, and the work's
+// own lines only when the work runs.
 TEST_F(IdemctlTest, TheExampleClientSaysWhatHappenedInOneLine) {
   auto run = [&](std::vector<std::string> extra) {
     std::vector<std::string> argv = {CREATE_ORDER_EXAMPLE, server_.address(),
