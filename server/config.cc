@@ -189,6 +189,12 @@ std::vector<Setting> MakeSettings() {
             return c.limits.max_metadata_value_bytes;
           },
           0, size_t{1} << 20),
+      SizeSetting(
+          "max-reply-bytes", "IDEM_MAX_REPLY_BYTES",
+          "largest reply; a BeginBatch whose stored results would exceed it "
+          "answers the rest with RESOURCE_EXHAUSTED (fetch them one by one)",
+          [](ServerConfig& c) -> size_t& { return c.limits.max_reply_bytes; },
+          size_t{1} << 20, size_t{1} << 30),
       DurationSetting(
           "periodic-compaction", "IDEM_PERIODIC_COMPACTION",
           "compact files older than this even without writes, dropping "
@@ -358,6 +364,14 @@ absl::Status CheckConsistent(const ServerConfig& c) {
                      absl::FormatDuration(c.limits.default_retention),
                      ") exceeds --max-retention (",
                      absl::FormatDuration(c.limits.max_retention), ")"));
+  }
+  if (c.limits.MaxResultBytes() > c.limits.max_reply_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-reply-bytes (", c.limits.max_reply_bytes,
+                     ") cannot hold the largest result the limits admit (",
+                     c.limits.MaxResultBytes(),
+                     " bytes: --max-body-bytes plus --max-metadata-entries of "
+                     "--max-metadata-value-bytes); raise it or lower those"));
   }
   if (c.tls_cert.empty() != c.tls_key.empty()) {
     return absl::InvalidArgumentError(

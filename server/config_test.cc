@@ -102,5 +102,16 @@ TEST(ConfigTest, HelpListsEveryFlagWithItsVariable) {
   }
 }
 
+TEST(ConfigTest, TheReplyLimitMustHoldTheLargestAdmittedResult) {
+  absl::StatusOr<ServerConfig> config = Parse({"--max-body-bytes=67108864"});
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find("--max-reply-bytes"),
+            std::string::npos)
+      << config.status();
+  EXPECT_TRUE(
+      Parse({"--max-body-bytes=67108864", "--max-reply-bytes=134217728"}).ok());
+  EXPECT_FALSE(Parse({"--max-reply-bytes=2147483648"}).ok());  // > 1 GiB.
+}
+
 }  // namespace
 }  // namespace idem::server

@@ -368,7 +368,140 @@ class BatchCountdown {
   std::function<void()> finish_;
 };
 
+// What one BeginBatch reply may still carry (Limits::max_reply_bytes).
+// Replays of stored results take from it and are refused once it is used
+// up; acquisitions are charged but never refused: a lease that was granted
+// must reach its holder (with its checkpoint, at most 64 KiB).
+class ReplyBudget {
+ public:
+  explicit ReplyBudget(size_t bytes) : left_(static_cast<int64_t>(bytes)) {}
+
+  bool Take(size_t bytes) {
+    const int64_t n = static_cast<int64_t>(bytes);
+    int64_t left = left_.load();
+    while (left >= n) {
+      if (left_.compare_exchange_weak(left, left - n)) return true;
+    }
+    return false;
+  }
+  void Charge(size_t bytes) { left_ -= static_cast<int64_t>(bytes); }
+
+ private:
+  std::atomic<int64_t> left_;
+};
+
+// Bytes `begun` adds to a reply, framing included (an upper bound).
+size_t ReplyBytes(const storage::BeginResult& begun) {
+  size_t bytes = 128 + begun.checkpoint.size() + begun.result.body.size();
+  for (const auto& [key, value] : begun.result.metadata) {
+    bytes += key.size() + value.size() + 16;
+  }
+  return bytes;
+}
+
 }  // namespace
+
+// One BeginBatch call. Entries go to the store in request order, so that
+// requests for one key in the batch see each other, but at most `window`
+// at a time: a store holds every answer of a group until its write is
+// durable, and each replay answer carries a copy of its stored result, so a
+// batch replaying 1,000 large results at once held gigabytes. The window
+// (--max-reply-bytes / the largest result) bounds what is in flight; the
+// ReplyBudget bounds what the reply keeps. Deletes itself when answered.
+class IdempotencyService::BeginBatchCall {
+ public:
+  BeginBatchCall(IdempotencyService* service,
+                 std::vector<absl::StatusOr<storage::BeginCommand>> commands,
+                 v1::BeginBatchResponse* response, std::function<void()> finish)
+      : service_(service),
+        commands_(std::move(commands)),
+        response_(response),
+        finish_(std::move(finish)),
+        budget_(service->limits_.max_reply_bytes),
+        window_(std::max<size_t>(1, service->limits_.max_reply_bytes /
+                                        service->limits_.MaxResultBytes())),
+        remaining_(static_cast<int>(commands_.size()) + 1) {
+    // Every entry exists before any is answered: answers then touch only
+    // their own entry.
+    for (size_t i = 0; i < commands_.size(); ++i) response_->add_entries();
+  }
+
+  void Start() {
+    for (size_t i = 0; i < window_; ++i) AddSlot();
+    Done();
+  }
+
+ private:
+  // One more entry may be in flight. One thread at a time submits (in
+  // order); a slot added meanwhile is taken by that thread's loop.
+  void AddSlot() {
+    if (slots_.fetch_add(1) != 0) return;
+    remaining_.fetch_add(1);  // Alive while this thread submits.
+    do {
+      SubmitOne();
+    } while (slots_.fetch_sub(1) != 1);
+    Done();
+  }
+
+  // Submits the next entry that needs the store, answering refused ones on
+  // the way. Only the submitting thread touches next_.
+  void SubmitOne() {
+    while (next_ < commands_.size()) {
+      const size_t i = next_++;
+      v1::BeginBatchEntry* entry = response_->mutable_entries(i);
+      if (!commands_[i].ok()) {
+        SetBatchStatus(commands_[i].status(), entry->mutable_status());
+        Done();
+        continue;
+      }
+      service_->RunBegin(*commands_[i],
+                         [this, entry](absl::StatusOr<storage::BeginResult> b) {
+                           Answer(b, entry);
+                           AddSlot();
+                           Done();
+                         });
+      return;
+    }
+  }
+
+  void Answer(const absl::StatusOr<storage::BeginResult>& begun,
+              v1::BeginBatchEntry* entry) {
+    if (begun.ok() && begun->outcome == storage::BeginOutcome::kCompleted &&
+        !budget_.Take(ReplyBytes(*begun))) {
+      // A replay writes nothing: refusing it changes nothing stored.
+      SetBatchStatus(absl::ResourceExhaustedError(absl::StrCat(
+                         "the batch's reply would exceed ",
+                         service_->limits_.max_reply_bytes,
+                         " bytes (--max-reply-bytes); Begin or Lookup this "
+                         "key on its own to get its stored result")),
+                     entry->mutable_status());
+      return;
+    }
+    SetBatchStatus(begun.status(), entry->mutable_status());
+    if (!begun.ok()) return;
+    if (begun->outcome != storage::BeginOutcome::kCompleted) {
+      budget_.Charge(ReplyBytes(*begun));
+    }
+    FillBegin(*begun, entry->mutable_response());
+  }
+
+  void Done() {
+    if (remaining_.fetch_sub(1) == 1) {
+      finish_();
+      delete this;
+    }
+  }
+
+  IdempotencyService* const service_;
+  const std::vector<absl::StatusOr<storage::BeginCommand>> commands_;
+  v1::BeginBatchResponse* const response_;
+  const std::function<void()> finish_;
+  ReplyBudget budget_;
+  const size_t window_;
+  std::atomic<int> remaining_;
+  std::atomic<size_t> slots_{0};
+  size_t next_ = 0;
+};
 
 grpc::ServerUnaryReactor* IdempotencyService::BeginBatch(
     grpc::CallbackServerContext* context, const v1::BeginBatchRequest* request,
@@ -382,40 +515,26 @@ grpc::ServerUnaryReactor* IdempotencyService::BeginBatch(
   if (!access.ok()) {
     return observer_->Answer(context, "BeginBatch", start, access.status());
   }
-  // Every entry exists before any is answered: answers then touch only
-  // their own entry.
-  for (int i = 0; i < n; ++i) response->add_entries();
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto countdown = std::make_shared<BatchCountdown>(n, [=, this] {
-    observer_->Finish(reactor, "BeginBatch", start, absl::OkStatus());
-  });
-  for (int i = 0; i < n; ++i) {
-    v1::BeginBatchEntry* entry = response->mutable_entries(i);
-    absl::StatusOr<ValidBegin> begin =
-        ValidateBegin(request->requests(i), limits_);
-    if (absl::Status allowed = authorizer_->CheckNamespace(
-            *access, request->requests(i).namespace_());
+  std::vector<absl::StatusOr<storage::BeginCommand>> commands;
+  commands.reserve(n);
+  for (const v1::BeginRequest& one : request->requests()) {
+    absl::StatusOr<ValidBegin> begin = ValidateBegin(one, limits_);
+    if (absl::Status allowed =
+            authorizer_->CheckNamespace(*access, one.namespace_());
         !allowed.ok()) {
       begin = allowed;
     }
     if (begin.ok() && begin->wait > absl::ZeroDuration()) {
       begin = absl::InvalidArgumentError("wait is not allowed in a batch");
     }
-    if (!begin.ok()) {
-      SetBatchStatus(begin.status(), entry->mutable_status());
-      countdown->Done();
-      continue;
-    }
-    // Through the writer, in order, so that requests for one key in the
-    // batch see each other.
-    RunBegin(begin->command,
-             [entry, countdown](absl::StatusOr<storage::BeginResult> begun) {
-               SetBatchStatus(begun.status(), entry->mutable_status());
-               if (begun.ok()) FillBegin(*begun, entry->mutable_response());
-               countdown->Done();
-             });
+    commands.push_back(begin.ok() ? absl::StatusOr<storage::BeginCommand>(
+                                        std::move(begin->command))
+                                  : begin.status());
   }
-  countdown->Done();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  (new BeginBatchCall(this, std::move(commands), response, [=, this] {
+    observer_->Finish(reactor, "BeginBatch", start, absl::OkStatus());
+  }))->Start();
   return reactor;
 }
 

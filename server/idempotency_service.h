@@ -58,6 +58,7 @@ class IdempotencyService final : public v1::Idempotency::CallbackService {
 
  private:
   class BeginReactor;
+  class BeginBatchCall;
 
   // OK when the caller is authenticated and may use `name_space`.
   absl::Status Authorize(const grpc::CallbackServerContext& context,

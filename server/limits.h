@@ -38,6 +38,20 @@ struct Limits {
   size_t max_metadata_entries = 64;
   size_t max_metadata_key_bytes = 256;
   size_t max_metadata_value_bytes = 8192;
+  // Bound on one reply: a BeginBatch replaying stored results (up to 1,000
+  // of them, the same key any number of times) stops adding results here,
+  // so that a 10 KB request cannot make the server build gigabytes.
+  size_t max_reply_bytes = size_t{64} << 20;
+
+  // The largest stored result the limits admit (body and metadata, with
+  // room for protobuf framing): one Begin or Lookup reply carries at most
+  // this, and --max-reply-bytes must hold it.
+  size_t MaxResultBytes() const {
+    return max_body_bytes +
+           max_metadata_entries *
+               (max_metadata_key_bytes + max_metadata_value_bytes + 16) +
+           1024;
+  }
 };
 
 }  // namespace idem::server

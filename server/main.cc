@@ -87,7 +87,7 @@ absl::StatusOr<std::unique_ptr<storage::Store>> OpenStore(
           {{"durability",
             "--redis-wait-replicas=0: a change is answered once the Redis "
             "master has it; a failover before it reaches a replica loses it "
-            "(README, Running a cluster)"}});
+            "(docs/cluster.md)"}});
     }
     storage::RedisClusterStoreOptions options;
     options.cluster.seeds = seeds;
@@ -262,15 +262,15 @@ int Run(int argc, char** argv) {
       interceptors;
   interceptors.push_back(MakeInvalidRequestInterceptorFactory(&observer));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
-  // Room for the largest valid Complete: body, metadata and framing.
+  // Room for the largest valid Complete: its result and the rest of the
+  // request. Replies are bounded by --max-reply-bytes (a BeginBatch stops
+  // adding results there); the send limit is a backstop far below
+  // protobuf's 2 GiB, where serializing would abort the process.
   const size_t max_message = std::max<size_t>(
-      size_t{4} << 20, config->limits.max_body_bytes +
-                           config->limits.max_metadata_entries *
-                               (config->limits.max_metadata_key_bytes +
-                                config->limits.max_metadata_value_bytes) +
-                           (size_t{64} << 10));
-  builder.SetMaxReceiveMessageSize(static_cast<int>(
-      std::min<size_t>(max_message, std::numeric_limits<int>::max())));
+      size_t{4} << 20, config->limits.MaxResultBytes() + (size_t{64} << 10));
+  builder.SetMaxReceiveMessageSize(static_cast<int>(max_message));
+  builder.SetMaxSendMessageSize(
+      static_cast<int>(config->limits.max_reply_bytes + (size_t{64} << 20)));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     Log(LogLevel::kError, "listen_failed",

@@ -44,13 +44,14 @@ constexpr int64_t kMaxServerRss = int64_t{300} << 20;
 constexpr int64_t kMaxServerRss = int64_t{300} << 20;
 #endif
 
-// Resident memory of a process, from /proc, in bytes (0 if unknown).
-int64_t ResidentBytes(pid_t pid) {
+// Resident memory of a process, from /proc, in bytes (0 if unknown): now
+// (VmRSS) or at its peak (VmHWM).
+int64_t ResidentBytes(pid_t pid, absl::string_view field = "VmRSS:") {
   std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
   std::string line;
   while (std::getline(status, line)) {
     absl::string_view rest = line;
-    if (absl::ConsumePrefix(&rest, "VmRSS:")) {
+    if (absl::ConsumePrefix(&rest, field)) {
       int64_t kib = 0;
       if (!absl::SimpleAtoi(
               absl::StripSuffix(absl::StripAsciiWhitespace(rest), " kB"),
@@ -193,6 +194,89 @@ TEST(LoadLimitsTest, ParkedWaitersAreBoundedAndEveryCallIsAnswered) {
   EXPECT_EQ(completed.load(), kMaxParked);
   EXPECT_EQ(other.load(), 0);
   EXPECT_EQ(answered.load(), kConnections);
+}
+
+// A 10 KB BeginBatch naming one completed key 1,000 times made the server
+// build a 1.6 GB reply (RSS 40 MB -> 3.1 GB; past 2 GiB it aborted in the
+// serializer). The reply budget stops adding stored results at
+// --max-reply-bytes and answers the rest RESOURCE_EXHAUSTED.
+TEST(LoadLimitsTest, ABatchReplayingALargeResultIsBoundedByTheReplyBudget) {
+  testing::ServerProcess server;
+  ASSERT_TRUE(server.Start().ok()) << server.log();
+  grpc::ChannelArguments arguments;
+  arguments.SetMaxReceiveMessageSize(-1);
+  auto stub = v1::Idempotency::NewStub(grpc::CreateCustomChannel(
+      server.address(), grpc::InsecureChannelCredentials(), arguments));
+
+  v1::BeginResponse held;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(
+        stub->Begin(&context, Begin("big", absl::ZeroDuration()), &held).ok());
+  }
+  // The largest result the default limits admit: 1 MiB body and 64
+  // metadata values of 8 KiB.
+  v1::CompleteRequest complete;
+  complete.set_namespace_("load");
+  complete.set_key("big");
+  complete.set_token(held.lease().token());
+  complete.mutable_result()->set_body(std::string(size_t{1} << 20, 'b'));
+  for (int i = 0; i < 64; ++i) {
+    (*complete.mutable_result()->mutable_metadata())[absl::StrCat("h", i)] =
+        std::string(8192, 'm');
+  }
+  {
+    grpc::ClientContext context;
+    v1::CompleteResponse response;
+    grpc::Status status = stub->Complete(&context, complete, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  const int64_t idle_rss = ResidentBytes(server.pid());
+
+  v1::BeginBatchRequest batch;
+  for (int i = 0; i < 1000; ++i) {
+    *batch.add_requests() = Begin("big", absl::ZeroDuration());
+    batch.mutable_requests(i)->clear_wait();
+  }
+  v1::BeginBatchResponse reply;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  grpc::Status status = stub->BeginBatch(&context, batch, &reply);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(reply.entries_size(), 1000);
+  int replayed = 0;
+  int refused = 0;
+  for (const v1::BeginBatchEntry& entry : reply.entries()) {
+    if (entry.status().code() == 0) {
+      EXPECT_EQ(entry.response().outcome(),
+                v1::BeginResponse::OUTCOME_COMPLETED);
+      EXPECT_EQ(entry.response().result().body().size(), size_t{1} << 20);
+      ++replayed;
+    } else {
+      EXPECT_EQ(entry.status().code(),
+                static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+      EXPECT_NE(entry.status().message().find("--max-reply-bytes"),
+                std::string::npos)
+          << entry.status().message();
+      ++refused;
+    }
+  }
+  const int64_t peak_rss = ResidentBytes(server.pid(), "VmHWM:");
+  std::printf(
+      "reply %.1f MiB: %d results replayed, %d refused; server RSS %.1f "
+      "MiB before, peak %.1f MiB\n",
+      reply.ByteSizeLong() / 1048576.0, replayed, refused, idle_rss / 1048576.0,
+      peak_rss / 1048576.0);
+  EXPECT_GT(replayed, 30);  // 64 MiB of 1.5 MiB results.
+  EXPECT_GT(refused, 900);
+  EXPECT_LE(reply.ByteSizeLong(), size_t{65} << 20);
+  EXPECT_LT(peak_rss, kMaxServerRss + (int64_t{256} << 20));
+  // Refusing a replay changed nothing: the key still replays alone.
+  v1::BeginResponse again;
+  grpc::ClientContext alone;
+  ASSERT_TRUE(
+      stub->Begin(&alone, Begin("big", absl::ZeroDuration()), &again).ok());
+  EXPECT_EQ(again.outcome(), v1::BeginResponse::OUTCOME_COMPLETED);
 }
 
 }  // namespace
