@@ -1,9 +1,15 @@
 // Running Idem as infrastructure: reflection (what grpcurl uses), health,
 // the metrics endpoint, the Admin service and the logs, all against the real
 // idem-server.
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -476,6 +482,93 @@ TEST_F(OperationsTest, ASecondServerCannotShareTheMetricsPort) {
       << second.log();
   // The first server still answers every scrape.
   for (int i = 0; i < 5; ++i) EXPECT_FALSE(Scrape().empty());
+}
+
+// --- The HTTP port under slow clients
+// -----------------------------------------
+
+// A TCP connection to the metrics port that sends `request` one byte at a
+// time, every `pause`, until stopped or closed by the server.
+class Trickler {
+ public:
+  Trickler(int port, absl::Duration pause) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = connect(fd_, reinterpret_cast<sockaddr*>(&address),
+                         sizeof(address)) == 0;
+    thread_ = std::thread([this, pause] {
+      const std::string request = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+      for (char c : request) {
+        if (stop_.WaitForNotificationWithTimeout(pause)) return;
+        if (send(fd_, &c, 1, MSG_NOSIGNAL) != 1) return;
+      }
+    });
+  }
+  ~Trickler() {
+    stop_.Notify();
+    thread_.join();
+    close(fd_);
+  }
+  bool connected() const { return connected_; }
+  // The server closed the connection (end of stream or reset).
+  bool closed_by_server() const {
+    char c;
+    const ssize_t n = recv(fd_, &c, 1, MSG_DONTWAIT | MSG_PEEK);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+  }
+
+ private:
+  int fd_ = -1;
+  bool connected_ = false;
+  absl::Notification stop_;
+  std::thread thread_;
+};
+
+TEST_F(OperationsTest, SlowHttpClientsCannotStarveProbes) {
+  // 16 clients trickling a header byte every 2 s used to hold every
+  // worker of cpp-httplib's pool: /healthz and /metrics stopped answering.
+  std::vector<std::unique_ptr<Trickler>> slow;
+  for (int i = 0; i < 16; ++i) {
+    slow.push_back(
+        std::make_unique<Trickler>(server_->metrics_port(), absl::Seconds(2)));
+    ASSERT_TRUE(slow.back()->connected());
+  }
+  absl::SleepFor(absl::Milliseconds(200));
+  absl::Duration slowest;
+  for (int i = 0; i < 20; ++i) {
+    const absl::Time start = absl::Now();
+    httplib::Client http("127.0.0.1", server_->metrics_port());
+    http.set_read_timeout(2, 0);
+    auto probe = http.Get("/healthz");
+    ASSERT_TRUE(probe) << "probe " << i << " got no answer";
+    EXPECT_EQ(probe->status, 200);
+    EXPECT_EQ(probe->body, "SERVING\n");
+    slowest = std::max(slowest, absl::Now() - start);
+  }
+  std::printf("slowest of 20 probes with 16 slow clients: %s\n",
+              absl::FormatDuration(slowest).c_str());
+  EXPECT_LT(slowest, absl::Milliseconds(500));
+  EXPECT_FALSE(Scrape().empty());
+
+  // More slow clients than the port keeps: the oldest make room.
+  for (int i = 0; i < 80; ++i) {
+    slow.push_back(
+        std::make_unique<Trickler>(server_->metrics_port(), absl::Seconds(2)));
+  }
+  absl::SleepFor(absl::Milliseconds(200));
+  httplib::Client http("127.0.0.1", server_->metrics_port());
+  http.set_read_timeout(2, 0);
+  auto probe = http.Get("/healthz");
+  ASSERT_TRUE(probe) << "no answer with 96 slow clients connected";
+  EXPECT_EQ(probe->status, 200);
+  // A request must arrive whole within 5 s: the first tricklers are cut.
+  absl::SleepFor(absl::Seconds(6));
+  EXPECT_TRUE(slow.front()->closed_by_server());
+  std::map<std::string, double> m = ParseMetrics(Scrape());
+  EXPECT_GE(m["idem_http_connections_dropped_total"], 32);
 }
 
 // --- Answers that say what happened -----------------------------------------
