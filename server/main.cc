@@ -39,6 +39,7 @@
 #include "server/authorizer.h"
 #include "server/blocking_executor.h"
 #include "server/config.h"
+#include "server/file_limit.h"
 #include "server/idempotency_service.h"
 #include "server/invalid_request_interceptor.h"
 #include "server/log.h"
@@ -159,20 +160,30 @@ int Run(int argc, char** argv) {
   ParseLogLevel(config->log_level, &level);
   SetLogLevel(level);
   Log(LogLevel::kInfo, "starting", {{"config", Describe(*config)}});
+  const FileLimit files = RaiseFileLimit();
+  Log(files.now < 4096 ? LogLevel::kWarning : LogLevel::kInfo, "file_limit",
+      {{"open_files", absl::StrCat(files.now)},
+       {"raised_from", absl::StrCat(files.before)},
+       {"note",
+        "each gRPC connection takes a descriptor, and so does the store; "
+        "raise the hard limit (LimitNOFILE=, ulimit -Hn) if it is low"}});
 
   // Security: checked before anything is opened, so that a bad file stops
   // the server at once with one clear line.
   const TlsFiles tls_files{config->tls_cert, config->tls_key,
                            config->tls_client_ca};
+  std::unique_ptr<TlsReloader> tls;
   if (!tls_files.cert.empty()) {
-    absl::StatusOr<std::string> tls = CheckTlsFiles(tls_files);
-    if (!tls.ok()) {
+    absl::StatusOr<std::unique_ptr<TlsReloader>> created =
+        TlsReloader::Create(tls_files);
+    if (!created.ok()) {
       Log(LogLevel::kError, "tls_invalid",
-          {{"error", std::string(tls.status().message())}});
+          {{"error", std::string(created.status().message())}});
       return 2;
     }
+    tls = *std::move(created);
     Log(LogLevel::kInfo, "tls",
-        {{"certificate", *tls},
+        {{"certificate", tls->current()},
          {"client_certificates",
           tls_files.client_ca.empty() ? "not requested" : "required"}});
   } else {
@@ -243,9 +254,11 @@ int Run(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(
-      config->listen, MakeServerCredentials(tls_files, config->tls_refresh),
-      &port);
+  builder.AddListeningPort(config->listen,
+                           tls != nullptr
+                               ? tls->Credentials(config->tls_refresh)
+                               : InsecureCredentials(),
+                           &port);
   // gRPC sets SO_REUSEPORT by default: a second server started on the same
   // port would silently share the traffic with its own, separate store and
   // run the same key's work twice. Refuse instead.
@@ -341,27 +354,33 @@ int Run(int argc, char** argv) {
        {"metrics_port", absl::StrCat(metrics_port)},
        {"store_open", absl::FormatDuration(open_time)}});
 
+  // Rotated TLS files are checked before gRPC sees them: a bad set is
+  // refused and the last good one keeps serving.
+  auto report_tls = [&metrics](const TlsReloader::Outcome& outcome) {
+    const bool installed = outcome.kind != TlsReloader::Outcome::Kind::kRefused;
+    metrics.RecordTlsReload(installed);
+    if (installed) {
+      Log(LogLevel::kInfo, "tls_reload",
+          {{"certificate", outcome.detail},
+           {"effect", "in use for new connections within --tls-refresh"}});
+    } else {
+      Log(LogLevel::kError, "tls_reload_failed",
+          {{"error", outcome.detail},
+           {"effect",
+            "refused: the last good certificate stays in use; fix the files "
+            "(they are re-checked every --tls-refresh and on SIGHUP)"}});
+    }
+  };
+  if (tls != nullptr) tls->Watch(config->tls_refresh, report_tls);
+
   int signal_number = 0;
   while (sigwait(&stop_signals, &signal_number) == 0 &&
          signal_number == SIGHUP) {
-    // gRPC re-reads the files itself (every --tls-refresh); this checks them
-    // now, so that an operator sees at once whether the new ones are good.
-    if (tls_files.cert.empty()) {
+    if (tls == nullptr) {
       Log(LogLevel::kInfo, "sighup", {{"note", "TLS is off: nothing to do"}});
       continue;
     }
-    absl::StatusOr<std::string> tls = CheckTlsFiles(tls_files);
-    if (tls.ok()) {
-      Log(LogLevel::kInfo, "tls_reload",
-          {{"certificate", *tls},
-           {"effect",
-            absl::StrCat("in use for new connections within ",
-                         absl::FormatDuration(config->tls_refresh))}});
-    } else {
-      Log(LogLevel::kError, "tls_reload_failed",
-          {{"error", std::string(tls.status().message())},
-           {"effect", "the previous certificate stays in use"}});
-    }
+    report_tls(tls->Reload(/*force=*/true));
   }
   Log(LogLevel::kInfo, "shutdown_started",
       {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"},
@@ -375,6 +394,7 @@ int Run(int argc, char** argv) {
   waits.Shutdown();  // Parked Begins answer with the state as it is.
   server->Shutdown(absl::ToChronoTime(absl::Now() + config->shutdown_grace));
   server->Wait();
+  tls.reset();  // Its watcher reports to `metrics`, destroyed before it.
   metrics_http.reset();
   store->reset();  // Closes the store after the last call.
   Log(LogLevel::kInfo, "shutdown_complete");

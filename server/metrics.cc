@@ -78,6 +78,12 @@ void Metrics::RecordAuth(absl::string_view principal,
   ++auth_[{std::string(principal), std::string(result)}];
 }
 
+void Metrics::RecordTlsReload(bool installed) {
+  absl::MutexLock lock(&mu_);
+  ++(installed ? tls_installed_ : tls_refused_);
+  tls_valid_ = installed;
+}
+
 std::string Metrics::Render(const Gauges& gauges) const {
   std::string out;
   absl::MutexLock lock(&mu_);
@@ -130,14 +136,29 @@ std::string Metrics::Render(const Gauges& gauges) const {
       "\n# HELP idem_disk_bytes Bytes of data files and write-ahead logs.\n"
       "# TYPE idem_disk_bytes gauge\nidem_disk_bytes ",
       gauges.store.disk_bytes,
-      "\n# HELP idem_expired_dropped_total Expired records removed by TTL "
-      "compaction since start.\n# TYPE idem_expired_dropped_total counter\n"
+      "\n# HELP idem_expired_dropped_total Stored versions of expired "
+      "records removed by TTL compaction since start (one key may count "
+      "once per version).\n# TYPE idem_expired_dropped_total counter\n"
       "idem_expired_dropped_total ",
       gauges.store.expired_dropped,
       "\n# HELP idem_storage_healthy 1 while the store takes writes, 0 after "
       "a storage error until it recovers.\n# TYPE idem_storage_healthy "
       "gauge\nidem_storage_healthy ",
       gauges.storage_healthy ? 1 : 0, "\n");
+  if (tls_installed_ + tls_refused_ > 0) {
+    absl::StrAppend(
+        &out,
+        "# HELP idem_tls_reloads_total Changes of the TLS files, installed "
+        "or refused (a refused set never reaches gRPC; the last good one "
+        "serves).\n# TYPE idem_tls_reloads_total counter\n"
+        "idem_tls_reloads_total{result=\"installed\"} ",
+        tls_installed_, "\nidem_tls_reloads_total{result=\"refused\"} ",
+        tls_refused_,
+        "\n# HELP idem_tls_files_valid 0 while the TLS files on disk are "
+        "refused and an older set serves.\n# TYPE idem_tls_files_valid "
+        "gauge\nidem_tls_files_valid ",
+        tls_valid_ ? 1 : 0, "\n");
+  }
   if (!auth_.empty()) {
     absl::StrAppend(&out,
                     "# HELP idem_auth_total Authorization decisions, by "

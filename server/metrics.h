@@ -9,6 +9,9 @@
 //   idem_storage_healthy                       gauge (1: writes work)
 //   idem_auth_total{principal,result}          counter (with --policy;
 //       result: allowed, permission_denied, unauthenticated)
+//   idem_tls_reloads_total{result}             counter (installed, refused)
+//   idem_tls_files_valid                       gauge (with TLS: 0 while the
+//       files on disk are refused and an older set serves)
 //
 // `outcome` is the Begin outcome (ACQUIRED, COMPLETED, IN_PROGRESS,
 // MISMATCH), OK for other successful calls, or the gRPC code name of an
@@ -43,6 +46,8 @@ class Metrics {
   void RecordTakeover();
   // `principal` is "" for a caller with no identity.
   void RecordAuth(absl::string_view principal, absl::string_view result);
+  // A change of the TLS files: installed, or refused (the old set serves).
+  void RecordTlsReload(bool installed);
 
   // Values read at scrape time.
   struct Gauges {
@@ -73,6 +78,9 @@ class Metrics {
   // the series are bounded.
   std::map<std::pair<std::string, std::string>, uint64_t> auth_
       ABSL_GUARDED_BY(mu_);
+  uint64_t tls_installed_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t tls_refused_ ABSL_GUARDED_BY(mu_) = 0;
+  bool tls_valid_ ABSL_GUARDED_BY(mu_) = true;
 };
 
 }  // namespace idem::server

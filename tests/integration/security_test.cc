@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -339,6 +340,90 @@ TEST_F(SecurityTest, RotatedCertificatesAreUsedWithoutARestart) {
   EXPECT_NE(server_->log().find("event=tls_reload"), std::string::npos);
   // The connection made before the rotation keeps working.
   EXPECT_TRUE(Begin(before, "refunds").ok());
+}
+
+// gRPC 1.51 loaded whatever the watched files held: a mismatched pair, a
+// garbage or missing CA bundle made every new connection fail while the log
+// said the previous certificate stayed in use. Bad sets are now refused
+// before gRPC sees them.
+TEST_F(SecurityTest, ABadSetOfTlsFilesIsRefusedAndTheLastGoodOneServes) {
+  // The server's own copy of the client CA: the test's clients read ca_.
+  const std::string server_ca = dir_.Sub("server-client-ca.pem");
+  std::filesystem::copy_file(ca_.cert, server_ca);
+  StartServer(/*mutual=*/true,
+              {"--tls-refresh=1s", "--tls-client-ca=" + server_ca});
+  auto works = [&] {
+    return Begin(Channel(Credentials(pay_.cert, pay_.key)), "payments/eu").ok();
+  };
+  ASSERT_TRUE(works());
+  const std::string good_key = server_cert_.key + ".good";
+  const std::string good_ca = server_ca + ".good";
+  std::filesystem::copy_file(server_cert_.key, good_key);
+  std::filesystem::copy_file(server_ca, good_ca);
+  auto overwrite = [](const std::string& from, const std::string& to) {
+    std::filesystem::copy_file(
+        from, to + ".new", std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::rename(to + ".new", to);
+  };
+  auto log_count = [&](const std::string& what) {
+    size_t count = 0;
+    const std::string log = server_->log();
+    for (size_t at = log.find(what); at != std::string::npos;
+         at = log.find(what, at + 1)) {
+      ++count;
+    }
+    return count;
+  };
+
+  struct Case {
+    const char* name;
+    std::function<void()> spoil;
+    const char* error;
+  };
+  const std::vector<Case> cases = {
+      {"a key of another certificate",
+       [&] { overwrite(pay_.key, server_cert_.key); },
+       "does not match the certificate"},
+      {"a garbage client CA bundle",
+       [&] { std::ofstream(server_ca, std::ios::trunc) << "garbage\n"; },
+       "holds no PEM CA certificate"},
+      {"a missing client CA bundle",
+       [&] { std::filesystem::remove(server_ca); }, "cannot read"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const size_t failures = log_count("event=tls_reload_failed");
+    c.spoil();
+    ASSERT_EQ(server_->Signal(SIGHUP), 0);
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (log_count("event=tls_reload_failed") == failures &&
+           absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    EXPECT_NE(server_->log().find(c.error), std::string::npos)
+        << server_->log();
+    // Past two refresh periods, new connections still get the good set.
+    absl::SleepFor(absl::Milliseconds(2500));
+    EXPECT_TRUE(works()) << server_->log();
+    overwrite(good_key, server_cert_.key);
+    overwrite(good_ca, server_ca);
+  }
+  // Files set right again are installed (reported after the last refusal)
+  // and serve.
+  auto installed_after_refusal = [&] {
+    const std::string log = server_->log();
+    const size_t refused = log.rfind("event=tls_reload_failed");
+    const size_t installed = log.rfind("event=tls_reload ");
+    return installed != std::string::npos && installed > refused;
+  };
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!installed_after_refusal() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(installed_after_refusal()) << server_->log();
+  EXPECT_TRUE(works());
+  EXPECT_EQ(server_->log().find("the previous certificate stays in use"),
+            std::string::npos);
 }
 
 }  // namespace
