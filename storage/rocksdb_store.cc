@@ -75,6 +75,15 @@ absl::Status FromRocks(const rocksdb::Status& status, absl::string_view what) {
       absl::StrCat("storage ", what, " failed: ", status.ToString()));
 }
 
+// What a call gets while a failed reopen left the database closed (until
+// the next recovery attempt, within a second).
+const rocksdb::Status& ClosedStatus() {
+  static const rocksdb::Status* const closed = new rocksdb::Status(
+      rocksdb::Status::IOError("the database is closed after a storage error "
+                               "and is being reopened"));
+  return *closed;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
@@ -113,7 +122,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
     return FromRocks(opened, absl::StrCat("open of ", options.path));
   }
   std::unique_ptr<RocksDbStore> store(
-      new RocksDbStore(options, raw_db, std::move(filter)));
+      new RocksDbStore(options, db_options, raw_db, std::move(filter)));
   if (absl::Status loaded = store->LoadTokenCounter(); !loaded.ok()) {
     return loaded;
   }
@@ -131,9 +140,11 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
   return store;
 }
 
-RocksDbStore::RocksDbStore(const RocksDbStoreOptions& options, rocksdb::DB* db,
+RocksDbStore::RocksDbStore(const RocksDbStoreOptions& options,
+                           const rocksdb::Options& db_options, rocksdb::DB* db,
                            std::unique_ptr<TtlCompactionFilter> filter)
     : options_(options),
+      db_options_(std::make_unique<const rocksdb::Options>(db_options)),
       filter_(std::move(filter)),
       db_(db),
       free_space_floor_(options.min_free_disk_bytes) {}
@@ -149,6 +160,7 @@ RocksDbStore::~RocksDbStore() {
     stopping_ = true;
   }
   if (maintenance_.joinable()) maintenance_.join();
+  if (db_ == nullptr) return;  // A reopen failed.
   rocksdb::CancelAllBackgroundWork(db_.get(), /*wait=*/true);
   db_->Close().PermitUncheckedError();
 }
@@ -195,8 +207,13 @@ absl::StatusOr<uint64_t> RocksDbStore::NextToken() {
     const uint64_t reserve = reserved_token_ + kTokenBlock;
     rocksdb::WriteOptions write_options;
     write_options.sync = true;  // Always: a reused token breaks fencing.
-    rocksdb::Status put =
-        db_->Put(write_options, kTokenReservedKey, EncodeFixed64(reserve));
+    rocksdb::Status put;
+    {
+      absl::ReaderMutexLock lock(&db_mu_);
+      put = db_ == nullptr ? ClosedStatus()
+                           : db_->Put(write_options, kTokenReservedKey,
+                                      EncodeFixed64(reserve));
+    }
     if (!put.ok()) return StorageFailure(put, "write of the token counter");
     reserved_token_ = reserve;
   }
@@ -340,7 +357,12 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
   if (batch.Count() > 0) {
     rocksdb::WriteOptions write_options;
     write_options.sync = options_.sync_writes;
-    const rocksdb::Status written = db_->Write(write_options, &batch);
+    rocksdb::Status written;
+    {
+      absl::ReaderMutexLock lock(&db_mu_);
+      written =
+          db_ == nullptr ? ClosedStatus() : db_->Write(write_options, &batch);
+    }
     if (!written.ok()) committed = StorageFailure(written, "write");
   }
   // If the batch failed, every answer in it may rest on a lost change.
@@ -363,7 +385,12 @@ void RocksDbStore::BeginAsync(const BeginCommand& command,
 absl::StatusOr<std::optional<Record>> RocksDbStore::ReadRecord(
     const std::string& db_key) {
   std::string value;
-  rocksdb::Status got = db_->Get(rocksdb::ReadOptions(), db_key, &value);
+  rocksdb::Status got;
+  {
+    absl::ReaderMutexLock lock(&db_mu_);
+    got = db_ == nullptr ? ClosedStatus()
+                         : db_->Get(rocksdb::ReadOptions(), db_key, &value);
+  }
   if (got.IsNotFound()) return std::nullopt;
   if (!got.ok()) return StorageFailure(got, "read");
   absl::StatusOr<Record> record = DecodeRecord(value);
@@ -443,6 +470,8 @@ absl::StatusOr<KeySnapshot> RocksDbStore::Lookup(const KeyId& id) {
 }
 
 absl::Status RocksDbStore::CompactAll() {
+  absl::ReaderMutexLock lock(&db_mu_);
+  if (db_ == nullptr) return FromRocks(ClosedStatus(), "compaction");
   if (absl::Status flushed =
           FromRocks(db_->Flush(rocksdb::FlushOptions()), "flush");
       !flushed.ok()) {
@@ -456,6 +485,8 @@ absl::Status RocksDbStore::CompactAll() {
 }
 
 absl::Status RocksDbStore::NudgeCompaction() {
+  absl::ReaderMutexLock lock(&db_mu_);
+  if (db_ == nullptr) return FromRocks(ClosedStatus(), "compaction");
   if (absl::Status flushed =
           FromRocks(db_->Flush(rocksdb::FlushOptions()), "flush");
       !flushed.ok()) {
@@ -513,6 +544,38 @@ void RocksDbStore::NoteStorageError(const absl::Status& error, bool corrupt) {
   unhealthy_.store(true, std::memory_order_release);
 }
 
+rocksdb::Status RocksDbStore::Probe(bool resume) {
+  absl::ReaderMutexLock lock(&db_mu_);
+  if (db_ == nullptr) return ClosedStatus();
+  // Clears RocksDB's background error if its cause is gone (space freed);
+  // it fails harmlessly when there is nothing to resume.
+  if (resume) db_->Resume().PermitUncheckedError();
+  rocksdb::WriteOptions write_options;
+  write_options.sync = true;
+  return db_->Put(
+      write_options, kHealthProbeKey,
+      EncodeFixed64(static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))));
+}
+
+absl::Status RocksDbStore::Reopen() {
+  absl::WriterMutexLock lock(&db_mu_);
+  if (db_ != nullptr) {
+    rocksdb::CancelAllBackgroundWork(db_.get(), /*wait=*/true);
+    db_->Close().PermitUncheckedError();
+    db_.reset();
+  }
+  rocksdb::DB* raw_db = nullptr;
+  rocksdb::Status opened =
+      rocksdb::DB::Open(*db_options_, options_.path, &raw_db);
+  if (opened.ok()) {
+    db_.reset(raw_db);
+    return absl::OkStatus();
+  }
+  // Still failing (no descriptors yet): every call fails UNAVAILABLE until
+  // the next tick tries again.
+  return FromRocks(opened, "reopen");
+}
+
 void RocksDbStore::TryRecover() {
   uint64_t generation = 0;
   {
@@ -522,14 +585,15 @@ void RocksDbStore::TryRecover() {
   }
   // A probe write to a full disk would fail, or worse (see CheckFreeSpace).
   if (!CheckFreeSpace(0).ok()) return;
-  // Clears RocksDB's background error if its cause is gone (space freed);
-  // it fails harmlessly when there is nothing to resume.
-  db_->Resume().PermitUncheckedError();
-  rocksdb::WriteOptions write_options;
-  write_options.sync = true;
-  const rocksdb::Status probe = db_->Put(
-      write_options, kHealthProbeKey,
-      EncodeFixed64(static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))));
+  rocksdb::Status probe = Probe(/*resume=*/true);
+  if (!probe.ok()) {
+    // Resume() cannot clear a fatal background error (a memtable switch
+    // that failed with EMFILE is one): reopening the database can, once the
+    // cause is gone. Its log holds every acknowledged change.
+    if (absl::Status reopened = Reopen(); reopened.ok()) {
+      probe = Probe(/*resume=*/false);
+    }
+  }
   absl::MutexLock lock(&health_mu_);
   // An error that happened while probing is newer than the probe's proof.
   if (probe.ok() && generation == error_generation_ &&
@@ -549,6 +613,8 @@ absl::Status RocksDbStore::Health() {
 
 StoreStats RocksDbStore::Stats() {
   StoreStats stats;
+  absl::ReaderMutexLock lock(&db_mu_);
+  if (db_ == nullptr) return stats;
   uint64_t sst_bytes = 0;
   db_->GetIntProperty(rocksdb::DB::Properties::kTotalSstFilesSize, &sst_bytes);
   uint64_t wal_bytes = 0;
@@ -603,6 +669,8 @@ absl::StatusOr<ListPage> RocksDbStore::List(const ListQuery& query) {
       db_->NewIterator(rocksdb::ReadOptions()));
   const std::string start = prefix + query.page_token;
   ListPager pager(query);
+  absl::ReaderMutexLock lock(&db_mu_);
+  if (db_ == nullptr) return FromRocks(ClosedStatus(), "scan");
   for (it->Seek(start); it->Valid() && it->key().starts_with(prefix);
        it->Next()) {
     const absl::string_view db_key(it->key().data(), it->key().size());
@@ -627,6 +695,8 @@ absl::StatusOr<std::map<std::string, StateCounts>> RocksDbStore::CountKeys(
       name_space.empty() ? std::string(1, 'k') : NamespacePrefix(name_space);
   const absl::Time now = options_.clock->Now();
   std::map<std::string, StateCounts> counts;
+  absl::ReaderMutexLock lock(&db_mu_);
+  if (db_ == nullptr) return FromRocks(ClosedStatus(), "scan");
   std::unique_ptr<rocksdb::Iterator> it(
       db_->NewIterator(rocksdb::ReadOptions()));
   for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix);

@@ -42,6 +42,7 @@
 
 namespace rocksdb {
 class DB;
+struct Options;
 class Status;
 }  // namespace rocksdb
 
@@ -135,7 +136,8 @@ class RocksDbStore final : public Store {
     std::function<void(const absl::Status& failure)> finish;
   };
 
-  RocksDbStore(const RocksDbStoreOptions& options, rocksdb::DB* db,
+  RocksDbStore(const RocksDbStoreOptions& options,
+               const rocksdb::Options& db_options, rocksdb::DB* db,
                std::unique_ptr<TtlCompactionFilter> filter);
 
   // Queues a state-machine operation on `id`; `done` gets its reply once
@@ -170,13 +172,24 @@ class RocksDbStore final : public Store {
   absl::Status StorageFailure(const rocksdb::Status& status,
                               absl::string_view what);
   // While unhealthy: asks RocksDB to resume, then makes a synced probe
-  // write; healthy again if it lands.
+  // write; if that fails too, reopens the database and probes again;
+  // healthy again once a probe lands.
   void TryRecover();
+  // A synced write of the health probe key (after Resume() if `resume`).
+  rocksdb::Status Probe(bool resume);
+  // Closes and opens the database again: clears background errors that
+  // Resume() cannot. Leaves db_ null if the open fails.
+  absl::Status Reopen();
 
   const RocksDbStoreOptions options_;
+  // What the database was opened with, for Reopen (it points to filter_).
+  const std::unique_ptr<const rocksdb::Options> db_options_;
   // Declared before db_: the database refers to the filter until closed.
   std::unique_ptr<TtlCompactionFilter> filter_;
-  std::unique_ptr<rocksdb::DB> db_;
+  // Every use holds db_mu_ shared; Reopen swaps the database exclusively.
+  // Null only between a failed reopen and the next attempt.
+  absl::Mutex db_mu_;
+  std::unique_ptr<rocksdb::DB> db_ ABSL_GUARDED_BY(db_mu_);
 
   absl::Mutex queue_mu_;
   std::deque<PendingOp> queue_ ABSL_GUARDED_BY(queue_mu_);

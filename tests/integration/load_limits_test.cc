@@ -1,10 +1,16 @@
 // Load beyond the limits: many connections each parking a Begin. The server
 // must refuse what is over --max-parked-waiters with RESOURCE_EXHAUSTED,
 // answer everything it took, keep its memory bounded and keep serving.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -277,6 +283,97 @@ TEST(LoadLimitsTest, ABatchReplayingALargeResultIsBoundedByTheReplyBudget) {
   ASSERT_TRUE(
       stub->Begin(&alone, Begin("big", absl::ZeroDuration()), &again).ok());
   EXPECT_EQ(again.outcome(), v1::BeginResponse::OUTCOME_COMPLETED);
+}
+
+// Under a low descriptor limit, 300 idle connections made a memtable
+// switch fail with EMFILE; RocksDB keeps such a background error (Resume()
+// cannot clear it), so every write failed until a restart. The store now
+// reopens the database once descriptors are free again.
+TEST(LoadLimitsTest, AStoreStarvedOfDescriptorsRecoversWhenTheyComeBack) {
+  testing::ServerProcess server;
+  ASSERT_TRUE(server.Start().ok()) << server.log();
+  auto stub = server.NewStub();
+  int completed = 0;
+  std::vector<std::string> acknowledged;
+  auto write = [&](const std::string& key) {
+    v1::BeginResponse begun;
+    grpc::ClientContext begin_context;
+    begin_context.set_deadline(
+        absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::BeginRequest request = Begin(key, absl::ZeroDuration());
+    request.clear_wait();
+    if (!stub->Begin(&begin_context, request, &begun).ok()) return false;
+    v1::CompleteRequest complete;
+    complete.set_namespace_("load");
+    complete.set_key(key);
+    complete.set_token(begun.lease().token());
+    complete.mutable_result()->set_body(std::string(size_t{1} << 20, 'x'));
+    v1::CompleteResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    if (!stub->Complete(&context, complete, &response).ok()) return false;
+    acknowledged.push_back(key);
+    ++completed;
+    return true;
+  };
+  ASSERT_TRUE(write("warm-up"));  // The stub's connection is open.
+
+  // The server raised its soft limit at start; take it down to 256.
+  const rlimit low{256, 256};
+  ASSERT_EQ(prlimit(server.pid(), RLIMIT_NOFILE, &low, nullptr), 0)
+      << std::strerror(errno);
+  std::vector<int> idle;
+  for (int i = 0; i < 300; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(
+        std::stoi(server.address().substr(server.address().rfind(':') + 1))));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+    idle.push_back(fd);
+  }
+  absl::SleepFor(absl::Milliseconds(500));
+  int failed = 0;
+  for (int i = 0; i < 80; ++i) {
+    if (!write(absl::StrCat("starved-", i))) ++failed;
+  }
+  ASSERT_GT(failed, 0) << "the store never ran out of descriptors; "
+                       << completed << " writes went through";
+
+  for (int fd : idle) close(fd);
+  const absl::Time freed = absl::Now();
+  bool recovered = false;
+  while (!recovered && absl::Now() - freed < absl::Seconds(30)) {
+    recovered = write(absl::StrCat("after-", absl::ToUnixMicros(absl::Now())));
+    if (!recovered) absl::SleepFor(absl::Milliseconds(100));
+  }
+  const absl::Duration took = absl::Now() - freed;
+  std::printf(
+      "%d writes failed while starved; recovered %s after the idle "
+      "connections closed\n",
+      failed, absl::FormatDuration(took).c_str());
+  ASSERT_TRUE(recovered) << server.log();
+  EXPECT_LT(took, absl::Seconds(10));
+
+  // Everything acknowledged is there, also after a crash.
+  for (int round = 0; round < 2; ++round) {
+    for (const std::string& key : acknowledged) {
+      v1::LookupRequest lookup;
+      lookup.set_namespace_("load");
+      lookup.set_key(key);
+      v1::LookupResponse found;
+      grpc::ClientContext context;
+      ASSERT_TRUE(stub->Lookup(&context, lookup, &found).ok()) << key;
+      EXPECT_EQ(found.state(), v1::LookupResponse::STATE_COMPLETED) << key;
+      EXPECT_EQ(found.result().body().size(), size_t{1} << 20) << key;
+    }
+    if (round == 0) {
+      server.Kill();
+      ASSERT_TRUE(server.Start().ok()) << server.log();
+      stub = server.NewStub();
+    }
+  }
 }
 
 }  // namespace
