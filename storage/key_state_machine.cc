@@ -46,6 +46,12 @@ absl::Status LeaseLost(const Record* live, uint64_t token) {
         "token ", token,
         " was never issued for this key; pass the token Begin returned"));
   }
+  if (token == live->force_released_token()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "lease lost: an operator force-released the key while token ", token,
+        " held it (Admin.ForceRelease; the server's admin_force_release log "
+        "line names who and why); Begin the key again"));
+  }
   if (live->state() == Record::STATE_COMPLETED) {
     if (live->token() == token) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -103,6 +109,9 @@ Decision<BeginResult> DecideBegin(const Record* current,
                                            : ToMicros(now));
     next.set_retention_us(absl::ToInt64Microseconds(command.retention));
     next.set_attempt(live != nullptr ? live->attempt() + 1 : 1);
+    if (live != nullptr) {
+      next.set_force_released_token(live->force_released_token());
+    }
     // Work that was released half-way resumes from its checkpoint, but only
     // for the same request.
     if (live != nullptr && live->fingerprint() == command.fingerprint) {
@@ -257,6 +266,7 @@ Decision<uint64_t> DecideForceRelease(
   }
   Record next = *live;
   next.set_state(Record::STATE_RELEASED);
+  next.set_force_released_token(live->token());
   next.set_token(next_token());  // Fences out the holder.
   next.set_owner("");
   next.set_lease_expires_at_us(ToMicros(now));

@@ -329,6 +329,34 @@ TEST(LeaseLostTest, ExtendByTheTokenThatCompletedSaysItCompleted) {
       << older;
 }
 
+TEST(LeaseLostTest, TheHolderOfAForceReleasedKeyHearsAnOperatorDidIt) {
+  std::optional<Record> current = Make(Stored::kInProgress);
+  uint64_t next = 100;
+  auto tokens = [&next] { return ++next; };
+  Decision<uint64_t> forced = DecideForceRelease(Ptr(current), kNow, tokens);
+  ASSERT_TRUE(forced.write.has_value());
+  Record released = *forced.write;
+  const absl::Status complete =
+      DecideComplete(
+          &released,
+          {{"ns", "k"}, kHolderToken, Result{200, "x", {}}, std::nullopt}, kNow)
+          .reply.status();
+  EXPECT_EQ(complete.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(complete.message().find("an operator force-released the key"),
+            std::string::npos)
+      << complete;
+  // Still so after another attempt acquired the key.
+  Decision<BeginResult> again = DecideBegin(
+      &released, {{"ns", "k"}, "fp", "", kLease, kRetention}, kNow, tokens);
+  ASSERT_TRUE(again.write.has_value());
+  const absl::Status extend =
+      DecideExtend(&*again.write, {{"ns", "k"}, kHolderToken, kLease}, kNow)
+          .reply.status();
+  EXPECT_NE(extend.message().find("an operator force-released the key"),
+            std::string::npos)
+      << extend;
+}
+
 TEST(DecideCompleteTest, RepeatingTheSameResultIsOkAndWritesNothing) {
   std::optional<Record> current = Make(Stored::kCompleted);
   Decision<CompleteResult> d = DecideComplete(
