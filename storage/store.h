@@ -162,7 +162,10 @@ struct StoreStats {
   uint64_t estimated_keys = 0;
   // Bytes of live data files and write-ahead logs.
   uint64_t disk_bytes = 0;
-  // Records dropped by TTL compaction since the store was opened.
+  // Stored versions of expired records that TTL compaction dropped since
+  // the store was opened. A key whose versions sit in different files (its
+  // Begin flushed before its Complete) counts once per version, so this is
+  // at least, not exactly, the number of expired keys dropped.
   uint64_t expired_dropped = 0;
 };
 
