@@ -92,6 +92,15 @@ def check_workload(path, variables, workload_kind):
     labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
     check(all(labels.get(k) == v for k, v in selector.items()),
           "%s: Service selector does not match the pods" % path)
+    # With TLS on, the server keeps checked copies of the TLS files under
+    # $TMPDIR: a read-only root file system needs a writable /tmp.
+    if container.get("securityContext", {}).get("readOnlyRootFilesystem"):
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        tmp = [m for m in container.get("volumeMounts", [])
+               if m["mountPath"] == "/tmp"]
+        check(tmp and "emptyDir" in volumes.get(tmp[0]["name"], {}),
+              "%s: read-only root file system without an emptyDir on /tmp "
+              "(TLS needs it)" % path)
     return spec, container, env
 
 
@@ -110,8 +119,9 @@ def check_kubernetes_replicas(path, variables):
     check(spec.get("replicas", 0) >= 2, "%s: replicas should be >= 2" % path)
     check(env.get("IDEM_STORE", "").startswith("redis-cluster://"),
           "%s: IDEM_STORE is not a redis-cluster:// list" % path)
-    check(not container.get("volumeMounts"),
-          "%s: stateless replicas need no volume" % path)
+    pod = spec.get("template", {}).get("spec", {})
+    check(all("emptyDir" in v for v in pod.get("volumes", [])),
+          "%s: stateless replicas need no persistent volume" % path)
 
 
 def check_dockerfile(path, variables):
