@@ -296,6 +296,14 @@ std::vector<Setting> MakeSettings() {
                          "expected rocksdb or "
                          "redis-cluster://HOST:PORT[,HOST:PORT...]");
             }
+            // Credentials in the URL would be logged with the
+            // configuration: refused, and never echoed.
+            if (v.find('@') != std::string::npos) {
+              return absl::InvalidArgumentError(
+                  "invalid --store: credentials (USER:PASSWORD@) do not "
+                  "belong in the store URL, which is logged; use "
+                  "--redis-user and --redis-password-file");
+            }
             for (absl::string_view node : absl::StrSplit(
                      absl::string_view(v).substr(kRedisScheme.size()), ',')) {
               absl::StatusOr<HostPort> address =

@@ -113,5 +113,20 @@ TEST(ConfigTest, TheReplyLimitMustHoldTheLargestAdmittedResult) {
   EXPECT_FALSE(Parse({"--max-reply-bytes=2147483648"}).ok());  // > 1 GiB.
 }
 
+TEST(ConfigTest, CredentialsInTheStoreUrlAreRefusedAndNeverEchoed) {
+  absl::StatusOr<ServerConfig> config =
+      Parse({"--store=redis-cluster://admin:s3cret@127.0.0.1:7000"});
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find("--redis-password-file"),
+            std::string::npos)
+      << config.status();
+  EXPECT_EQ(config.status().message().find("s3cret"), std::string::npos)
+      << config.status();
+  absl::StatusOr<ServerConfig> from_env =
+      Parse({}, {{"IDEM_STORE", "redis-cluster://:s3cret@127.0.0.1:7000"}});
+  ASSERT_FALSE(from_env.ok());
+  EXPECT_EQ(from_env.status().message().find("s3cret"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace idem::server
