@@ -356,6 +356,13 @@ std::vector<Setting> MakeSettings() {
                     "Redis Cluster: file holding the AUTH password (one "
                     "line); empty: no AUTH",
                     &ServerConfig::redis_password_file, true),
+      BoolSetting("redis-accept-loss-on-restart",
+                  "IDEM_REDIS_ACCEPT_LOSS_ON_RESTART",
+                  "Redis Cluster: serve over masters without an append-only "
+                  "file; a master restarted before failover then loses "
+                  "acknowledged results (work runs twice) and tokens go "
+                  "backwards",
+                  &ServerConfig::redis_accept_loss_on_restart),
   };
 }
 

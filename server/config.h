@@ -59,6 +59,9 @@ struct ServerConfig {
   // it does not show in `ps`); the user is for Redis 6+ ACLs.
   std::string redis_user;
   std::string redis_password_file;
+  // Serve over masters without an append-only file (see
+  // storage/redis_cluster_store.h): their restart loses acknowledged data.
+  bool redis_accept_loss_on_restart = false;
   Limits limits;
 };
 

@@ -111,9 +111,13 @@ absl::StatusOr<std::unique_ptr<storage::Store>> OpenStore(
     options.wait_timeout = config.redis_wait_timeout;
     options.threads = static_cast<int>(config.redis_threads);
     options.max_pending = config.max_pending_writes;
+    options.accept_loss_on_restart = config.redis_accept_loss_on_restart;
     absl::StatusOr<std::unique_ptr<storage::RedisClusterStore>> opened =
         storage::RedisClusterStore::Open(std::move(options));
     if (!opened.ok()) return opened.status();
+    for (const std::string& note : (*opened)->durability_notes()) {
+      Log(LogLevel::kWarning, "store", {{"durability", note}});
+    }
     return std::unique_ptr<storage::Store>(*std::move(opened));
   }
   Log(LogLevel::kInfo, "store",

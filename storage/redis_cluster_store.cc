@@ -147,21 +147,8 @@ absl::StatusOr<std::unique_ptr<RedisClusterStore>> RedisClusterStore::Open(
   if (!cluster.ok()) return cluster.status();
   std::unique_ptr<RedisClusterStore> store(
       new RedisClusterStore(std::move(options), *std::move(cluster)));
-  for (const std::string& master : store->cluster_->Masters()) {
-    // Eviction would silently drop leases, results or token counters.
-    absl::StatusOr<RedisReply> policy = store->cluster_->RunOnNode(
-        master, {"CONFIG", "GET", "maxmemory-policy"});
-    if (policy.ok() && policy->kind == RedisReply::Kind::kArray &&
-        policy->elements.size() == 2 &&
-        policy->elements[1].text != "noeviction") {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "Redis node ", master, " has maxmemory-policy ",
-          policy->elements[1].text,
-          ": Idem needs noeviction (an evicted record or token counter "
-          "breaks its promises); CONFIG SET maxmemory-policy noeviction"));
-    }
-    // (A node where CONFIG is disabled, as in some managed services, is
-    // taken on trust; see docs/cluster.md.)
+  if (absl::Status settings = store->CheckNewMasters(); !settings.ok()) {
+    return settings;
   }
   // Loaded on the masters now; one that cannot be reached (mid-failover)
   // or joins later gets them on first use (NOSCRIPT → EVAL).
@@ -689,6 +676,82 @@ StoreStats RedisClusterStore::Stats() {
   return stats;
 }
 
+absl::Status RedisClusterStore::CheckMasterSettings(const std::string& master) {
+  auto setting = [&](const char* name) -> std::optional<std::string> {
+    absl::StatusOr<RedisReply> got =
+        cluster_->RunOnNode(master, {"CONFIG", "GET", name});
+    if (!got.ok() || got->kind != RedisReply::Kind::kArray ||
+        got->elements.size() != 2) {
+      return std::nullopt;  // CONFIG disabled (managed services), or down.
+    }
+    return got->elements[1].text;
+  };
+  auto note = [&](std::string text) {
+    absl::MutexLock lock(&mu_);
+    durability_notes_.push_back(std::move(text));
+  };
+  // Eviction would silently drop leases, results or token counters.
+  const std::optional<std::string> policy = setting("maxmemory-policy");
+  if (policy.has_value() && *policy != "noeviction") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Redis node ", master, " has maxmemory-policy ", *policy,
+        ": Idem needs noeviction (an evicted record or token counter breaks "
+        "its promises); CONFIG SET maxmemory-policy noeviction"));
+  }
+  const std::optional<std::string> aof = setting("appendonly");
+  if (!policy.has_value() || !aof.has_value()) {
+    note(absl::StrCat(master,
+                      ": its settings cannot be read (CONFIG refused); "
+                      "noeviction and appendonly yes are taken on trust"));
+    return absl::OkStatus();
+  }
+  if (*aof != "yes") {
+    if (options_.accept_loss_on_restart) {
+      note(absl::StrCat(
+          master,
+          ": appendonly no, accepted by --redis-accept-loss-on-restart: a "
+          "restart before failover empties it and its replica, losing "
+          "acknowledged results and sending tokens backwards"));
+      return absl::OkStatus();
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Redis node ", master,
+        " has appendonly no: killed and restarted before its node timeout, "
+        "a master without an append-only file comes back empty and its "
+        "replica resyncs from it, so acknowledged results are lost (the "
+        "work runs again) and fencing tokens go backwards. Set appendonly "
+        "yes and appendfsync always (CONFIG SET appendonly yes; CONFIG SET "
+        "appendfsync always; CONFIG REWRITE), or accept that risk with "
+        "--redis-accept-loss-on-restart (docs/cluster.md)"));
+  }
+  const std::optional<std::string> fsync = setting("appendfsync");
+  if (fsync.has_value() && *fsync != "always") {
+    note(absl::StrCat(master, ": appendfsync ", *fsync,
+                      ": a restart before failover can lose up to ",
+                      *fsync == "everysec" ? "the last second"
+                                           : "what the OS had not written",
+                      " of acknowledged changes (appendfsync always keeps "
+                      "them)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RedisClusterStore::CheckNewMasters() {
+  for (const std::string& master : cluster_->Masters()) {
+    if (checked_masters_.count(master) > 0) continue;
+    if (absl::Status checked = CheckMasterSettings(master); !checked.ok()) {
+      return checked;
+    }
+    checked_masters_.insert(master);
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> RedisClusterStore::durability_notes() const {
+  absl::MutexLock lock(&mu_);
+  return durability_notes_;
+}
+
 absl::Status RedisClusterStore::Health() {
   absl::MutexLock lock(&mu_);
   return health_;
@@ -703,6 +766,9 @@ void RedisClusterStore::Watch() {
       next_refresh = absl::Now() + absl::Seconds(5);
     }
     absl::Status health = cluster_->CheckHealth();
+    // A master that appeared since (failover, new node) must keep the same
+    // promises: until it does, the store is unhealthy.
+    if (health.ok()) health = CheckNewMasters();
     {
       absl::MutexLock lock(&mu_);
       health_ = std::move(health);

@@ -36,6 +36,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -69,6 +70,11 @@ struct RedisClusterStoreOptions {
   // Every Redis key and the channel start with this, so that several
   // deployments (or tests) can share a cluster.
   std::string prefix = "idem";
+  // Masters without an append-only file are refused: one that is killed
+  // and restarted before its node timeout comes back empty, its replica
+  // resyncs from it, and acknowledged results and token counters are gone
+  // (work runs twice, tokens go backwards). True accepts that risk.
+  bool accept_loss_on_restart = false;
   // Tests only: replaces Redis's TIME as the state machine's clock.
   const Clock* clock = nullptr;
 };
@@ -92,6 +98,10 @@ class RedisClusterStore final : public Store {
                        DoneStatus done) override;
   void DeleteAsync(const KeyId& id, Done<bool> done) override;
   void ForceReleaseAsync(const KeyId& id, Done<uint64_t> done) override;
+
+  // What the masters' settings weaken (appendfsync other than always, a
+  // node whose CONFIG is disabled), one line each, for the start-up log.
+  std::vector<std::string> durability_notes() const;
 
   // Always nullopt: answering needs a round trip to Redis, which must not
   // happen on the caller's (gRPC's) thread; BeginAsync answers instead.
@@ -168,6 +178,14 @@ class RedisClusterStore final : public Store {
   void Submit(std::function<void()> task,
               std::function<void(absl::Status)> refuse);
   void Work();
+  // OK when `master`'s settings keep Idem's promises: noeviction, and an
+  // append-only file (unless accept_loss_on_restart); FAILED_PRECONDITION
+  // naming the setting otherwise. Adds what weaker settings risk to
+  // durability_notes_.
+  absl::Status CheckMasterSettings(const std::string& master);
+  // CheckMasterSettings for masters not checked yet (new after a failover
+  // or when the slot map changes); the first failure, or OK.
+  absl::Status CheckNewMasters();
   void Watch();
   void Subscribe();
   // Wakes waiters for one pub/sub message.
@@ -182,11 +200,14 @@ class RedisClusterStore final : public Store {
   std::string record_prefix_;  // "{prefix}:r:{"
   std::string channel_;
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status health_ ABSL_GUARDED_BY(mu_);
   std::function<void(const KeyId&)> on_change_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> durability_notes_ ABSL_GUARDED_BY(mu_);
+  // Masters whose settings passed; a failing one is checked again.
+  std::set<std::string> checked_masters_;  // Watch()'s thread (and Open).
   std::vector<std::thread> workers_;
   std::thread watcher_;
   std::thread subscriber_;

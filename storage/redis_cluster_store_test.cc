@@ -4,6 +4,7 @@
 // cluster layer's slot hashing and redirects, and a resharding under load.
 #include "storage/redis_cluster_store.h"
 
+#include <algorithm>
 #include <atomic>
 #include <iostream>
 #include <map>
@@ -13,7 +14,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -383,6 +386,87 @@ TEST(RedisClusterStoreTest, AnEvictingClusterIsRefused) {
   ASSERT_EQ(opened.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(opened.status().message().find("noeviction"), std::string::npos)
       << opened.status();
+}
+
+// A master without an append-only file that restarts before its node
+// timeout comes back empty (its replica then resyncs from it): acknowledged
+// results and token counters are lost. Refused unless the operator accepts
+// the risk by name.
+TEST(RedisClusterStoreTest, AMasterWithoutAnAppendOnlyFileIsRefused) {
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
+                       RedisCluster::Connect(ClusterOptions(Seeds())));
+  const std::string master = cluster->Masters().front();
+  ASSERT_OK(cluster->RunOnNode(master, {"CONFIG", "SET", "appendonly", "no"})
+                .status());
+  absl::StatusOr<std::unique_ptr<RedisClusterStore>> refused =
+      RedisClusterStore::Open(Options(nullptr));
+  RedisClusterStoreOptions accepting = Options(nullptr);
+  accepting.accept_loss_on_restart = true;
+  absl::StatusOr<std::unique_ptr<RedisClusterStore>> accepted =
+      RedisClusterStore::Open(accepting);
+  ASSERT_OK(cluster->RunOnNode(master, {"CONFIG", "SET", "appendonly", "yes"})
+                .status());
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.status().message().find(master + " has appendonly no"),
+            std::string::npos)
+      << refused.status();
+  EXPECT_NE(refused.status().message().find("--redis-accept-loss-on-restart"),
+            std::string::npos);
+  ASSERT_OK(accepted);
+  const std::vector<std::string> notes = (*accepted)->durability_notes();
+  EXPECT_TRUE(std::any_of(notes.begin(), notes.end(), [&](const auto& n) {
+    return absl::StrContains(n, master + ": appendonly no, accepted");
+  })) << absl::StrJoin(notes, "\n");
+  // The test cluster fsyncs every second: said, not refused.
+  EXPECT_TRUE(std::any_of(notes.begin(), notes.end(), [](const auto& n) {
+    return absl::StrContains(n, "appendfsync everysec");
+  })) << absl::StrJoin(notes, "\n");
+}
+
+// A replica without an append-only file promoted to master (a failover)
+// makes the store unhealthy until it has one.
+TEST(RedisClusterStoreTest, AFailoverToAMasterWithoutPersistenceIsUnhealthy) {
+  std::unique_ptr<RedisClusterStore> store = OpenOrDie(Options(nullptr));
+  ASSERT_OK(store->Health());
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
+                       RedisCluster::Connect(ClusterOptions(Seeds())));
+  const std::string master = cluster->Masters().front();
+  ASSERT_OK_AND_ASSIGN(std::vector<testing::LocalRedisCluster::NodeInfo> nodes,
+                       Cluster().Nodes(master));
+  std::string master_id, replica;
+  for (const auto& node : nodes) {
+    if (node.address == master) master_id = node.id;
+  }
+  for (const auto& node : nodes) {
+    if (!node.master && node.master_id == master_id) replica = node.address;
+  }
+  ASSERT_FALSE(replica.empty());
+  ASSERT_OK(
+      Cluster().Cli(replica, {"CONFIG", "SET", "appendonly", "no"}).status());
+  ASSERT_OK(Cluster().Cli(replica, {"CLUSTER", "FAILOVER"}).status());
+  absl::Status health;
+  for (int i = 0; i < 100; ++i) {
+    health = store->Health();
+    if (absl::StrContains(health.message(), "appendonly no")) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_NE(health.message().find(replica + " has appendonly no"),
+            std::string::npos)
+      << health;
+  // Mended: healthy again within a few checks.
+  ASSERT_OK(
+      Cluster().Cli(replica, {"CONFIG", "SET", "appendonly", "yes"}).status());
+  for (int i = 0; i < 100 && !store->Health().ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_OK(store->Health());
+  // The old master takes its role back, for the tests that follow.
+  ASSERT_OK(Cluster().Cli(master, {"CLUSTER", "FAILOVER"}).status());
+  for (int i = 0; i < 100; ++i) {
+    absl::StatusOr<std::string> role = Cluster().Cli(master, {"ROLE"});
+    if (role.ok() && absl::StartsWith(*role, "master")) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
 }
 
 // Two stores (two replicas) on the same cluster race for the same keys:

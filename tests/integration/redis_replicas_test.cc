@@ -239,6 +239,101 @@ TEST(RedisAuthTest, PasswordProtectedClusterNeedsThePasswordFile) {
   EXPECT_EQ(server.log().find(password), std::string::npos);
 }
 
+// Masters restarted at once (kill -9, then started again before the node
+// timeout, as systemd or a kubelet does) come back with what their
+// append-only file holds, and their replicas resync from them. With
+// appendfsync always every acknowledged result and token counter is kept;
+// a cluster without an append-only file is refused, since there the same
+// restart loses acknowledged results and sends tokens back to 1.
+TEST(RedisPersistenceTest, MastersRestartedAtOnceKeepWhatWasAcknowledged) {
+  absl::StatusOr<std::unique_ptr<testing::LocalRedisCluster>> volatile_nodes =
+      testing::LocalRedisCluster::Start(
+          3, 0, "", testing::LocalRedisCluster::Persistence::kNone);
+  ASSERT_TRUE(volatile_nodes.ok()) << volatile_nodes.status();
+  const std::string volatile_store =
+      "--store=redis-cluster://" + (*volatile_nodes)->Seeds();
+  testing::ServerProcess refused({volatile_store});
+  ASSERT_FALSE(refused.Start().ok());
+  EXPECT_NE(refused.log().find("event=store_open_failed"), std::string::npos)
+      << refused.log();
+  EXPECT_NE(refused.log().find("has appendonly no"), std::string::npos)
+      << refused.log();
+  testing::ServerProcess accepted(
+      {volatile_store, "--redis-accept-loss-on-restart"});
+  ASSERT_TRUE(accepted.Start().ok()) << accepted.log();
+  EXPECT_NE(accepted.log().find("appendonly no, accepted"), std::string::npos)
+      << accepted.log();
+
+  absl::StatusOr<std::unique_ptr<testing::LocalRedisCluster>> cluster =
+      testing::LocalRedisCluster::Start(
+          3, 1, "", testing::LocalRedisCluster::Persistence::kAofAlways);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  testing::ServerProcess server(
+      {"--store=redis-cluster://" + (*cluster)->Seeds(),
+       "--redis-wait-replicas=1"});
+  ASSERT_TRUE(server.Start().ok()) << server.log();
+  auto stub = server.NewStub();
+  std::map<std::string, uint64_t> tokens;
+  for (int i = 0; i < 30; ++i) {
+    const std::string key = absl::StrCat("kept-", i);
+    BeginResponse begun;
+    ASSERT_TRUE(stub->Begin(Context().get(), Begin(key), &begun).ok());
+    CompleteResponse done;
+    ASSERT_TRUE(stub->Complete(Context().get(),
+                               Complete(key, begun.lease().token(), key), &done)
+                    .ok());
+    tokens[key] = begun.lease().token();
+  }
+  // A key whose token was raised by releases: its counter must not roll
+  // back.
+  auto release = [&](const std::string& key, uint64_t token) {
+    v1::ReleaseRequest request;
+    request.set_namespace_(kNamespace);
+    request.set_key(key);
+    request.set_token(token);
+    v1::ReleaseResponse response;
+    return stub->Release(Context().get(), request, &response);
+  };
+  uint64_t cycled_token = 0;
+  for (int i = 0; i < 4; ++i) {
+    BeginResponse begun;
+    ASSERT_TRUE(stub->Begin(Context().get(), Begin("cycled"), &begun).ok());
+    cycled_token = begun.lease().token();
+    ASSERT_TRUE(release("cycled", cycled_token).ok());
+  }
+  absl::StatusOr<std::vector<testing::LocalRedisCluster::NodeInfo>> nodes =
+      (*cluster)->Nodes((*cluster)->Addresses().front());
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  for (const auto& node : *nodes) {
+    if (!node.master) continue;
+    (*cluster)->Kill(node.address);
+    ASSERT_TRUE((*cluster)->Restart(node.address).ok());
+  }
+  // Every acknowledged result is there, and tokens go on growing.
+  for (const auto& [key, token] : tokens) {
+    LookupResponse found;
+    grpc::Status status;
+    for (int attempt = 0; attempt < 50; ++attempt) {
+      LookupRequest request;
+      request.set_namespace_(kNamespace);
+      request.set_key(key);
+      status = stub->Lookup(Context().get(), request, &found);
+      if (status.ok()) break;
+      absl::SleepFor(absl::Milliseconds(200));
+    }
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(found.state(), LookupResponse::STATE_COMPLETED) << key;
+    EXPECT_EQ(found.result().body(), key);
+    BeginResponse replay;
+    ASSERT_TRUE(stub->Begin(Context().get(), Begin(key), &replay).ok());
+    EXPECT_EQ(replay.outcome(), BeginResponse::OUTCOME_COMPLETED) << key;
+  }
+  BeginResponse again;
+  ASSERT_TRUE(stub->Begin(Context().get(), Begin("cycled"), &again).ok());
+  ASSERT_EQ(again.outcome(), BeginResponse::OUTCOME_ACQUIRED);
+  EXPECT_GT(again.lease().token(), cycled_token);
+}
+
 // Clients that Begin on one replica and Complete on the other, and remember
 // every result the server acknowledged.
 class Load {

@@ -62,7 +62,8 @@ std::string Port(const std::string& address) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LocalRedisCluster>> LocalRedisCluster::Start(
-    int masters, int replicas_per_master, const std::string& password) {
+    int masters, int replicas_per_master, const std::string& password,
+    Persistence persistence) {
   std::unique_ptr<LocalRedisCluster> cluster(new LocalRedisCluster());
   cluster->password_ = password;
   std::vector<int> ports;
@@ -75,12 +76,19 @@ absl::StatusOr<std::unique_ptr<LocalRedisCluster>> LocalRedisCluster::Start(
     std::vector<std::string> args = {
         kRedisServer, "--port", absl::StrCat(port), "--bind", "127.0.0.1",
         "--dir", dir, "--cluster-enabled", "yes", "--cluster-config-file",
-        dir + "/nodes.conf", "--cluster-node-timeout", "1000", "--appendonly",
-        "no", "--save", "",
+        dir + "/nodes.conf", "--cluster-node-timeout", "1000", "--save", "",
         // Replicas sync at once (the default
         // waits 5 s for more replicas).
         "--repl-diskless-sync-delay", "0", "--daemonize", "no", "--logfile",
         ""};
+    if (persistence == Persistence::kNone) {
+      args.insert(args.end(), {"--appendonly", "no"});
+    } else {
+      args.insert(
+          args.end(),
+          {"--appendonly", "yes", "--appendfsync",
+           persistence == Persistence::kAofAlways ? "always" : "everysec"});
+    }
     if (!password.empty()) {
       args.insert(args.end(),
                   {"--requirepass", password, "--masterauth", password});

@@ -29,11 +29,19 @@ class LocalRedisCluster {
     int slots = 0;          // Masters: how many slots they serve.
   };
 
+  // How the nodes persist their data.
+  enum class Persistence {
+    kNone,         // appendonly no, no RDB: a restarted master is empty.
+    kAofEverySec,  // appendonly yes, appendfsync everysec.
+    kAofAlways,    // appendonly yes, appendfsync always.
+  };
+
   // Starts the nodes, creates the cluster and waits until it is healthy.
   // With a password, every node requires it (requirepass, masterauth).
   static absl::StatusOr<std::unique_ptr<LocalRedisCluster>> Start(
       int masters = 3, int replicas_per_master = 1,
-      const std::string& password = "");
+      const std::string& password = "",
+      Persistence persistence = Persistence::kAofEverySec);
   ~LocalRedisCluster();
   LocalRedisCluster(const LocalRedisCluster&) = delete;
   LocalRedisCluster& operator=(const LocalRedisCluster&) = delete;
