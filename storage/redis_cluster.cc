@@ -396,6 +396,22 @@ RedisCluster::RunOnEveryMaster(const RedisCommand& command) {
   return out;
 }
 
+std::vector<std::pair<std::string, int>> RedisCluster::MasterSlots() {
+  absl::MutexLock lock(&mu_);
+  std::vector<int> slot_of(masters_.size(), -1);
+  for (int slot = 0; slot < kRedisSlots; ++slot) {
+    const int index = slot_master_[static_cast<size_t>(slot)];
+    if (index >= 0 && slot_of[static_cast<size_t>(index)] < 0) {
+      slot_of[static_cast<size_t>(index)] = slot;
+    }
+  }
+  std::vector<std::pair<std::string, int>> out;
+  for (size_t i = 0; i < masters_.size(); ++i) {
+    if (slot_of[i] >= 0) out.emplace_back(masters_[i], slot_of[i]);
+  }
+  return out;
+}
+
 std::vector<std::string> RedisCluster::Masters() {
   absl::MutexLock lock(&mu_);
   std::vector<bool> used(masters_.size(), false);

@@ -108,6 +108,8 @@ class RedisCluster {
   absl::Status CheckHealth();
   // Master addresses, for subscribers and scans.
   std::vector<std::string> Masters();
+  // Each master with one slot it serves (to run slot-bound probes there).
+  std::vector<std::pair<std::string, int>> MasterSlots();
   const RedisClusterOptions& options() const { return options_; }
 
   // A new connection that is not pooled (for SUBSCRIBE). Null and an error

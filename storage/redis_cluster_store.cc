@@ -171,6 +171,9 @@ absl::StatusOr<std::unique_ptr<RedisClusterStore>> RedisClusterStore::Open(
           "no Redis master could load the Idem scripts");
     }
   }
+  if (absl::Status probed = store->ProbeMasters(); !probed.ok()) {
+    return probed;
+  }
   {
     absl::MutexLock lock(&store->mu_);
     store->health_ = absl::OkStatus();
@@ -747,6 +750,97 @@ absl::Status RedisClusterStore::CheckNewMasters() {
   return absl::OkStatus();
 }
 
+absl::Status RedisClusterStore::ProbeMaster(const std::string& master,
+                                            int slot) {
+  const std::string probe =
+      absl::StrCat(options_.prefix, ":probe:{",
+                   counter_tags_[static_cast<size_t>(slot)], "}");
+  const std::string counter = CounterKey(slot);
+  // A master that appeared since start (a failover) may not have the
+  // scripts yet; calls load them on NOSCRIPT, the probe does it here.
+  for (const char* script : {kReadScript, kApplyScript, kConfirmScript}) {
+    absl::StatusOr<RedisReply> loaded =
+        cluster_->RunOnNode(master, {"SCRIPT", "LOAD", script});
+    if (!loaded.ok()) return loaded.status();
+    if (loaded->is_error()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("Redis master ", master, " refused SCRIPT LOAD: ",
+                       loaded->text,
+                       " (docs/cluster.md lists what the Redis user needs)"));
+    }
+  }
+  std::vector<std::pair<std::string, RedisCommand>> steps = {
+      {"the read script (EVALSHA: TIME, GET)",
+       {"EVALSHA", read_sha_, "2", probe, counter}},
+      {"the write script (EVALSHA: SET, PUBLISH to " + channel_ + ")",
+       {"EVALSHA", apply_sha_, "2", probe, counter, "", "idem-probe", "10000",
+        "0", channel_}},
+      {"the confirm script (EVALSHA: INCRBY)",
+       {"EVALSHA", confirm_sha_, "2", probe, counter, "idem-probe"}},
+      {"the write script deleting (EVALSHA: DEL)",
+       {"EVALSHA", apply_sha_, "2", probe, counter, "idem-probe", "", "0", "0",
+        ""}}};
+  if (options_.wait_replicas > 0) {
+    steps.push_back(
+        {"WAIT",
+         {"WAIT", absl::StrCat(options_.wait_replicas),
+          absl::StrCat(absl::ToInt64Milliseconds(options_.wait_timeout))}});
+  }
+  std::vector<RedisCommand> pipeline;
+  for (const auto& step : steps) pipeline.push_back(step.second);
+  absl::StatusOr<std::vector<RedisReply>> replies =
+      cluster_->RunPipeline(slot, pipeline);
+  if (!replies.ok()) return replies.status();
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const RedisReply& reply = (*replies)[i];
+    if (reply.is_error()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "Redis master ", master, " refused ", steps[i].first, ": ",
+          reply.text, " (docs/cluster.md lists what the Redis user needs)"));
+    }
+  }
+  if (options_.wait_replicas > 0) {
+    const RedisReply& acks = replies->back();
+    if (acks.kind != RedisReply::Kind::kInteger ||
+        acks.integer < options_.wait_replicas) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "Redis master ", master, " has ",
+          acks.kind == RedisReply::Kind::kInteger ? acks.integer : 0,
+          " replica(s) acknowledging within --redis-wait-timeout, fewer than "
+          "--redis-wait-replicas=",
+          options_.wait_replicas, ": every change to its slots would fail"));
+    }
+  }
+  absl::StatusOr<redisContext*> connected =
+      cluster_->ConnectTo(master, absl::Seconds(2));
+  if (!connected.ok()) return connected.status();
+  void* raw = redisCommand(*connected, "SUBSCRIBE %b", channel_.data(),
+                           channel_.size());
+  std::string refusal;
+  if (raw == nullptr) {
+    refusal = "no answer";
+  } else if (static_cast<redisReply*>(raw)->type == REDIS_REPLY_ERROR) {
+    refusal = static_cast<redisReply*>(raw)->str;
+  }
+  if (raw != nullptr) freeReplyObject(raw);
+  redisFree(*connected);
+  if (!refusal.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("Redis master ", master, " refused SUBSCRIBE ", channel_,
+                     ": ", refusal, " (waiters would never hear of changes)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RedisClusterStore::ProbeMasters() {
+  for (const auto& [master, slot] : cluster_->MasterSlots()) {
+    if (absl::Status probed = ProbeMaster(master, slot); !probed.ok()) {
+      return probed;
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::vector<std::string> RedisClusterStore::durability_notes() const {
   absl::MutexLock lock(&mu_);
   return durability_notes_;
@@ -759,6 +853,7 @@ absl::Status RedisClusterStore::Health() {
 
 void RedisClusterStore::Watch() {
   absl::Time next_refresh = absl::Now();
+  absl::Time next_probe = absl::Now() + absl::Seconds(10);
   while (!stop_) {
     if (absl::Now() >= next_refresh) {
       // Notices failovers and slot migrations before a call trips on them.
@@ -767,8 +862,16 @@ void RedisClusterStore::Watch() {
     }
     absl::Status health = cluster_->CheckHealth();
     // A master that appeared since (failover, new node) must keep the same
-    // promises: until it does, the store is unhealthy.
+    // promises, and permissions can change: until they are back, the store
+    // is unhealthy.
     if (health.ok()) health = CheckNewMasters();
+    if (health.ok() && absl::Now() >= next_probe) {
+      health = ProbeMasters();
+      next_probe =
+          absl::Now() + (health.ok() ? absl::Seconds(10) : absl::Seconds(1));
+    } else if (!health.ok()) {
+      next_probe = absl::Now();
+    }
     {
       absl::MutexLock lock(&mu_);
       health_ = std::move(health);

@@ -186,6 +186,14 @@ class RedisClusterStore final : public Store {
   // CheckMasterSettings for masters not checked yet (new after a failover
   // or when the slot map changes); the first failure, or OK.
   absl::Status CheckNewMasters();
+  // Does on the master of `slot` what calls will do, so that a missing
+  // permission or setting fails at start, not after the work is done:
+  // the three scripts on a probe key (GET, SET, DEL, INCRBY, PUBLISH on the
+  // channel, TIME), WAIT with wait_replicas (and that many replicas
+  // connected), and SUBSCRIBE to the channel. FAILED_PRECONDITION naming
+  // what was refused; UNAVAILABLE when the master does not answer.
+  absl::Status ProbeMaster(const std::string& master, int slot);
+  absl::Status ProbeMasters();
   void Watch();
   void Subscribe();
   // Wakes waiters for one pub/sub message.

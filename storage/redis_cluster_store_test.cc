@@ -423,6 +423,81 @@ TEST(RedisClusterStoreTest, AMasterWithoutAnAppendOnlyFileIsRefused) {
   })) << absl::StrJoin(notes, "\n");
 }
 
+// What every call will need is tried at start: a user without a permission
+// or a --redis-wait-replicas the masters cannot meet stops the start with a
+// message naming it (before, Begin could succeed and every Complete fail).
+TEST(RedisClusterStoreTest, MissingPermissionsAndReplicasAreFoundAtStart) {
+  struct Case {
+    const char* user;
+    const char* rules;  // ACL SETUSER rules besides on, password, keys.
+    int wait_replicas;
+    const char* expected;
+  };
+  const std::vector<Case> cases = {
+      {"idem-nochannel", "+@all", 0, "PUBLISH to"},
+      {"idem-nowait", "&* +@all -wait", 1, "refused WAIT"},
+      {"idem-noevalsha", "&* +@all -evalsha", 0, "the read script"},
+      {"idem-nosubscribe", "&* +@all -subscribe", 0, "refused SUBSCRIBE"},
+      {"idem-ok", "&* +@all", 2, "fewer than --redis-wait-replicas=2"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.user);
+    for (const std::string& node : Cluster().Addresses()) {
+      std::vector<std::string> setuser = {"ACL", "SETUSER", c.user, "reset",
+                                          "on",  ">pw",     "~*"};
+      for (absl::string_view rule : absl::StrSplit(c.rules, ' ')) {
+        setuser.emplace_back(rule);
+      }
+      ASSERT_OK(Cluster().Cli(node, setuser).status());
+    }
+    RedisClusterStoreOptions options = Options(nullptr);
+    options.cluster.user = c.user;
+    options.cluster.password = "pw";
+    options.cluster.retry_deadline = absl::Seconds(2);
+    options.wait_replicas = c.wait_replicas;
+    options.wait_timeout = absl::Milliseconds(300);
+    absl::StatusOr<std::unique_ptr<RedisClusterStore>> opened =
+        RedisClusterStore::Open(options);
+    ASSERT_FALSE(opened.ok()) << "opened";
+    EXPECT_EQ(opened.status().code(), absl::StatusCode::kFailedPrecondition)
+        << opened.status();
+    EXPECT_NE(opened.status().message().find(c.expected), std::string::npos)
+        << opened.status();
+    std::printf("%s: %s\n", c.user,
+                std::string(opened.status().message()).c_str());
+  }
+  // With what it needs, the same kind of user starts.
+  RedisClusterStoreOptions options = Options(nullptr);
+  options.cluster.user = "idem-ok";
+  options.cluster.password = "pw";
+  options.wait_replicas = 1;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisClusterStore> store,
+                       RedisClusterStore::Open(options));
+  // A permission taken away later turns health bad within the re-check
+  // period (10 s), and back when it returns.
+  auto set_channels = [&](const char* rule) {
+    for (const std::string& node : Cluster().Addresses()) {
+      ASSERT_OK(
+          Cluster().Cli(node, {"ACL", "SETUSER", "idem-ok", rule}).status());
+    }
+  };
+  set_channels("resetchannels");
+  absl::Status health;
+  for (int i = 0; i < 150; ++i) {
+    health = store->Health();
+    if (!health.ok()) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_NE(health.message().find("can't publish to the channel"),
+            std::string::npos)
+      << health;
+  set_channels("&*");
+  for (int i = 0; i < 50 && !store->Health().ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_OK(store->Health());
+}
+
 // A replica without an append-only file promoted to master (a failover)
 // makes the store unhealthy until it has one.
 TEST(RedisClusterStoreTest, AFailoverToAMasterWithoutPersistenceIsUnhealthy) {
