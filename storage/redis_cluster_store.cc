@@ -223,7 +223,7 @@ std::string RedisClusterStore::CounterKey(int slot) const {
 
 absl::StatusOr<RedisReply> RedisClusterStore::RunScript(
     int slot, const std::string& script, const std::string& sha,
-    const RedisCommand& keys_and_args, bool wait) {
+    const RedisCommand& keys_and_args, bool wait, bool* unconfirmed) {
   RedisCommand call = {"EVALSHA", sha};
   call.insert(call.end(), keys_and_args.begin(), keys_and_args.end());
   std::vector<RedisCommand> pipeline = {call};
@@ -250,7 +250,10 @@ absl::StatusOr<RedisReply> RedisClusterStore::RunScript(
     if (result.kind == RedisReply::Kind::kInteger &&
         (result.integer == 1 || result.integer == 2)) {
       absl::Status acknowledged = CheckAcknowledged((*replies)[1]);
-      if (!acknowledged.ok()) return acknowledged;
+      if (!acknowledged.ok()) {
+        if (unconfirmed != nullptr) *unconfirmed = true;
+        return acknowledged;
+      }
     }
   }
   return std::move((*replies)[0]);
@@ -317,7 +320,8 @@ absl::StatusOr<RedisClusterStore::KeyRead> RedisClusterStore::Read(
 }
 
 absl::Status RedisClusterStore::Transition(const KeyId& id,
-                                           const Decide& decide) {
+                                           const Decide& decide,
+                                           bool undo_unconfirmed) {
   const std::string key = RecordKey(id);
   const int slot = KeySlot(key);
   for (int round = 0; round < kMaxRounds; ++round) {
@@ -352,11 +356,15 @@ absl::Status RedisClusterStore::Transition(const KeyId& id,
     }
     const bool announce = !change.record.has_value() ||
                           change.record->state() != Record::STATE_IN_PROGRESS;
+    bool unconfirmed = false;
     absl::StatusOr<RedisReply> applied =
         RunScript(slot, kApplyScript, apply_sha_,
                   {"2", key, CounterKey(slot), read->raw, value, ttl_ms,
                    absl::StrCat(change.issued_token), announce ? channel_ : ""},
-                  /*wait=*/options_.wait_replicas > 0);
+                  /*wait=*/options_.wait_replicas > 0, &unconfirmed);
+    if (!applied.ok() && unconfirmed && undo_unconfirmed) {
+      return Undo(key, slot, *read, value, applied.status());
+    }
     if (!applied.ok()) return applied.status();
     if (applied->kind != RedisReply::Kind::kInteger) {
       return Unexpected("the apply script", *applied);
@@ -372,12 +380,45 @@ absl::Status RedisClusterStore::Transition(const KeyId& id,
                                          " times during one operation; retry"));
 }
 
+absl::Status RedisClusterStore::Undo(const std::string& key, int slot,
+                                     const KeyRead& read,
+                                     const std::string& written,
+                                     const absl::Status& unconfirmed) {
+  // Back to the record read, if the master still holds what was written.
+  // Not WAITed: the replicas never confirmed the write either.
+  std::string ttl_ms = "0";
+  if (read.record.has_value()) {
+    const absl::Duration left =
+        absl::FromUnixMicros(read.record->expires_at_us()) - read.now;
+    ttl_ms =
+        absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(left) + 1));
+  }
+  absl::StatusOr<RedisReply> undone = RunScript(
+      slot, kApplyScript, apply_sha_,
+      {"2", key, CounterKey(slot), written, read.raw, ttl_ms, "0", channel_},
+      /*wait=*/false);
+  if (undone.ok() && undone->kind == RedisReply::Kind::kInteger &&
+      (undone->integer == 1 || undone->integer == 2)) {
+    return absl::UnavailableError(absl::StrCat(
+        "the key could not be acquired safely: ", options_.wait_replicas,
+        " Redis replica(s) did not confirm the lease within ",
+        absl::FormatDuration(options_.wait_timeout),
+        " (--redis-wait-replicas), so it was undone; retry the Begin"));
+  }
+  return absl::UnavailableError(absl::StrCat(
+      unconfirmed.message(),
+      "; the unconfirmed lease could not be undone and may hold the key "
+      "until it lapses: retry the Begin with an owner to resume it"));
+}
+
 template <typename Reply, typename DecideFn>
 absl::StatusOr<Reply> RedisClusterStore::Decided(const KeyId& id,
-                                                 DecideFn decide_fn) {
+                                                 DecideFn decide_fn,
+                                                 bool undo_unconfirmed) {
   std::optional<Reply> reply;
-  absl::Status status =
-      Transition(id, [&](const KeyRead& read, Change* change) -> absl::Status {
+  absl::Status status = Transition(
+      id,
+      [&](const KeyRead& read, Change* change) -> absl::Status {
         uint64_t issued = 0;
         auto next_token = [&]() -> uint64_t {
           // The counter covers every token of the slot; the record's own
@@ -403,7 +444,8 @@ absl::StatusOr<Reply> RedisClusterStore::Decided(const KeyId& id,
           change->issued_token = issued;
         }
         return absl::OkStatus();
-      });
+      },
+      undo_unconfirmed);
   if (!status.ok()) return status;
   return *std::move(reply);
 }
@@ -449,10 +491,11 @@ void RedisClusterStore::Work() {
 
 template <typename Reply, typename DecideFn, typename DoneFn>
 void RedisClusterStore::SubmitDecided(const KeyId& id, DecideFn decide_fn,
-                                      DoneFn done) {
+                                      DoneFn done, bool undo_unconfirmed) {
   Submit(
-      [this, id, decide_fn = std::move(decide_fn), done] {
-        absl::StatusOr<Reply> reply = Decided<Reply>(id, decide_fn);
+      [this, id, decide_fn = std::move(decide_fn), done, undo_unconfirmed] {
+        absl::StatusOr<Reply> reply =
+            Decided<Reply>(id, decide_fn, undo_unconfirmed);
         if constexpr (std::is_same_v<Reply, NoReply>) {
           done(reply.status());
         } else {
@@ -467,15 +510,18 @@ void RedisClusterStore::BeginAsync(const BeginCommand& command,
   BeginCommand owned = command;
   // A reply lost between Redis and this process is retried internally;
   // an owner makes that retry re-acquire the same lease instead of seeing
-  // its own attempt "in progress".
-  if (owned.owner.empty()) owned.owner = InternalOwner();
+  // its own attempt "in progress". Nobody else knows that owner, so an
+  // acquisition the replicas cannot confirm is undone rather than left to
+  // lock the key for its lease; a caller's own owner resumes it instead.
+  const bool internal_owner = owned.owner.empty();
+  if (internal_owner) owned.owner = InternalOwner();
   SubmitDecided<BeginResult>(
       command.id,
       [owned = std::move(owned)](const Record* current, absl::Time now,
                                  absl::FunctionRef<uint64_t()> next_token) {
         return DecideBegin(current, owned, now, next_token);
       },
-      std::move(done));
+      std::move(done), /*undo_unconfirmed=*/internal_owner);
 }
 
 void RedisClusterStore::CompleteAsync(const CompleteCommand& command,
@@ -763,10 +809,9 @@ absl::Status RedisClusterStore::ProbeMaster(const std::string& master,
         cluster_->RunOnNode(master, {"SCRIPT", "LOAD", script});
     if (!loaded.ok()) return loaded.status();
     if (loaded->is_error()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("Redis master ", master, " refused SCRIPT LOAD: ",
-                       loaded->text,
-                       " (docs/cluster.md lists what the Redis user needs)"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "Redis master ", master, " refused SCRIPT LOAD: ", loaded->text,
+          " (docs/cluster.md lists what the Redis user needs)"));
     }
   }
   std::vector<std::pair<std::string, RedisCommand>> steps = {

@@ -160,20 +160,34 @@ class RedisClusterStore final : public Store {
   absl::StatusOr<bool> ConfirmReplicated(const std::string& key, int slot,
                                          const std::string& raw);
   absl::Status CheckAcknowledged(const RedisReply& acks);
+  // Puts `key` back to `read` if the master still holds `written` (a write
+  // WAIT could not confirm); the UNAVAILABLE status to answer either way.
+  absl::Status Undo(const std::string& key, int slot, const KeyRead& read,
+                    const std::string& written,
+                    const absl::Status& unconfirmed);
   // Runs read → decide → compare-and-set until the record did not change
   // in between. `decide` returns an error to stop without writing, or fills
   // `change` (left untouched: nothing to write).
-  absl::Status Transition(const KeyId& id, const Decide& decide);
+  // `undo_unconfirmed`: a write that WAIT cannot confirm is put back to
+  // the record read (an acquisition under an internal owner, which no
+  // retry could resume, must not lock the key for its whole lease).
+  absl::Status Transition(const KeyId& id, const Decide& decide,
+                          bool undo_unconfirmed = false);
   // Transition() with one of key_state_machine.h's Decide* functions.
   template <typename Reply, typename DecideFn>
-  absl::StatusOr<Reply> Decided(const KeyId& id, DecideFn decide_fn);
+  absl::StatusOr<Reply> Decided(const KeyId& id, DecideFn decide_fn,
+                                bool undo_unconfirmed = false);
   // Queues Decided() for a thread of the store; `done` gets its outcome.
   template <typename Reply, typename DecideFn, typename DoneFn>
-  void SubmitDecided(const KeyId& id, DecideFn decide_fn, DoneFn done);
+  void SubmitDecided(const KeyId& id, DecideFn decide_fn, DoneFn done,
+                     bool undo_unconfirmed = false);
+  // With `wait`, a script that wrote is followed by WAIT; too few
+  // acknowledgements are UNAVAILABLE, with *unconfirmed set (if given): the
+  // write is on the master only.
   absl::StatusOr<RedisReply> RunScript(int slot, const std::string& script,
                                        const std::string& sha,
                                        const RedisCommand& keys_and_args,
-                                       bool wait);
+                                       bool wait, bool* unconfirmed = nullptr);
   absl::StatusOr<std::vector<std::string>> ScanKeys(const std::string& match);
   void Submit(std::function<void()> task,
               std::function<void(absl::Status)> refuse);

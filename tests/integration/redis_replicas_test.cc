@@ -503,6 +503,48 @@ TEST_F(RedisReplicasTest, CompleteIsNotConfirmedUntilAReplicaHasIt) {
   EXPECT_EQ(Lookup(*stub, "w-1").result().body(), "paid");
 }
 
+// A Begin without an owner whose lease no replica confirmed answered
+// UNAVAILABLE "retry", yet left the lease on the master under an owner
+// nobody knew: the advised retry got IN_PROGRESS for the whole lease. The
+// unconfirmed acquisition is now undone, so the retry acquires.
+TEST_F(RedisReplicasTest, ABeginWhoseLeaseWasNotConfirmedDoesNotLockTheKey) {
+  testing::ServerProcess& server =
+      StartReplica({"--redis-wait-replicas=1", "--redis-wait-timeout=300ms",
+                    "--redis-timeout=2s"});
+  auto stub = server.NewStub();
+  absl::StatusOr<std::vector<testing::LocalRedisCluster::NodeInfo>> nodes =
+      cluster_->Nodes(cluster_->Addresses().front());
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  std::vector<std::string> replicas;
+  for (const auto& node : *nodes) {
+    if (!node.master) replicas.push_back(node.address);
+  }
+  for (const std::string& replica : replicas) {
+    cluster_->Signal(replica, SIGSTOP);
+  }
+  BeginRequest request = Begin("u-1");
+  request.mutable_lease()->set_seconds(60);
+  BeginResponse refused;
+  grpc::Status status = stub->Begin(Context().get(), request, &refused);
+  for (const std::string& replica : replicas) {
+    cluster_->Signal(replica, SIGCONT);
+  }
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(status.error_message().find("was undone; retry the Begin"),
+            std::string::npos)
+      << status.error_message();
+  // The retry the message advises acquires at once (not IN_PROGRESS for
+  // the 60 s lease).
+  BeginResponse retried;
+  grpc::Status again = grpc::Status::CANCELLED;
+  for (int attempt = 0; attempt < 50 && !again.ok(); ++attempt) {
+    again = stub->Begin(Context().get(), request, &retried);
+    if (!again.ok()) absl::SleepFor(absl::Milliseconds(200));
+  }
+  ASSERT_TRUE(again.ok()) << again.error_message();
+  EXPECT_EQ(retried.outcome(), BeginResponse::OUTCOME_ACQUIRED);
+}
+
 TEST_F(RedisReplicasTest, ReshardingUnderLoadIsSurvived) {
   testing::ServerProcess& a = StartReplica({});
   testing::ServerProcess& b = StartReplica({});
