@@ -517,12 +517,24 @@ absl::Status RedisCluster::CheckHealth() {
           uncovered, " of ", kRedisSlots, " slots have no Redis master"));
     }
   }
+  // On a connection of its own with a short read timeout: the pooled ones
+  // wait command_timeout (and once more on a new connection), so a hung
+  // master (SIGSTOP, a stalled disk) looked healthy for 5 to 8 s.
   for (const std::string& address : Masters()) {
-    absl::StatusOr<RedisReply> pong = RunOnNode(address, {"PING"});
-    if (!pong.ok()) return pong.status();
-    if (pong->is_error()) {
+    absl::StatusOr<redisContext*> connected =
+        ConnectTo(address, kHealthTimeout);
+    if (!connected.ok()) return connected.status();
+    std::vector<RedisReply> replies;
+    const bool answered = Exchange(*connected, {{"PING"}}, &replies);
+    redisFree(*connected);
+    if (!answered) {
       return absl::UnavailableError(
-          absl::StrCat("Redis node ", address, ": ", pong->text));
+          absl::StrCat("Redis node ", address, " did not answer PING within ",
+                       absl::FormatDuration(kHealthTimeout)));
+    }
+    if (replies[0].is_error()) {
+      return absl::UnavailableError(
+          absl::StrCat("Redis node ", address, ": ", replies[0].text));
     }
   }
   return absl::OkStatus();

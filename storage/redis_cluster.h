@@ -104,8 +104,10 @@ class RedisCluster {
 
   // Reloads the slot map from any node that answers.
   absl::Status RefreshSlots();
-  // OK when every slot has a master and each master answers PING.
+  // OK when every slot has a master and each master answers PING within
+  // kHealthTimeout (on a new connection each time).
   absl::Status CheckHealth();
+  static constexpr absl::Duration kHealthTimeout = absl::Milliseconds(500);
   // Master addresses, for subscribers and scans.
   std::vector<std::string> Masters();
   // Each master with one slot it serves (to run slot-bound probes there).

@@ -4,6 +4,8 @@
 // cluster layer's slot hashing and redirects, and a resharding under load.
 #include "storage/redis_cluster_store.h"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <atomic>
 #include <iostream>
@@ -542,6 +544,30 @@ TEST(RedisClusterStoreTest, AFailoverToAMasterWithoutPersistenceIsUnhealthy) {
     if (role.ok() && absl::StartsWith(*role, "master")) break;
     absl::SleepFor(absl::Milliseconds(100));
   }
+}
+
+// A hung master (SIGSTOP) kept health SERVING for 5.5 to 8 s: the health
+// PING waited the pooled connections' command timeout, twice.
+TEST(RedisClusterStoreTest, AHungMasterTurnsHealthBadWithinSeconds) {
+  std::unique_ptr<RedisClusterStore> store = OpenOrDie(Options(nullptr));
+  ASSERT_OK(store->Health());
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
+                       RedisCluster::Connect(ClusterOptions(Seeds())));
+  const std::string master = cluster->Masters().back();
+  Cluster().Signal(master, SIGSTOP);
+  const absl::Time stopped = absl::Now();
+  while (store->Health().ok() && absl::Now() - stopped < absl::Seconds(10)) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  const absl::Duration noticed = absl::Now() - stopped;
+  Cluster().Signal(master, SIGCONT);
+  std::printf("health turned bad %s after the master hung\n",
+              absl::FormatDuration(noticed).c_str());
+  EXPECT_LT(noticed, absl::Seconds(3));
+  for (int i = 0; i < 100 && !store->Health().ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_OK(store->Health());
 }
 
 // Two stores (two replicas) on the same cluster race for the same keys:
