@@ -222,7 +222,12 @@ RedisCluster::Node& RedisCluster::NodeAt(const std::string& address) {
 
 absl::StatusOr<std::vector<RedisReply>> RedisCluster::Attempt(
     const std::string& address, const std::vector<RedisCommand>& commands,
-    bool asking) {
+    bool asking, absl::Time deadline) {
+  const absl::Duration left = deadline - absl::Now();
+  if (left <= absl::ZeroDuration()) {
+    return absl::DeadlineExceededError("no time left for another attempt");
+  }
+  const absl::Duration timeout = std::min(options_.command_timeout, left);
   Node& node = NodeAt(address);
   redisContext* context = nullptr;
   {
@@ -233,11 +238,13 @@ absl::StatusOr<std::vector<RedisReply>> RedisCluster::Attempt(
     }
   }
   if (context == nullptr) {
-    absl::StatusOr<redisContext*> connected =
-        ConnectTo(address, options_.command_timeout);
+    absl::StatusOr<redisContext*> connected = ConnectTo(address, timeout);
     if (!connected.ok()) return connected.status();
     context = *connected;
   }
+  // A hung node must not hold the call past its deadline (pooled
+  // connections keep whatever the last attempt set).
+  redisSetTimeout(context, absl::ToTimeval(timeout));
   std::vector<RedisCommand> sent;
   const std::vector<RedisCommand>* to_send = &commands;
   if (asking) {
@@ -276,9 +283,23 @@ std::string RedisCluster::MasterOf(int slot) {
   return index < 0 ? std::string() : masters_[static_cast<size_t>(index)];
 }
 
+namespace {
+thread_local absl::Time operation_deadline = absl::InfiniteFuture();
+}  // namespace
+
+RedisCluster::ScopedDeadline::ScopedDeadline(absl::Time deadline)
+    : previous_(operation_deadline) {
+  operation_deadline = std::min(previous_, deadline);
+}
+
+RedisCluster::ScopedDeadline::~ScopedDeadline() {
+  operation_deadline = previous_;
+}
+
 absl::StatusOr<std::vector<RedisReply>> RedisCluster::RunPipeline(
     int slot, const std::vector<RedisCommand>& commands) {
-  const absl::Time deadline = absl::Now() + options_.retry_deadline;
+  const absl::Time deadline =
+      std::min(absl::Now() + options_.retry_deadline, operation_deadline);
   absl::Duration backoff = absl::Milliseconds(20);
   thread_local std::minstd_rand jitter(std::random_device{}());
   std::string ask_address;
@@ -295,7 +316,7 @@ absl::StatusOr<std::vector<RedisReply>> RedisCluster::RunPipeline(
       wait_first = true;
     } else {
       absl::StatusOr<std::vector<RedisReply>> replies =
-          Attempt(address, commands, asking);
+          Attempt(address, commands, asking, deadline);
       if (!replies.ok()) {
         last_error = replies.status();
         wait_first = true;
@@ -354,8 +375,10 @@ absl::StatusOr<std::vector<RedisReply>> RedisCluster::RunPipeline(
     // A failover or resharding may have moved the slot: ask the cluster,
     // unless another call just did. Best effort; the next attempt reports
     // what still fails.
+    // A reload may wait on a hung node: only while the call has the time
+    // (the watcher reloads every 5 s anyway).
     bool stale = false;
-    {
+    if (deadline - absl::Now() > options_.command_timeout) {
       absl::MutexLock lock(&mu_);
       stale = absl::Now() - last_refresh_ > absl::Milliseconds(100);
       if (stale) last_refresh_ = absl::Now();

@@ -76,6 +76,20 @@ struct RedisClusterOptions {
 
 class RedisCluster {
  public:
+  // Bounds every Run on this thread, while it lives, by `deadline` (besides
+  // each Run's own retry_deadline): an operation made of several round
+  // trips (read, write, confirm) then answers within one deadline.
+  class ScopedDeadline {
+   public:
+    explicit ScopedDeadline(absl::Time deadline);
+    ~ScopedDeadline();
+    ScopedDeadline(const ScopedDeadline&) = delete;
+    ScopedDeadline& operator=(const ScopedDeadline&) = delete;
+
+   private:
+    const absl::Time previous_;
+  };
+
   // Connects to a seed and loads the slot map. Fails when no seed answers
   // or the nodes are not a cluster.
   static absl::StatusOr<std::unique_ptr<RedisCluster>> Connect(
@@ -125,10 +139,12 @@ class RedisCluster {
   explicit RedisCluster(RedisClusterOptions options);
   std::string MasterOf(int slot);
   Node& NodeAt(const std::string& address);
-  // One attempt on one node; a transport error closes the connection.
+  // One attempt on one node; a transport error closes the connection. It
+  // waits for the replies until `deadline` at the latest (and at most the
+  // command timeout).
   absl::StatusOr<std::vector<RedisReply>> Attempt(
       const std::string& address, const std::vector<RedisCommand>& commands,
-      bool asking);
+      bool asking, absl::Time deadline = absl::InfiniteFuture());
   absl::Status LoadSlotsFrom(const std::string& address);
 
   const RedisClusterOptions options_;

@@ -324,6 +324,9 @@ absl::Status RedisClusterStore::Transition(const KeyId& id,
                                            bool undo_unconfirmed) {
   const std::string key = RecordKey(id);
   const int slot = KeySlot(key);
+  // Every round trip of this operation shares one deadline.
+  const RedisCluster::ScopedDeadline deadline(absl::Now() +
+                                              options_.cluster.retry_deadline);
   for (int round = 0; round < kMaxRounds; ++round) {
     absl::StatusOr<KeyRead> read = Read(key, slot);
     if (!read.ok()) return read.status();

@@ -570,6 +570,42 @@ TEST(RedisClusterStoreTest, AHungMasterTurnsHealthBadWithinSeconds) {
   EXPECT_OK(store->Health());
 }
 
+// With a master hung, a call took 18.5 s under --redis-timeout=10s: the
+// deadline was checked only between attempts, and each round trip of an
+// operation had a deadline of its own. Now one deadline bounds the whole
+// operation and every attempt's wait.
+TEST(RedisClusterStoreTest, CallsOnAHungMasterAnswerWithinTheRedisTimeout) {
+  // Not a multiple of the 2 s command timeout: a second attempt used to
+  // start before the deadline and wait its full command timeout past it.
+  RedisClusterStoreOptions options = Options(nullptr);
+  options.cluster.retry_deadline = absl::Seconds(3);
+  std::unique_ptr<RedisClusterStore> store = OpenOrDie(options);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
+                       RedisCluster::Connect(ClusterOptions(Seeds())));
+  const std::string master = cluster->Masters().front();
+  Cluster().Signal(master, SIGSTOP);
+  absl::Duration slowest;
+  int failed = 0;
+  for (int i = 0; i < 12; ++i) {
+    const absl::Time start = absl::Now();
+    absl::StatusOr<BeginResult> begun =
+        store->Begin({{"hung", absl::StrCat("k-", i)},
+                      "fp",
+                      "",
+                      absl::Seconds(30),
+                      absl::Hours(1)});
+    slowest = std::max(slowest, absl::Now() - start);
+    if (!begun.ok()) ++failed;
+  }
+  Cluster().Signal(master, SIGCONT);
+  std::printf("slowest of 12 Begins with a master hung: %s (%d failed)\n",
+              absl::FormatDuration(slowest).c_str(), failed);
+  EXPECT_LT(slowest, absl::Milliseconds(3700));
+  for (int i = 0; i < 100 && !store->Health().ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+}
+
 // Two stores (two replicas) on the same cluster race for the same keys:
 // exactly one acquisition per key, and each learns of the other's changes.
 TEST(RedisClusterStoreTest, TwoReplicasRacingOnKeysAcquireEachOnce) {
