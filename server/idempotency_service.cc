@@ -201,6 +201,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Begin(
   absl::StatusOr<ValidBegin> begin = ValidateBegin(*request, limits_);
   if (!begin.ok())
     return observer_->Answer(context, "Begin", start, begin.status());
+  begin->command.deadline = CallDeadline(context);
   if (begin->wait <= absl::ZeroDuration()) {
     std::optional<absl::StatusOr<storage::BeginResult>> peeked =
         store_->PeekBegin(begin->command);
@@ -241,6 +242,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Complete(
       ValidateComplete(*request, limits_);
   if (!command.ok())
     return observer_->Answer(context, "Complete", start, command.status());
+  command->deadline = CallDeadline(context);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   store_->CompleteAsync(
       *command, [this, reactor, start, response, id = command->id](
@@ -267,6 +269,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Release(
   absl::StatusOr<storage::ReleaseCommand> command = ValidateRelease(*request);
   if (!command.ok())
     return observer_->Answer(context, "Release", start, command.status());
+  command->deadline = CallDeadline(context);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   store_->ReleaseAsync(*command, [this, reactor, start,
                                   id = command->id](absl::Status released) {
@@ -288,6 +291,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Extend(
       ValidateExtend(*request, limits_);
   if (!command.ok())
     return observer_->Answer(context, "Extend", start, command.status());
+  command->deadline = CallDeadline(context);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   store_->ExtendAsync(*command, [this, reactor, start,
                                  response](absl::StatusOr<absl::Time> expires) {
@@ -327,6 +331,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Checkpoint(
   if (!command.ok()) {
     return observer_->Answer(context, "Checkpoint", start, command.status());
   }
+  command->deadline = CallDeadline(context);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   store_->CheckpointAsync(
       *command, [this, reactor, start](absl::Status recorded) {
@@ -527,6 +532,7 @@ grpc::ServerUnaryReactor* IdempotencyService::BeginBatch(
     if (begin.ok() && begin->wait > absl::ZeroDuration()) {
       begin = absl::InvalidArgumentError("wait is not allowed in a batch");
     }
+    if (begin.ok()) begin->command.deadline = CallDeadline(context);
     commands.push_back(begin.ok() ? absl::StatusOr<storage::BeginCommand>(
                                         std::move(begin->command))
                                   : begin.status());
@@ -565,6 +571,7 @@ grpc::ServerUnaryReactor* IdempotencyService::CompleteBatch(
         !allowed.ok()) {
       command = allowed;
     }
+    if (command.ok()) command->deadline = CallDeadline(context);
     if (!command.ok()) {
       SetBatchStatus(command.status(), entry->mutable_status());
       countdown->Done();

@@ -321,12 +321,19 @@ absl::StatusOr<RedisClusterStore::KeyRead> RedisClusterStore::Read(
 
 absl::Status RedisClusterStore::Transition(const KeyId& id,
                                            const Decide& decide,
-                                           bool undo_unconfirmed) {
+                                           bool undo_unconfirmed,
+                                           absl::Time deadline) {
   const std::string key = RecordKey(id);
   const int slot = KeySlot(key);
-  // Every round trip of this operation shares one deadline.
-  const RedisCluster::ScopedDeadline deadline(absl::Now() +
-                                              options_.cluster.retry_deadline);
+  // Every round trip of this operation shares one deadline: the caller's,
+  // or --redis-timeout, whichever is sooner.
+  if (absl::Now() >= deadline) {
+    return absl::DeadlineExceededError(
+        "the caller's deadline passed before the change was tried; nothing "
+        "was written");
+  }
+  const RedisCluster::ScopedDeadline scoped(
+      std::min(deadline, absl::Now() + options_.cluster.retry_deadline));
   for (int round = 0; round < kMaxRounds; ++round) {
     absl::StatusOr<KeyRead> read = Read(key, slot);
     if (!read.ok()) return read.status();
@@ -417,7 +424,8 @@ absl::Status RedisClusterStore::Undo(const std::string& key, int slot,
 template <typename Reply, typename DecideFn>
 absl::StatusOr<Reply> RedisClusterStore::Decided(const KeyId& id,
                                                  DecideFn decide_fn,
-                                                 bool undo_unconfirmed) {
+                                                 bool undo_unconfirmed,
+                                                 absl::Time deadline) {
   std::optional<Reply> reply;
   absl::Status status = Transition(
       id,
@@ -448,7 +456,7 @@ absl::StatusOr<Reply> RedisClusterStore::Decided(const KeyId& id,
         }
         return absl::OkStatus();
       },
-      undo_unconfirmed);
+      undo_unconfirmed, deadline);
   if (!status.ok()) return status;
   return *std::move(reply);
 }
@@ -494,11 +502,13 @@ void RedisClusterStore::Work() {
 
 template <typename Reply, typename DecideFn, typename DoneFn>
 void RedisClusterStore::SubmitDecided(const KeyId& id, DecideFn decide_fn,
-                                      DoneFn done, bool undo_unconfirmed) {
+                                      DoneFn done, absl::Time deadline,
+                                      bool undo_unconfirmed) {
   Submit(
-      [this, id, decide_fn = std::move(decide_fn), done, undo_unconfirmed] {
+      [this, id, decide_fn = std::move(decide_fn), done, deadline,
+       undo_unconfirmed] {
         absl::StatusOr<Reply> reply =
-            Decided<Reply>(id, decide_fn, undo_unconfirmed);
+            Decided<Reply>(id, decide_fn, undo_unconfirmed, deadline);
         if constexpr (std::is_same_v<Reply, NoReply>) {
           done(reply.status());
         } else {
@@ -524,7 +534,7 @@ void RedisClusterStore::BeginAsync(const BeginCommand& command,
                                  absl::FunctionRef<uint64_t()> next_token) {
         return DecideBegin(current, owned, now, next_token);
       },
-      std::move(done), /*undo_unconfirmed=*/internal_owner);
+      std::move(done), command.deadline, /*undo_unconfirmed=*/internal_owner);
 }
 
 void RedisClusterStore::CompleteAsync(const CompleteCommand& command,
@@ -535,7 +545,7 @@ void RedisClusterStore::CompleteAsync(const CompleteCommand& command,
                 absl::FunctionRef<uint64_t()>) {
         return DecideComplete(current, command, now);
       },
-      std::move(done));
+      std::move(done), command.deadline);
 }
 
 void RedisClusterStore::ReleaseAsync(const ReleaseCommand& command,
@@ -546,7 +556,7 @@ void RedisClusterStore::ReleaseAsync(const ReleaseCommand& command,
                 absl::FunctionRef<uint64_t()>) {
         return DecideRelease(current, command, now);
       },
-      std::move(done));
+      std::move(done), command.deadline);
 }
 
 void RedisClusterStore::ExtendAsync(const ExtendCommand& command,
@@ -557,7 +567,7 @@ void RedisClusterStore::ExtendAsync(const ExtendCommand& command,
                 absl::FunctionRef<uint64_t()>) {
         return DecideExtend(current, command, now);
       },
-      std::move(done));
+      std::move(done), command.deadline);
 }
 
 void RedisClusterStore::CheckpointAsync(const CheckpointCommand& command,
@@ -568,7 +578,7 @@ void RedisClusterStore::CheckpointAsync(const CheckpointCommand& command,
                 absl::FunctionRef<uint64_t()>) {
         return DecideCheckpoint(current, command, now);
       },
-      std::move(done));
+      std::move(done), command.deadline);
 }
 
 void RedisClusterStore::DeleteAsync(const KeyId& id, Done<bool> done) {
@@ -601,7 +611,7 @@ void RedisClusterStore::ForceReleaseAsync(const KeyId& id,
          absl::FunctionRef<uint64_t()> next_token) {
         return DecideForceRelease(current, now, next_token);
       },
-      std::move(done));
+      std::move(done), absl::InfiniteFuture());
 }
 
 std::optional<absl::StatusOr<BeginResult>> RedisClusterStore::PeekBegin(

@@ -172,15 +172,19 @@ class RedisClusterStore final : public Store {
   // the record read (an acquisition under an internal owner, which no
   // retry could resume, must not lock the key for its whole lease).
   absl::Status Transition(const KeyId& id, const Decide& decide,
-                          bool undo_unconfirmed = false);
+                          bool undo_unconfirmed = false,
+                          absl::Time deadline = absl::InfiniteFuture());
   // Transition() with one of key_state_machine.h's Decide* functions.
   template <typename Reply, typename DecideFn>
   absl::StatusOr<Reply> Decided(const KeyId& id, DecideFn decide_fn,
-                                bool undo_unconfirmed = false);
+                                bool undo_unconfirmed = false,
+                                absl::Time deadline = absl::InfiniteFuture());
   // Queues Decided() for a thread of the store; `done` gets its outcome.
   template <typename Reply, typename DecideFn, typename DoneFn>
+  // `deadline`: the caller's; the operation gives up then (or at the
+  // cluster's retry deadline, whichever is sooner).
   void SubmitDecided(const KeyId& id, DecideFn decide_fn, DoneFn done,
-                     bool undo_unconfirmed = false);
+                     absl::Time deadline, bool undo_unconfirmed = false);
   // With `wait`, a script that wrote is followed by WAIT; too few
   // acknowledgements are UNAVAILABLE, with *unconfirmed set (if given): the
   // write is on the master only.

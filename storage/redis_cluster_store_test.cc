@@ -606,6 +606,39 @@ TEST(RedisClusterStoreTest, CallsOnAHungMasterAnswerWithinTheRedisTimeout) {
   }
 }
 
+// The caller's deadline, when sooner than --redis-timeout, bounds the
+// operation too: its thread is free again when the caller has given up.
+TEST(RedisClusterStoreTest, TheCallersDeadlineBoundsTheOperation) {
+  RedisClusterStoreOptions options = Options(nullptr);
+  options.cluster.retry_deadline = absl::Seconds(5);
+  std::unique_ptr<RedisClusterStore> store = OpenOrDie(options);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
+                       RedisCluster::Connect(ClusterOptions(Seeds())));
+  const std::string master = cluster->Masters().front();
+  Cluster().Signal(master, SIGSTOP);
+  absl::Duration slowest;
+  int expired = 0;
+  for (int i = 0; i < 12; ++i) {
+    BeginCommand begin{{"deadline", absl::StrCat("k-", i)},
+                       "fp",
+                       "",
+                       absl::Seconds(30),
+                       absl::Hours(1)};
+    const absl::Time start = absl::Now();
+    begin.deadline = start + absl::Milliseconds(500);
+    absl::StatusOr<BeginResult> begun = store->Begin(begin);
+    slowest = std::max(slowest, absl::Now() - start);
+    if (!begun.ok()) ++expired;
+  }
+  Cluster().Signal(master, SIGCONT);
+  std::printf("slowest of 12 Begins with a 500 ms deadline: %s (%d failed)\n",
+              absl::FormatDuration(slowest).c_str(), expired);
+  EXPECT_LT(slowest, absl::Milliseconds(1200));
+  for (int i = 0; i < 100 && !store->Health().ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+}
+
 // Two stores (two replicas) on the same cluster race for the same keys:
 // exactly one acquisition per key, and each learns of the other's changes.
 TEST(RedisClusterStoreTest, TwoReplicasRacingOnKeysAcquireEachOnce) {

@@ -53,6 +53,10 @@ struct BeginCommand {
   std::string owner;
   absl::Duration lease;
   absl::Duration retention;
+  // The caller's deadline: a store whose operations wait on a network
+  // (Redis Cluster) gives up then instead of at its own timeout. Also in
+  // the other commands below.
+  absl::Time deadline = absl::InfiniteFuture();
 };
 
 enum class BeginOutcome { kAcquired, kCompleted, kInProgress, kMismatch };
@@ -87,6 +91,7 @@ struct CompleteCommand {
   Result result;
   // Overrides the retention given to Begin.
   std::optional<absl::Duration> retention;
+  absl::Time deadline = absl::InfiniteFuture();
 };
 
 struct CompleteResult {
@@ -97,18 +102,21 @@ struct CompleteResult {
 struct ReleaseCommand {
   KeyId id;
   uint64_t token = 0;
+  absl::Time deadline = absl::InfiniteFuture();
 };
 
 struct CheckpointCommand {
   KeyId id;
   uint64_t token = 0;
   std::string checkpoint;
+  absl::Time deadline = absl::InfiniteFuture();
 };
 
 struct ExtendCommand {
   KeyId id;
   uint64_t token = 0;
   absl::Duration lease;
+  absl::Time deadline = absl::InfiniteFuture();
 };
 
 enum class KeyState { kAbsent, kInProgress, kCompleted };
