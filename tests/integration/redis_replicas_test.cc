@@ -111,6 +111,19 @@ class RedisReplicasTest : public ::testing::Test {
     return masters;
   }
 
+  // The Redis replicas (not Idem's).
+  std::vector<std::string> Replicas() {
+    absl::StatusOr<std::vector<testing::LocalRedisCluster::NodeInfo>> nodes =
+        cluster_->Nodes(cluster_->Addresses().front());
+    EXPECT_TRUE(nodes.ok()) << nodes.status();
+    std::vector<std::string> replicas;
+    if (!nodes.ok()) return replicas;
+    for (const auto& node : *nodes) {
+      if (!node.master) replicas.push_back(node.address);
+    }
+    return replicas;
+  }
+
   std::unique_ptr<testing::LocalRedisCluster> cluster_;
   std::vector<std::unique_ptr<testing::ServerProcess>> replicas_;
 };
@@ -468,13 +481,7 @@ TEST_F(RedisReplicasTest, CompleteIsNotConfirmedUntilAReplicaHasIt) {
   ASSERT_TRUE(stub->Begin(Context().get(), Begin("w-1"), &begun).ok());
   ASSERT_EQ(begun.outcome(), BeginResponse::OUTCOME_ACQUIRED);
 
-  absl::StatusOr<std::vector<testing::LocalRedisCluster::NodeInfo>> nodes =
-      cluster_->Nodes(cluster_->Addresses().front());
-  ASSERT_TRUE(nodes.ok()) << nodes.status();
-  std::vector<std::string> replicas;
-  for (const auto& node : *nodes) {
-    if (!node.master) replicas.push_back(node.address);
-  }
+  const std::vector<std::string> replicas = Replicas();
   ASSERT_EQ(replicas.size(), 3u);
   for (const std::string& replica : replicas) {
     cluster_->Signal(replica, SIGSTOP);
@@ -512,13 +519,7 @@ TEST_F(RedisReplicasTest, ABeginWhoseLeaseWasNotConfirmedDoesNotLockTheKey) {
       StartReplica({"--redis-wait-replicas=1", "--redis-wait-timeout=300ms",
                     "--redis-timeout=2s"});
   auto stub = server.NewStub();
-  absl::StatusOr<std::vector<testing::LocalRedisCluster::NodeInfo>> nodes =
-      cluster_->Nodes(cluster_->Addresses().front());
-  ASSERT_TRUE(nodes.ok()) << nodes.status();
-  std::vector<std::string> replicas;
-  for (const auto& node : *nodes) {
-    if (!node.master) replicas.push_back(node.address);
-  }
+  const std::vector<std::string> replicas = Replicas();
   for (const std::string& replica : replicas) {
     cluster_->Signal(replica, SIGSTOP);
   }
