@@ -297,7 +297,8 @@ RedisCluster::ScopedDeadline::~ScopedDeadline() {
 }
 
 absl::StatusOr<std::vector<RedisReply>> RedisCluster::RunPipeline(
-    int slot, const std::vector<RedisCommand>& commands) {
+    int slot, const std::vector<RedisCommand>& commands,
+    bool tryagain_is_reply) {
   const absl::Time deadline =
       std::min(absl::Now() + options_.retry_deadline, operation_deadline);
   absl::Duration backoff = absl::Milliseconds(20);
@@ -325,6 +326,7 @@ absl::StatusOr<std::vector<RedisReply>> RedisCluster::RunPipeline(
         const RedisReply* redirect = nullptr;
         for (const RedisReply& reply : *replies) {
           const absl::string_view code = reply.error_code();
+          if (tryagain_is_reply && code == "TRYAGAIN") break;
           if (code == "MOVED" || code == "ASK" || IsTransient(code)) {
             redirect = &reply;
             break;

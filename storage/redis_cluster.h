@@ -102,8 +102,13 @@ class RedisCluster {
   // order, and returns one reply each. Every command must touch only keys
   // of `slot` (or none). Redirects and transient errors in any reply make
   // the whole pipeline run again where the cluster says.
+  // With `tryagain_is_reply`, a TRYAGAIN (a multi-key command on a slot
+  // being migrated, whose keys are split between two nodes) is returned as
+  // a reply instead of retried until it passes: the caller can switch to
+  // single-key commands.
   absl::StatusOr<std::vector<RedisReply>> RunPipeline(
-      int slot, const std::vector<RedisCommand>& commands);
+      int slot, const std::vector<RedisCommand>& commands,
+      bool tryagain_is_reply = false);
   absl::StatusOr<RedisReply> Run(int slot, const RedisCommand& command);
 
   // Runs `command` once on every master (as the slot map knows them now),

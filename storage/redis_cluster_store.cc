@@ -75,6 +75,63 @@ redis.call('INCRBY', KEYS[2], 0)
 return 1
 )lua";
 
+// While a slot is being migrated Redis refuses scripts whose keys are split
+// between the two nodes (TRYAGAIN), as every new key's are (its record on
+// neither node, the slot's counter on one). Transitions then use these
+// single-key scripts, each routed (and redirected) on its own: the counter
+// is raised first, then the record is compared-and-set, so a token is
+// never issued twice for one key (a record written after the raise always
+// sees it; a lost race on the record retries with a new read).
+
+// KEYS: record. Returns {seconds, microseconds, record}.
+constexpr char kReadOneScript[] = R"lua(
+local t = redis.call('TIME')
+return {t[1], t[2], redis.call('GET', KEYS[1])}
+)lua";
+
+// KEYS: counter. ARGV: a token issued. Raises the counter to it (decimal
+// strings compared as in kApplyScript); always writes, so that a WAIT
+// behind it covers the counter. Returns 1.
+constexpr char kRaiseScript[] = R"lua(
+local counter = redis.call('GET', KEYS[1]) or '0'
+if #ARGV[1] > #counter or (#ARGV[1] == #counter and ARGV[1] > counter) then
+  counter = ARGV[1]
+end
+redis.call('SET', KEYS[1], counter)
+return 1
+)lua";
+
+// kApplyScript for the record alone (KEYS: record; ARGV: read, new, TTL,
+// channel). A found-written record gets a no-op write of itself.
+constexpr char kApplyOneScript[] = R"lua(
+local current = redis.call('GET', KEYS[1])
+if current == false then current = '' end
+if current ~= ARGV[1] then
+  if (ARGV[3] == '0' and current == '') or
+     (ARGV[3] ~= '0' and current == ARGV[2]) then
+    if current ~= '' then redis.call('SET', KEYS[1], current, 'KEEPTTL') end
+    return 2
+  end
+  return 0
+end
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], KEYS[1]) end
+if ARGV[3] == '0' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+)lua";
+
+// kConfirmScript for the record alone: the no-op write is the record's.
+constexpr char kConfirmOneScript[] = R"lua(
+local current = redis.call('GET', KEYS[1])
+if current == false then current = '' end
+if current ~= ARGV[1] then return 0 end
+if current ~= '' then redis.call('SET', KEYS[1], current, 'KEEPTTL') end
+return 1
+)lua";
+
 // A transition that keeps losing its compare-and-set to other writers of
 // the same key gives up after this many rounds (ABORTED).
 constexpr int kMaxRounds = 64;
@@ -152,9 +209,14 @@ absl::StatusOr<std::unique_ptr<RedisClusterStore>> RedisClusterStore::Open(
   }
   // Loaded on the masters now; one that cannot be reached (mid-failover)
   // or joins later gets them on first use (NOSCRIPT → EVAL).
-  for (auto [script, sha] : {std::pair{kReadScript, &store->read_sha_},
-                             std::pair{kApplyScript, &store->apply_sha_},
-                             std::pair{kConfirmScript, &store->confirm_sha_}}) {
+  for (auto [script, sha] :
+       {std::pair{kReadScript, &store->read_sha_},
+        std::pair{kApplyScript, &store->apply_sha_},
+        std::pair{kConfirmScript, &store->confirm_sha_},
+        std::pair{kReadOneScript, &store->read_one_sha_},
+        std::pair{kRaiseScript, &store->raise_sha_},
+        std::pair{kApplyOneScript, &store->apply_one_sha_},
+        std::pair{kConfirmOneScript, &store->confirm_one_sha_}}) {
     for (const std::string& master : store->cluster_->Masters()) {
       absl::StatusOr<RedisReply> loaded =
           store->cluster_->RunOnNode(master, {"SCRIPT", "LOAD", script});
@@ -223,7 +285,8 @@ std::string RedisClusterStore::CounterKey(int slot) const {
 
 absl::StatusOr<RedisReply> RedisClusterStore::RunScript(
     int slot, const std::string& script, const std::string& sha,
-    const RedisCommand& keys_and_args, bool wait, bool* unconfirmed) {
+    const RedisCommand& keys_and_args, bool wait, bool* unconfirmed,
+    bool tryagain_is_reply) {
   RedisCommand call = {"EVALSHA", sha};
   call.insert(call.end(), keys_and_args.begin(), keys_and_args.end());
   std::vector<RedisCommand> pipeline = {call};
@@ -233,14 +296,14 @@ absl::StatusOr<RedisReply> RedisClusterStore::RunScript(
          absl::StrCat(absl::ToInt64Milliseconds(options_.wait_timeout))});
   }
   absl::StatusOr<std::vector<RedisReply>> replies =
-      cluster_->RunPipeline(slot, pipeline);
+      cluster_->RunPipeline(slot, pipeline, tryagain_is_reply);
   if (!replies.ok()) return replies.status();
   if ((*replies)[0].error_code() == "NOSCRIPT") {
     // A master that never saw the script (a failover, a new node): EVAL
     // runs and caches it there.
     pipeline[0][0] = "EVAL";
     pipeline[0][1] = script;
-    replies = cluster_->RunPipeline(slot, pipeline);
+    replies = cluster_->RunPipeline(slot, pipeline, tryagain_is_reply);
     if (!replies.ok()) return replies.status();
   }
   if (wait) {
@@ -260,14 +323,20 @@ absl::StatusOr<RedisReply> RedisClusterStore::RunScript(
 }
 
 absl::StatusOr<bool> RedisClusterStore::ConfirmReplicated(
-    const std::string& key, int slot, const std::string& raw) {
+    const std::string& key, int slot, const std::string& raw, bool migrating) {
   // WAIT counts replicas up to this connection's last write: the script
   // makes one (a replicated no-op) if the record is still the one read,
   // and the WAIT behind it covers every earlier change on that master.
   absl::StatusOr<RedisReply> confirmed =
-      RunScript(slot, kConfirmScript, confirm_sha_,
-                {"2", key, CounterKey(slot), raw}, /*wait=*/true);
+      migrating ? RunScript(slot, kConfirmOneScript, confirm_one_sha_,
+                            {"1", key, raw}, /*wait=*/true)
+                : RunScript(slot, kConfirmScript, confirm_sha_,
+                            {"2", key, CounterKey(slot), raw}, /*wait=*/true,
+                            nullptr, /*tryagain_is_reply=*/true);
   if (!confirmed.ok()) return confirmed.status();
+  if (!migrating && confirmed->error_code() == "TRYAGAIN") {
+    return ConfirmReplicated(key, slot, raw, /*migrating=*/true);
+  }
   if (confirmed->kind != RedisReply::Kind::kInteger) {
     return Unexpected("the confirm script", *confirmed);
   }
@@ -290,8 +359,9 @@ absl::StatusOr<RedisClusterStore::KeyRead> RedisClusterStore::Read(
     const std::string& key, int slot) {
   absl::StatusOr<RedisReply> reply =
       RunScript(slot, kReadScript, read_sha_, {"2", key, CounterKey(slot)},
-                /*wait=*/false);
+                /*wait=*/false, nullptr, /*tryagain_is_reply=*/true);
   if (!reply.ok()) return reply.status();
+  if (reply->error_code() == "TRYAGAIN") return ReadMigrating(key, slot);
   if (reply->kind != RedisReply::Kind::kArray || reply->elements.size() != 4) {
     return Unexpected("the read script", *reply);
   }
@@ -315,6 +385,42 @@ absl::StatusOr<RedisClusterStore::KeyRead> RedisClusterStore::Read(
   if (parts[3].kind == RedisReply::Kind::kString &&
       !absl::SimpleAtoi(parts[3].text, &read.counter)) {
     return Unexpected("the token counter", parts[3]);
+  }
+  return read;
+}
+
+absl::StatusOr<RedisClusterStore::KeyRead> RedisClusterStore::ReadMigrating(
+    const std::string& key, int slot) {
+  absl::StatusOr<RedisReply> reply = RunScript(
+      slot, kReadOneScript, read_one_sha_, {"1", key}, /*wait=*/false);
+  if (!reply.ok()) return reply.status();
+  if (reply->kind != RedisReply::Kind::kArray || reply->elements.size() != 3) {
+    return Unexpected("the single-key read script", *reply);
+  }
+  absl::StatusOr<RedisReply> counter =
+      cluster_->Run(slot, {"GET", CounterKey(slot)});
+  if (!counter.ok()) return counter.status();
+  const std::vector<RedisReply>& parts = reply->elements;
+  int64_t seconds = 0;
+  int64_t micros = 0;
+  if (!absl::SimpleAtoi(parts[0].text, &seconds) ||
+      !absl::SimpleAtoi(parts[1].text, &micros)) {
+    return Unexpected("TIME", *reply);
+  }
+  KeyRead read;
+  read.migrating = true;
+  read.now = options_.clock != nullptr
+                 ? options_.clock->Now()
+                 : absl::FromUnixSeconds(seconds) + absl::Microseconds(micros);
+  if (parts[2].kind == RedisReply::Kind::kString) {
+    read.raw = parts[2].text;
+    absl::StatusOr<Record> record = DecodeRecord(read.raw);
+    if (!record.ok()) return record.status();
+    read.record = *std::move(record);
+  }
+  if (counter->kind == RedisReply::Kind::kString &&
+      !absl::SimpleAtoi(counter->text, &read.counter)) {
+    return Unexpected("the token counter", *counter);
   }
   return read;
 }
@@ -347,7 +453,8 @@ absl::Status RedisClusterStore::Transition(const KeyId& id,
       if (options_.wait_replicas == 0 || !change.confirm) {
         return absl::OkStatus();
       }
-      absl::StatusOr<bool> confirmed = ConfirmReplicated(key, slot, read->raw);
+      absl::StatusOr<bool> confirmed =
+          ConfirmReplicated(key, slot, read->raw, read->migrating);
       if (!confirmed.ok()) return confirmed.status();
       if (*confirmed) return absl::OkStatus();
       continue;  // The record changed meanwhile: decide again.
@@ -367,11 +474,28 @@ absl::Status RedisClusterStore::Transition(const KeyId& id,
     const bool announce = !change.record.has_value() ||
                           change.record->state() != Record::STATE_IN_PROGRESS;
     bool unconfirmed = false;
+    const bool wait = options_.wait_replicas > 0;
+    if (read->migrating && change.issued_token != 0) {
+      // The counter first: any later read of it covers this token.
+      absl::StatusOr<RedisReply> raised = RunScript(
+          slot, kRaiseScript, raise_sha_,
+          {"1", CounterKey(slot), absl::StrCat(change.issued_token)}, wait);
+      if (!raised.ok()) return raised.status();
+      if (raised->is_error()) return Unexpected("the raise script", *raised);
+    }
     absl::StatusOr<RedisReply> applied =
-        RunScript(slot, kApplyScript, apply_sha_,
+        read->migrating
+            ? RunScript(slot, kApplyOneScript, apply_one_sha_,
+                        {"1", key, read->raw, value, ttl_ms,
+                         announce ? channel_ : ""},
+                        wait, &unconfirmed)
+            : RunScript(
+                  slot, kApplyScript, apply_sha_,
                   {"2", key, CounterKey(slot), read->raw, value, ttl_ms,
                    absl::StrCat(change.issued_token), announce ? channel_ : ""},
-                  /*wait=*/options_.wait_replicas > 0, &unconfirmed);
+                  wait, &unconfirmed, /*tryagain_is_reply=*/true);
+    // A migration began since the read: read again (single-key then).
+    if (applied.ok() && applied->error_code() == "TRYAGAIN") continue;
     if (!applied.ok() && unconfirmed && undo_unconfirmed) {
       return Undo(key, slot, *read, value, applied.status());
     }
@@ -403,10 +527,15 @@ absl::Status RedisClusterStore::Undo(const std::string& key, int slot,
     ttl_ms =
         absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(left) + 1));
   }
-  absl::StatusOr<RedisReply> undone = RunScript(
-      slot, kApplyScript, apply_sha_,
-      {"2", key, CounterKey(slot), written, read.raw, ttl_ms, "0", channel_},
-      /*wait=*/false);
+  absl::StatusOr<RedisReply> undone =
+      read.migrating
+          ? RunScript(slot, kApplyOneScript, apply_one_sha_,
+                      {"1", key, written, read.raw, ttl_ms, channel_},
+                      /*wait=*/false)
+          : RunScript(slot, kApplyScript, apply_sha_,
+                      {"2", key, CounterKey(slot), written, read.raw, ttl_ms,
+                       "0", channel_},
+                      /*wait=*/false);
   if (undone.ok() && undone->kind == RedisReply::Kind::kInteger &&
       (undone->integer == 1 || undone->integer == 2)) {
     return absl::UnavailableError(absl::StrCat(
@@ -817,7 +946,9 @@ absl::Status RedisClusterStore::ProbeMaster(const std::string& master,
   const std::string counter = CounterKey(slot);
   // A master that appeared since start (a failover) may not have the
   // scripts yet; calls load them on NOSCRIPT, the probe does it here.
-  for (const char* script : {kReadScript, kApplyScript, kConfirmScript}) {
+  for (const char* script :
+       {kReadScript, kApplyScript, kConfirmScript, kReadOneScript, kRaiseScript,
+        kApplyOneScript, kConfirmOneScript}) {
     absl::StatusOr<RedisReply> loaded =
         cluster_->RunOnNode(master, {"SCRIPT", "LOAD", script});
     if (!loaded.ok()) return loaded.status();
@@ -847,8 +978,13 @@ absl::Status RedisClusterStore::ProbeMaster(const std::string& master,
   std::vector<RedisCommand> pipeline;
   for (const auto& step : steps) pipeline.push_back(step.second);
   absl::StatusOr<std::vector<RedisReply>> replies =
-      cluster_->RunPipeline(slot, pipeline);
+      cluster_->RunPipeline(slot, pipeline, /*tryagain_is_reply=*/true);
   if (!replies.ok()) return replies.status();
+  // The probe's slot is being migrated: its two keys may be split between
+  // two nodes. Nothing to learn this round; the next probe tries again.
+  for (const RedisReply& reply : *replies) {
+    if (reply.error_code() == "TRYAGAIN") return absl::OkStatus();
+  }
   for (size_t i = 0; i < steps.size(); ++i) {
     const RedisReply& reply = (*replies)[i];
     if (reply.is_error()) {

@@ -140,6 +140,9 @@ class RedisClusterStore final : public Store {
     std::optional<Record> record;
     std::string raw;  // The record's bytes as stored (compare-and-set).
     uint64_t counter = 0;
+    // The slot is being migrated and the multi-key read was refused: the
+    // transition writes with the single-key scripts.
+    bool migrating = false;
   };
   // What a transition writes.
   struct Change {
@@ -154,11 +157,14 @@ class RedisClusterStore final : public Store {
   using Decide = std::function<absl::Status(const KeyRead&, Change*)>;
 
   absl::StatusOr<KeyRead> Read(const std::string& key, int slot);
+  // Read() with single-key commands, while the slot is being migrated.
+  absl::StatusOr<KeyRead> ReadMigrating(const std::string& key, int slot);
   // With wait_replicas: true once that many replicas of the slot's master
   // have everything it applied so far (WAIT), the record read (`raw`)
   // included; false if the record changed since (read again).
   absl::StatusOr<bool> ConfirmReplicated(const std::string& key, int slot,
-                                         const std::string& raw);
+                                         const std::string& raw,
+                                         bool migrating = false);
   absl::Status CheckAcknowledged(const RedisReply& acks);
   // Puts `key` back to `read` if the master still holds `written` (a write
   // WAIT could not confirm); the UNAVAILABLE status to answer either way.
@@ -191,7 +197,8 @@ class RedisClusterStore final : public Store {
   absl::StatusOr<RedisReply> RunScript(int slot, const std::string& script,
                                        const std::string& sha,
                                        const RedisCommand& keys_and_args,
-                                       bool wait, bool* unconfirmed = nullptr);
+                                       bool wait, bool* unconfirmed = nullptr,
+                                       bool tryagain_is_reply = false);
   absl::StatusOr<std::vector<std::string>> ScanKeys(const std::string& match);
   void Submit(std::function<void()> task,
               std::function<void(absl::Status)> refuse);
@@ -223,6 +230,11 @@ class RedisClusterStore final : public Store {
   std::string read_sha_;
   std::string apply_sha_;
   std::string confirm_sha_;
+  // The single-key scripts used while a slot is being migrated.
+  std::string read_one_sha_;
+  std::string raise_sha_;
+  std::string apply_one_sha_;
+  std::string confirm_one_sha_;
   std::string record_prefix_;  // "{prefix}:r:{"
   std::string channel_;
 
