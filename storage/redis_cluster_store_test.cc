@@ -641,7 +641,9 @@ TEST(RedisClusterStoreTest, KeysWorkWhileTheirSlotIsBeingMigrated) {
   std::unique_ptr<RedisClusterStore> store = OpenOrDie(options);
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
                        RedisCluster::Connect(ClusterOptions(Seeds())));
-  const auto [source, slot] = cluster->MasterSlots().front();
+  // Not a structured binding: clang 14 cannot capture one in a lambda.
+  const std::string source = cluster->MasterSlots().front().first;
+  const int slot = cluster->MasterSlots().front().second;
   std::string target;
   for (const std::string& master : cluster->Masters()) {
     if (master != source) target = master;
