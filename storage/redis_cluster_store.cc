@@ -365,28 +365,7 @@ absl::StatusOr<RedisClusterStore::KeyRead> RedisClusterStore::Read(
   if (reply->kind != RedisReply::Kind::kArray || reply->elements.size() != 4) {
     return Unexpected("the read script", *reply);
   }
-  const std::vector<RedisReply>& parts = reply->elements;
-  int64_t seconds = 0;
-  int64_t micros = 0;
-  if (!absl::SimpleAtoi(parts[0].text, &seconds) ||
-      !absl::SimpleAtoi(parts[1].text, &micros)) {
-    return Unexpected("TIME", *reply);
-  }
-  KeyRead read;
-  read.now = options_.clock != nullptr
-                 ? options_.clock->Now()
-                 : absl::FromUnixSeconds(seconds) + absl::Microseconds(micros);
-  if (parts[2].kind == RedisReply::Kind::kString) {
-    read.raw = parts[2].text;
-    absl::StatusOr<Record> record = DecodeRecord(read.raw);
-    if (!record.ok()) return record.status();
-    read.record = *std::move(record);
-  }
-  if (parts[3].kind == RedisReply::Kind::kString &&
-      !absl::SimpleAtoi(parts[3].text, &read.counter)) {
-    return Unexpected("the token counter", parts[3]);
-  }
-  return read;
+  return ParseRead(*reply, reply->elements[3]);
 }
 
 absl::StatusOr<RedisClusterStore::KeyRead> RedisClusterStore::ReadMigrating(
@@ -400,15 +379,21 @@ absl::StatusOr<RedisClusterStore::KeyRead> RedisClusterStore::ReadMigrating(
   absl::StatusOr<RedisReply> counter =
       cluster_->Run(slot, {"GET", CounterKey(slot)});
   if (!counter.ok()) return counter.status();
-  const std::vector<RedisReply>& parts = reply->elements;
+  absl::StatusOr<KeyRead> read = ParseRead(*reply, *counter);
+  if (read.ok()) read->migrating = true;
+  return read;
+}
+
+absl::StatusOr<RedisClusterStore::KeyRead> RedisClusterStore::ParseRead(
+    const RedisReply& time_and_record, const RedisReply& counter) const {
+  const std::vector<RedisReply>& parts = time_and_record.elements;
   int64_t seconds = 0;
   int64_t micros = 0;
   if (!absl::SimpleAtoi(parts[0].text, &seconds) ||
       !absl::SimpleAtoi(parts[1].text, &micros)) {
-    return Unexpected("TIME", *reply);
+    return Unexpected("TIME", time_and_record);
   }
   KeyRead read;
-  read.migrating = true;
   read.now = options_.clock != nullptr
                  ? options_.clock->Now()
                  : absl::FromUnixSeconds(seconds) + absl::Microseconds(micros);
@@ -418,9 +403,9 @@ absl::StatusOr<RedisClusterStore::KeyRead> RedisClusterStore::ReadMigrating(
     if (!record.ok()) return record.status();
     read.record = *std::move(record);
   }
-  if (counter->kind == RedisReply::Kind::kString &&
-      !absl::SimpleAtoi(counter->text, &read.counter)) {
-    return Unexpected("the token counter", *counter);
+  if (counter.kind == RedisReply::Kind::kString &&
+      !absl::SimpleAtoi(counter.text, &read.counter)) {
+    return Unexpected("the token counter", counter);
   }
   return read;
 }

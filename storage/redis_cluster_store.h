@@ -159,6 +159,10 @@ class RedisClusterStore final : public Store {
   absl::StatusOr<KeyRead> Read(const std::string& key, int slot);
   // Read() with single-key commands, while the slot is being migrated.
   absl::StatusOr<KeyRead> ReadMigrating(const std::string& key, int slot);
+  // A KeyRead from {TIME seconds, TIME microseconds, record, ...} and the
+  // counter's reply.
+  absl::StatusOr<KeyRead> ParseRead(const RedisReply& time_and_record,
+                                    const RedisReply& counter) const;
   // With wait_replicas: true once that many replicas of the slot's master
   // have everything it applied so far (WAIT), the record read (`raw`)
   // included; false if the record changed since (read again).
