@@ -343,6 +343,15 @@ std::vector<Setting> MakeSettings() {
           "connections to the nodes it uses)",
           [](ServerConfig& c) -> size_t& { return c.redis_threads; }, 1, 1024),
       DurationSetting(
+          "redis-migration-warn-after", "IDEM_REDIS_MIGRATION_WARN_AFTER",
+          "Redis Cluster: a slot migration open longer than this is logged "
+          "as stuck (keys keep working; an interrupted reshard is what "
+          "leaves one open)",
+          [](ServerConfig& c) -> absl::Duration& {
+            return c.redis_migration_warn_after;
+          },
+          absl::Seconds(1), absl::Hours(24)),
+      DurationSetting(
           "redis-poll", "IDEM_REDIS_POLL",
           "Redis Cluster: a waiting Begin looks at its key at least this "
           "often, should another replica's change announcement be missed",

@@ -55,6 +55,8 @@ struct ServerConfig {
   // Parked Begins look at their key at least this often, in case the
   // change announcement from another replica was missed.
   absl::Duration redis_poll = absl::Seconds(1);
+  // A slot migration open longer than this is logged as stuck.
+  absl::Duration redis_migration_warn_after = absl::Minutes(1);
   // AUTH: the password is read from this file (never from a flag, so that
   // it does not show in `ps`); the user is for Redis 6+ ACLs.
   std::string redis_user;

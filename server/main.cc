@@ -112,6 +112,28 @@ absl::StatusOr<std::unique_ptr<storage::Store>> OpenStore(
     options.threads = static_cast<int>(config.redis_threads);
     options.max_pending = config.max_pending_writes;
     options.accept_loss_on_restart = config.redis_accept_loss_on_restart;
+    options.migration_stuck_after = config.redis_migration_warn_after;
+    options.on_slot_migration = [](const storage::SlotMigrationReport& report) {
+      const std::string open_seconds =
+          absl::StrCat(absl::ToInt64Seconds(report.open_for));
+      const storage::SlotMigration& m = report.migration;
+      if (report.closed) {
+        Log(LogLevel::kInfo, "redis_slot_migration_closed",
+            {{"slot", absl::StrCat(m.slot)},
+             {"from", m.from},
+             {"to", m.to},
+             {"open_seconds", open_seconds}});
+        return;
+      }
+      Log(LogLevel::kWarning, "redis_slot_migration_stuck",
+          {{"slot", absl::StrCat(m.slot)},
+           {"from", m.from},
+           {"to", m.to},
+           {"open_seconds", open_seconds},
+           {"effect",
+            "keys of the slot keep working, with extra round trips; finish "
+            "the migration with redis-cli --cluster fix (docs/cluster.md)"}});
+    };
     absl::StatusOr<std::unique_ptr<storage::RedisClusterStore>> opened =
         storage::RedisClusterStore::Open(std::move(options));
     if (!opened.ok()) return opened.status();

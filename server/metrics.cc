@@ -145,6 +145,20 @@ std::string Metrics::Render(const Gauges& gauges) const {
       "a storage error until it recovers.\n# TYPE idem_storage_healthy "
       "gauge\nidem_storage_healthy ",
       gauges.storage_healthy ? 1 : 0, "\n");
+  if (gauges.store.slot_migrations.has_value()) {
+    absl::StrAppend(
+        &out,
+        "# HELP idem_redis_slots_migrating Redis Cluster slots being moved "
+        "between masters (MIGRATING or IMPORTING on a master), checked every "
+        "5 s.\n# TYPE idem_redis_slots_migrating gauge\n"
+        "idem_redis_slots_migrating ",
+        gauges.store.slot_migrations->open,
+        "\n# HELP idem_redis_slot_migration_oldest_seconds How long the "
+        "oldest open slot migration has been open (0: none).\n# TYPE "
+        "idem_redis_slot_migration_oldest_seconds gauge\n"
+        "idem_redis_slot_migration_oldest_seconds ",
+        absl::ToInt64Seconds(gauges.store.slot_migrations->oldest), "\n");
+  }
   if (tls_installed_ + tls_refused_ > 0) {
     absl::StrAppend(
         &out,

@@ -11,7 +11,11 @@ TEST(MetricsTest, RendersCountersAndCumulativeHistograms) {
   metrics.RecordRpc("Begin", "ACQUIRED", absl::Milliseconds(3));
   metrics.RecordRpc("Begin", "INVALID_ARGUMENT", absl::Seconds(30));
   metrics.RecordTakeover();
-  const std::string text = metrics.Render({7, {100, 4096, 3}});
+  storage::StoreStats stats;
+  stats.estimated_keys = 100;
+  stats.disk_bytes = 4096;
+  stats.expired_dropped = 3;
+  const std::string text = metrics.Render({7, stats});
   for (const char* line : {
            "idem_rpc_total{method=\"Begin\",outcome=\"ACQUIRED\"} 2\n",
            "idem_rpc_total{method=\"Begin\",outcome=\"INVALID_ARGUMENT\"} 1\n",
@@ -30,6 +34,20 @@ TEST(MetricsTest, RendersCountersAndCumulativeHistograms) {
        }) {
     EXPECT_NE(text.find(line), std::string::npos) << line << "\nin:\n" << text;
   }
+  // Slot migrations are a sharded store's; RocksDB has none to report.
+  EXPECT_EQ(text.find("idem_redis_slots_migrating"), std::string::npos);
+}
+
+TEST(MetricsTest, RendersSlotMigrationsOfAShardedStore) {
+  Metrics metrics;
+  storage::StoreStats stats;
+  stats.slot_migrations = {2, absl::Seconds(95)};
+  const std::string text = metrics.Render({0, stats});
+  EXPECT_NE(text.find("\nidem_redis_slots_migrating 2\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("\nidem_redis_slot_migration_oldest_seconds 95\n"),
+            std::string::npos)
+      << text;
 }
 
 }  // namespace

@@ -4,12 +4,15 @@
 #include <sys/time.h>
 
 #include <algorithm>
+#include <map>
 #include <random>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace idem::storage {
 namespace {
@@ -421,6 +424,73 @@ RedisCluster::RunOnEveryMaster(const RedisCommand& command) {
   return out;
 }
 
+std::vector<SlotMigration> ParseSlotMigrations(
+    absl::string_view cluster_nodes) {
+  // <id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch>
+  // <link> <slot ranges...>
+  std::map<std::string, std::string, std::less<>> address_of;
+  std::vector<std::string> own_entries;
+  std::string myself;
+  for (absl::string_view line :
+       absl::StrSplit(cluster_nodes, '\n', absl::SkipEmpty())) {
+    std::vector<absl::string_view> fields =
+        absl::StrSplit(absl::StripSuffix(line, "\r"), ' ', absl::SkipEmpty());
+    if (fields.size() < 8) continue;
+    const absl::string_view address =
+        fields[1].substr(0, fields[1].find_first_of("@,"));
+    address_of[std::string(fields[0])] = std::string(address);
+    const std::vector<absl::string_view> flags = absl::StrSplit(fields[2], ',');
+    if (std::find(flags.begin(), flags.end(), "myself") == flags.end()) {
+      continue;
+    }
+    myself = std::string(address);
+    for (size_t i = 8; i < fields.size(); ++i) {
+      if (absl::StartsWith(fields[i], "[")) {
+        own_entries.emplace_back(fields[i]);
+      }
+    }
+  }
+  std::vector<SlotMigration> out;
+  for (absl::string_view entry : own_entries) {
+    entry = absl::StripSuffix(absl::StripPrefix(entry, "["), "]");
+    const bool migrating = absl::StrContains(entry, "->-");
+    const size_t arrow = entry.find(migrating ? "->-" : "-<-");
+    if (arrow == absl::string_view::npos) continue;
+    SlotMigration migration;
+    if (!absl::SimpleAtoi(entry.substr(0, arrow), &migration.slot) ||
+        migration.slot < 0 || migration.slot >= kRedisSlots) {
+      continue;
+    }
+    const auto other = address_of.find(entry.substr(arrow + 3));
+    const std::string other_address =
+        other == address_of.end() ? "" : other->second;
+    migration.from = migrating ? myself : other_address;
+    migration.to = migrating ? other_address : myself;
+    out.push_back(std::move(migration));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<SlotMigration>> RedisCluster::SlotMigrations() {
+  // Both sides report an open migration; an interrupted one may be left
+  // open on one side only.
+  std::map<int, SlotMigration> by_slot;
+  for (const std::string& address : Masters()) {
+    absl::StatusOr<RedisReply> reply = RunQuick(address, {"CLUSTER", "NODES"});
+    if (!reply.ok()) return reply.status();
+    if (reply->kind != RedisReply::Kind::kString) continue;
+    for (SlotMigration& seen : ParseSlotMigrations(reply->text)) {
+      SlotMigration& merged = by_slot[seen.slot];
+      merged.slot = seen.slot;
+      if (merged.from.empty()) merged.from = std::move(seen.from);
+      if (merged.to.empty()) merged.to = std::move(seen.to);
+    }
+  }
+  std::vector<SlotMigration> out;
+  for (auto& entry : by_slot) out.push_back(std::move(entry.second));
+  return out;
+}
+
 std::vector<std::pair<std::string, int>> RedisCluster::MasterSlots() {
   absl::MutexLock lock(&mu_);
   std::vector<int> slot_of(masters_.size(), -1);
@@ -532,6 +602,24 @@ absl::Status RedisCluster::RefreshSlots() {
                    last.message()));
 }
 
+absl::StatusOr<RedisReply> RedisCluster::RunQuick(const std::string& address,
+                                                  const RedisCommand& command) {
+  // On a connection of its own with a short read timeout: the pooled ones
+  // wait command_timeout (and once more on a new connection), so a hung
+  // master (SIGSTOP, a stalled disk) looked healthy for 5 to 8 s.
+  absl::StatusOr<redisContext*> connected = ConnectTo(address, kHealthTimeout);
+  if (!connected.ok()) return connected.status();
+  std::vector<RedisReply> replies;
+  const bool answered = Exchange(*connected, {command}, &replies);
+  redisFree(*connected);
+  if (!answered) {
+    return absl::UnavailableError(
+        absl::StrCat("Redis node ", address, " did not answer ", command[0],
+                     " within ", absl::FormatDuration(kHealthTimeout)));
+  }
+  return std::move(replies[0]);
+}
+
 absl::Status RedisCluster::CheckHealth() {
   {
     absl::MutexLock lock(&mu_);
@@ -542,24 +630,12 @@ absl::Status RedisCluster::CheckHealth() {
           uncovered, " of ", kRedisSlots, " slots have no Redis master"));
     }
   }
-  // On a connection of its own with a short read timeout: the pooled ones
-  // wait command_timeout (and once more on a new connection), so a hung
-  // master (SIGSTOP, a stalled disk) looked healthy for 5 to 8 s.
   for (const std::string& address : Masters()) {
-    absl::StatusOr<redisContext*> connected =
-        ConnectTo(address, kHealthTimeout);
-    if (!connected.ok()) return connected.status();
-    std::vector<RedisReply> replies;
-    const bool answered = Exchange(*connected, {{"PING"}}, &replies);
-    redisFree(*connected);
-    if (!answered) {
+    absl::StatusOr<RedisReply> pong = RunQuick(address, {"PING"});
+    if (!pong.ok()) return pong.status();
+    if (pong->is_error()) {
       return absl::UnavailableError(
-          absl::StrCat("Redis node ", address, " did not answer PING within ",
-                       absl::FormatDuration(kHealthTimeout)));
-    }
-    if (replies[0].is_error()) {
-      return absl::UnavailableError(
-          absl::StrCat("Redis node ", address, ": ", replies[0].text));
+          absl::StrCat("Redis node ", address, ": ", pong->text));
     }
   }
   return absl::OkStatus();

@@ -59,6 +59,21 @@ struct RedisReply {
 
 using RedisCommand = std::vector<std::string>;
 
+// A slot being moved between masters: its master set it MIGRATING, the
+// target IMPORTING (CLUSTER SETSLOT), until the last key moved and both
+// agree on the new owner. An interrupted reshard leaves it so.
+struct SlotMigration {
+  int slot = 0;
+  // host:port of each side; empty when no master of the map says.
+  std::string from;
+  std::string to;
+};
+
+// The migrations one node reports as its own in `cluster_nodes` (the text
+// of CLUSTER NODES): "[SLOT->-ID]" migrating to ID, "[SLOT-<-ID]"
+// importing from ID, on the line flagged "myself".
+std::vector<SlotMigration> ParseSlotMigrations(absl::string_view cluster_nodes);
+
 struct RedisClusterOptions {
   // host:port of one or more nodes; the rest are learnt from the cluster.
   std::vector<std::string> seeds;
@@ -121,12 +136,22 @@ class RedisCluster {
   absl::StatusOr<RedisReply> RunOnNode(const std::string& address,
                                        const RedisCommand& command);
 
+  // The slots being migrated, as the masters report them (CLUSTER NODES on
+  // each, as RunQuick), one entry per slot; UNAVAILABLE when a master does
+  // not answer within kHealthTimeout.
+  absl::StatusOr<std::vector<SlotMigration>> SlotMigrations();
+
   // Reloads the slot map from any node that answers.
   absl::Status RefreshSlots();
   // OK when every slot has a master and each master answers PING within
   // kHealthTimeout (on a new connection each time).
   absl::Status CheckHealth();
   static constexpr absl::Duration kHealthTimeout = absl::Milliseconds(500);
+  // `command` once on the node at `address`, on a new connection that waits
+  // kHealthTimeout at most: for checks that must not stall behind a hung
+  // node (the pooled connections wait command_timeout, twice).
+  absl::StatusOr<RedisReply> RunQuick(const std::string& address,
+                                      const RedisCommand& command);
   // Master addresses, for subscribers and scans.
   std::vector<std::string> Masters();
   // Each master with one slot it serves (to run slot-bound probes there).

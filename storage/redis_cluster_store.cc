@@ -840,14 +840,21 @@ absl::StatusOr<std::map<std::string, StateCounts>> RedisClusterStore::CountKeys(
 
 StoreStats RedisClusterStore::Stats() {
   StoreStats stats;
-  absl::StatusOr<std::vector<std::pair<std::string, RedisReply>>> sizes =
-      cluster_->RunOnEveryMaster({"DBSIZE"});
-  if (sizes.ok()) {
-    for (const auto& [address, reply] : *sizes) {
-      if (reply.kind == RedisReply::Kind::kInteger && reply.integer > 0) {
-        stats.estimated_keys += static_cast<uint64_t>(reply.integer);
-      }
+  // Quick (kHealthTimeout) per master: a metrics scrape, and /healthz
+  // behind it on the same thread, must not wait out a hung master.
+  for (const std::string& master : cluster_->Masters()) {
+    absl::StatusOr<RedisReply> size = cluster_->RunQuick(master, {"DBSIZE"});
+    if (size.ok() && size->kind == RedisReply::Kind::kInteger &&
+        size->integer > 0) {
+      stats.estimated_keys += static_cast<uint64_t>(size->integer);
     }
+  }
+  StoreStats::SlotMigrations& migrations = stats.slot_migrations.emplace();
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  for (const auto& entry : open_migrations_) {
+    ++migrations.open;
+    migrations.oldest = std::max(migrations.oldest, now - entry.second.since);
   }
   return stats;
 }
@@ -1037,6 +1044,7 @@ void RedisClusterStore::Watch() {
     if (absl::Now() >= next_refresh) {
       // Notices failovers and slot migrations before a call trips on them.
       cluster_->RefreshSlots().IgnoreError();
+      TrackMigrations();
       next_refresh = absl::Now() + absl::Seconds(5);
     }
     absl::Status health = cluster_->CheckHealth();
@@ -1057,6 +1065,43 @@ void RedisClusterStore::Watch() {
     }
     for (int i = 0; i < 10 && !stop_; ++i)
       absl::SleepFor(absl::Milliseconds(100));
+  }
+}
+
+void RedisClusterStore::TrackMigrations() {
+  absl::StatusOr<std::vector<SlotMigration>> seen = cluster_->SlotMigrations();
+  // A master that does not answer is health's business; what was open
+  // stays open until a full answer says otherwise.
+  if (!seen.ok()) return;
+  const absl::Time now = absl::Now();
+  std::vector<SlotMigrationReport> reports;
+  {
+    absl::MutexLock lock(&mu_);
+    std::map<int, OpenMigration> open;
+    for (SlotMigration& migration : *seen) {
+      const auto known = open_migrations_.find(migration.slot);
+      OpenMigration& entry = open[migration.slot];
+      entry.since = known == open_migrations_.end() ? now : known->second.since;
+      entry.reported =
+          known != open_migrations_.end() && known->second.reported;
+      entry.migration = std::move(migration);
+      if (!entry.reported &&
+          now - entry.since >= options_.migration_stuck_after) {
+        entry.reported = true;
+        reports.push_back({entry.migration, now - entry.since, false});
+      }
+    }
+    for (const auto& [slot, was] : open_migrations_) {
+      if (was.reported && open.count(slot) == 0) {
+        reports.push_back({was.migration, now - was.since, true});
+      }
+    }
+    open_migrations_ = std::move(open);
+  }
+  if (options_.on_slot_migration) {
+    for (const SlotMigrationReport& report : reports) {
+      options_.on_slot_migration(report);
+    }
   }
 }
 

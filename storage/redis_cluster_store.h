@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -56,6 +57,15 @@ struct redisReply;
 
 namespace idem::storage {
 
+// A slot migration that stayed open past
+// RedisClusterStoreOptions::migration_stuck_after, or that closed after
+// being reported so.
+struct SlotMigrationReport {
+  SlotMigration migration;
+  absl::Duration open_for;  // Since the store first saw it open.
+  bool closed = false;
+};
+
 struct RedisClusterStoreOptions {
   RedisClusterOptions cluster;
   // Replicas that must acknowledge each change (WAIT) before it is
@@ -75,6 +85,12 @@ struct RedisClusterStoreOptions {
   // resyncs from it, and acknowledged results and token counters are gone
   // (work runs twice, tokens go backwards). True accepts that risk.
   bool accept_loss_on_restart = false;
+  // A slot migration open longer than this (an interrupted reshard: keys
+  // keep working, but each call on the slot pays extra round trips, and a
+  // later reshard of the slot fails) is reported to on_slot_migration,
+  // and again when it closes. Checked every 5 s.
+  absl::Duration migration_stuck_after = absl::Minutes(1);
+  std::function<void(const SlotMigrationReport&)> on_slot_migration;
   // Tests only: replaces Redis's TIME as the state machine's clock.
   const Clock* clock = nullptr;
 };
@@ -115,7 +131,8 @@ class RedisClusterStore final : public Store {
       const std::string& name_space) override;
   // estimated_keys: DBSIZE summed over the masters (every key, not only
   // Idem's); disk_bytes: 0; expired_dropped: records dropped by Redis TTLs
-  // is not tracked per prefix, so 0.
+  // is not tracked per prefix, so 0; slot_migrations: as last seen (every
+  // 5 s).
   StoreStats Stats() override;
   // OK while every slot has a master that answers PING (checked every
   // second).
@@ -224,6 +241,10 @@ class RedisClusterStore final : public Store {
   absl::Status ProbeMaster(const std::string& master, int slot);
   absl::Status ProbeMasters();
   void Watch();
+  // Asks the masters which slots are being migrated; updates
+  // open_migrations_ and reports those open past migration_stuck_after
+  // (and those that closed after being reported).
+  void TrackMigrations();
   void Subscribe();
   // Wakes waiters for one pub/sub message.
   void Announced(const redisReply& reply);
@@ -248,6 +269,12 @@ class RedisClusterStore final : public Store {
   absl::Status health_ ABSL_GUARDED_BY(mu_);
   std::function<void(const KeyId&)> on_change_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> durability_notes_ ABSL_GUARDED_BY(mu_);
+  struct OpenMigration {
+    SlotMigration migration;
+    absl::Time since;
+    bool reported = false;
+  };
+  std::map<int, OpenMigration> open_migrations_ ABSL_GUARDED_BY(mu_);
   // Masters whose settings passed; a failing one is checked again.
   std::set<std::string> checked_masters_;  // Watch()'s thread (and Open).
   std::vector<std::thread> workers_;

@@ -548,7 +548,7 @@ TEST(RedisClusterStoreTest, AFailoverToAMasterWithoutPersistenceIsUnhealthy) {
 }
 
 // A hung master (SIGSTOP) kept health SERVING for 5.5 to 8 s: the health
-// PING waited the pooled connections' command timeout, twice.
+// PING waited the pooled connections' command timeout, twice. So did Stats.
 TEST(RedisClusterStoreTest, AHungMasterTurnsHealthBadWithinSeconds) {
   std::unique_ptr<RedisClusterStore> store = OpenOrDie(Options(nullptr));
   ASSERT_OK(store->Health());
@@ -561,10 +561,17 @@ TEST(RedisClusterStoreTest, AHungMasterTurnsHealthBadWithinSeconds) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   const absl::Duration noticed = absl::Now() - stopped;
+  // Stats (a metrics scrape, which /healthz waits behind) waits for the
+  // hung master no longer than a health check does: it took 4 s.
+  const absl::Time stats_start = absl::Now();
+  store->Stats();
+  const absl::Duration stats_took = absl::Now() - stats_start;
   Cluster().Signal(master, SIGCONT);
-  std::printf("health turned bad %s after the master hung\n",
-              absl::FormatDuration(noticed).c_str());
+  std::printf("health turned bad %s after the master hung; Stats took %s\n",
+              absl::FormatDuration(noticed).c_str(),
+              absl::FormatDuration(stats_took).c_str());
   EXPECT_LT(noticed, absl::Seconds(3));
+  EXPECT_LT(stats_took, 2 * RedisCluster::kHealthTimeout);
   for (int i = 0; i < 100 && !store->Health().ok(); ++i) {
     absl::SleepFor(absl::Milliseconds(100));
   }
@@ -635,9 +642,56 @@ TEST(RedisClusterStoreTest, TheCallersDeadlineBoundsTheOperation) {
 // split between the two nodes (TRYAGAIN): every new key's Begin failed
 // after --redis-timeout, as did existing keys once the slot's token
 // counter had moved. Transitions now switch to single-key scripts.
+TEST(SlotMigrationsTest, EachSideReportsItsOwnOpenMigrations) {
+  // CLUSTER NODES as the source (first line, "myself") sees a migration to
+  // the second node and an import from the third; other nodes' brackets
+  // are not this node's business.
+  const std::string nodes =
+      "aaa 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5000 "
+      "[93->-bbb] [7000-<-ccc]\n"
+      "bbb 127.0.0.1:7002@17002,host-b master - 0 0 2 connected 5001-10000 "
+      "[5-<-aaa]\n"
+      "ccc 10.0.0.3:7003@17003 master - 0 0 3 connected 10001-16383\n";
+  const std::vector<SlotMigration> seen = ParseSlotMigrations(nodes);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].slot, 93);
+  EXPECT_EQ(seen[0].from, "127.0.0.1:7001");
+  EXPECT_EQ(seen[0].to, "127.0.0.1:7002");
+  EXPECT_EQ(seen[1].slot, 7000);
+  EXPECT_EQ(seen[1].from, "10.0.0.3:7003");
+  EXPECT_EQ(seen[1].to, "127.0.0.1:7001");
+  // An unknown node id leaves that side empty; garbage is skipped.
+  const std::vector<SlotMigration> odd = ParseSlotMigrations(
+      "aaa 127.0.0.1:7001@17001 myself,master - 0 0 1 connected [12->-zzz] "
+      "[x->-bbb] [99999->-bbb] [12]\n");
+  ASSERT_EQ(odd.size(), 1u);
+  EXPECT_EQ(odd[0].slot, 12);
+  EXPECT_EQ(odd[0].to, "");
+  EXPECT_TRUE(ParseSlotMigrations("").empty());
+}
+
 TEST(RedisClusterStoreTest, KeysWorkWhileTheirSlotIsBeingMigrated) {
   RedisClusterStoreOptions options = Options(nullptr);
   options.cluster.retry_deadline = absl::Seconds(5);
+  // A migration open for over a second is reported (and then its end).
+  absl::Mutex reports_mu;
+  std::vector<SlotMigrationReport> reports;
+  options.migration_stuck_after = absl::Seconds(1);
+  options.on_slot_migration = [&](const SlotMigrationReport& report) {
+    absl::MutexLock lock(&reports_mu);
+    reports.push_back(report);
+  };
+  // The reports once there are `count` (the store looks every 5 s).
+  auto await_reports = [&](size_t count) {
+    const absl::Time give_up = absl::Now() + absl::Seconds(15);
+    while (true) {
+      {
+        absl::MutexLock lock(&reports_mu);
+        if (reports.size() >= count || absl::Now() > give_up) return reports;
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  };
   std::unique_ptr<RedisClusterStore> store = OpenOrDie(options);
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisCluster> cluster,
                        RedisCluster::Connect(ClusterOptions(Seeds())));
@@ -719,6 +773,20 @@ TEST(RedisClusterStoreTest, KeysWorkWhileTheirSlotIsBeingMigrated) {
               absl::FormatDuration(took).c_str());
   EXPECT_LT(took, absl::Seconds(2));
 
+  // Left open, the migration is reported stuck, with both sides, and
+  // counted in the store's stats (the server's metrics).
+  std::vector<SlotMigrationReport> seen = await_reports(1);
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].migration.slot, slot);
+  EXPECT_EQ(seen[0].migration.from, source);
+  EXPECT_EQ(seen[0].migration.to, target);
+  EXPECT_FALSE(seen[0].closed);
+  EXPECT_GE(seen[0].open_for, absl::Seconds(1));
+  const StoreStats during = store->Stats();
+  ASSERT_TRUE(during.slot_migrations.has_value());
+  EXPECT_EQ(during.slot_migrations->open, 1u);
+  EXPECT_GE(during.slot_migrations->oldest, absl::Seconds(1));
+
   // The migration ends: the rest of the slot's keys move (through hiredis:
   // record keys hold a NUL, which redis-cli's arguments cannot), and the
   // slot is the target's everywhere.
@@ -745,6 +813,13 @@ TEST(RedisClusterStoreTest, KeysWorkWhileTheirSlotIsBeingMigrated) {
   ASSERT_OK_AND_ASSIGN(KeySnapshot old_moved,
                        store->Lookup({"migrating", existing}));
   EXPECT_EQ(old_moved.result.body, "old");
+
+  // Its end is reported once, and the count goes back to 0.
+  seen = await_reports(2);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[1].migration.slot, slot);
+  EXPECT_TRUE(seen[1].closed);
+  EXPECT_EQ(store->Stats().slot_migrations->open, 0u);
 }
 
 // Two stores (two replicas) on the same cluster race for the same keys:

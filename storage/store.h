@@ -175,6 +175,13 @@ struct StoreStats {
   // Begin flushed before its Complete) counts once per version, so this is
   // at least, not exactly, the number of expired keys dropped.
   uint64_t expired_dropped = 0;
+  // Stores over a sharded cluster (Redis): the slots being moved between
+  // nodes, and how long the oldest has been open. nullopt elsewhere.
+  struct SlotMigrations {
+    uint64_t open = 0;
+    absl::Duration oldest = absl::ZeroDuration();
+  };
+  std::optional<SlotMigrations> slot_migrations;
 };
 
 // Receives the outcome of an asynchronous operation.

@@ -3,6 +3,7 @@
 // 3 replicas) that each test starts on loopback. Shows that replicas share
 // keys and wake each other's waiters, and that a master failover and a
 // resharding under load are survived without losing an acknowledged result.
+#include <httplib.h>
 #include <signal.h>
 
 #include <atomic>
@@ -14,7 +15,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -565,6 +568,93 @@ TEST_F(RedisReplicasTest, ReshardingUnderLoadIsSurvived) {
   EXPECT_EQ(load.errors(), 0);
   EXPECT_GT(load.completions(), 50);
   ExpectAllReadable(*stub_b, load.acknowledged());
+}
+
+// An interrupted reshard leaves a slot MIGRATING on one master and
+// IMPORTING on another. Keys keep working; the slot is shown on /metrics and
+// logged once it stays open past --redis-migration-warn-after, and its end
+// is logged too.
+TEST_F(RedisReplicasTest, ASlotLeftMigratingIsLoggedAndShownInMetrics) {
+  testing::ServerProcess& server =
+      StartReplica({"--redis-migration-warn-after=1s"});
+  auto stub = server.NewStub();
+  httplib::Client http("127.0.0.1", server.metrics_port());
+  auto metric = [&](const std::string& name) -> std::string {
+    auto response = http.Get("/metrics");
+    if (!response || response->status != 200) return "no answer";
+    const size_t at = response->body.find("\n" + name + " ");
+    if (at == std::string::npos) return "missing";
+    const size_t value = at + name.size() + 2;
+    return response->body.substr(value,
+                                 response->body.find('\n', value) - value);
+  };
+  EXPECT_EQ(metric("idem_redis_slots_migrating"), "0");
+  // Waits up to 15 s (the replica looks every 5 s) for `text` in the log.
+  auto await_log = [&](const std::string& text) {
+    const absl::Time give_up = absl::Now() + absl::Seconds(15);
+    while (server.log().find(text) == std::string::npos &&
+           absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(200));
+    }
+    return server.log().find(text) != std::string::npos;
+  };
+
+  const std::vector<std::string> masters = Masters();
+  ASSERT_EQ(masters.size(), 3u);
+  absl::StatusOr<std::vector<testing::LocalRedisCluster::NodeInfo>> nodes =
+      cluster_->Nodes(masters[0]);
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  std::string source_id, target_id;
+  for (const auto& node : *nodes) {
+    if (node.address == masters[0]) source_id = node.id;
+    if (node.address == masters[1]) target_id = node.id;
+  }
+  // The first slot masters[0] serves: the first number of its slot ranges.
+  absl::StatusOr<std::string> own =
+      cluster_->Cli(masters[0], {"CLUSTER", "NODES"});
+  ASSERT_TRUE(own.ok()) << own.status();
+  std::string slot;
+  for (absl::string_view line : absl::StrSplit(*own, '\n')) {
+    std::vector<std::string> fields = absl::StrSplit(line, ' ');
+    if (fields.size() > 8 && absl::StrContains(fields[2], "myself")) {
+      slot = fields[8].substr(0, fields[8].find('-'));
+    }
+  }
+  ASSERT_FALSE(slot.empty()) << *own;
+  ASSERT_TRUE(cluster_
+                  ->Cli(masters[1],
+                        {"CLUSTER", "SETSLOT", slot, "IMPORTING", source_id})
+                  .ok());
+  ASSERT_TRUE(cluster_
+                  ->Cli(masters[0],
+                        {"CLUSTER", "SETSLOT", slot, "MIGRATING", target_id})
+                  .ok());
+
+  ASSERT_TRUE(await_log("event=redis_slot_migration_stuck")) << server.log();
+  const std::string log = server.log();
+  const std::string line =
+      log.substr(log.find("event=redis_slot_migration_stuck"));
+  EXPECT_NE(line.find(absl::StrCat("slot=", slot, " ")), std::string::npos)
+      << line;
+  EXPECT_NE(line.find("from=" + masters[0]), std::string::npos) << line;
+  EXPECT_NE(line.find("to=" + masters[1]), std::string::npos) << line;
+  EXPECT_EQ(metric("idem_redis_slots_migrating"), "1");
+  EXPECT_NE(metric("idem_redis_slot_migration_oldest_seconds"), "0");
+  // Health stays SERVING (keys work) and a call still answers.
+  auto healthz = http.Get("/healthz");
+  ASSERT_TRUE(healthz);
+  EXPECT_EQ(healthz->status, 200);
+  BeginResponse begun;
+  ASSERT_TRUE(stub->Begin(Context().get(), Begin("during"), &begun).ok());
+
+  // Undone (both sides STABLE): the end is logged and the gauge drops.
+  ASSERT_TRUE(
+      cluster_->Cli(masters[0], {"CLUSTER", "SETSLOT", slot, "STABLE"}).ok());
+  ASSERT_TRUE(
+      cluster_->Cli(masters[1], {"CLUSTER", "SETSLOT", slot, "STABLE"}).ok());
+  ASSERT_TRUE(await_log("event=redis_slot_migration_closed")) << server.log();
+  EXPECT_EQ(metric("idem_redis_slots_migrating"), "0");
+  EXPECT_EQ(metric("idem_redis_slot_migration_oldest_seconds"), "0");
 }
 
 }  // namespace
