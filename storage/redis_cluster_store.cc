@@ -849,7 +849,7 @@ StoreStats RedisClusterStore::Stats() {
       stats.estimated_keys += static_cast<uint64_t>(size->integer);
     }
   }
-  StoreStats::SlotMigrations& migrations = stats.slot_migrations.emplace();
+  SlotMigrationStats& migrations = stats.slot_migrations.emplace();
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
   for (const auto& entry : open_migrations_) {

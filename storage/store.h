@@ -165,6 +165,13 @@ struct StateCounts {
 };
 
 // Cheap figures for monitoring.
+// The slots of a sharded store being moved between nodes, and how long the
+// oldest has been open.
+struct SlotMigrationStats {
+  uint64_t open = 0;
+  absl::Duration oldest = absl::ZeroDuration();
+};
+
 struct StoreStats {
   // An estimate, including expired records not yet compacted away.
   uint64_t estimated_keys = 0;
@@ -175,13 +182,8 @@ struct StoreStats {
   // Begin flushed before its Complete) counts once per version, so this is
   // at least, not exactly, the number of expired keys dropped.
   uint64_t expired_dropped = 0;
-  // Stores over a sharded cluster (Redis): the slots being moved between
-  // nodes, and how long the oldest has been open. nullopt elsewhere.
-  struct SlotMigrations {
-    uint64_t open = 0;
-    absl::Duration oldest = absl::ZeroDuration();
-  };
-  std::optional<SlotMigrations> slot_migrations;
+  // Stores over a sharded cluster (Redis); nullopt elsewhere.
+  std::optional<SlotMigrationStats> slot_migrations;
 };
 
 // Receives the outcome of an asynchronous operation.
