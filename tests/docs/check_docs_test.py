@@ -89,22 +89,22 @@ class CheckDocsTest(unittest.TestCase):
                              "--help has no such flag")
 
     def test_a_new_log_event_is_named(self):
-        self.edit("server/main.cc", 'Log(LogLevel::kInfo, "shutdown_complete");',
+        self.edit("server/server.cc", 'Log(LogLevel::kInfo, "shutdown_complete");',
                   'Log(LogLevel::kInfo, "shutdown_complete");\n'
                   '  Log(LogLevel::kWarning,\n'
                   '      "brand_new_event", {{"why", "x"}});')
-        self.assertFailsWith("log event brand_new_event", "server/main.cc:",
+        self.assertFailsWith("log event brand_new_event", "server/server.cc:",
                              "missing from the Log events table")
 
     def test_an_event_passed_in_a_variable_is_found(self):
-        self.edit("server/main.cc", 'Log(LogLevel::kInfo, "shutdown_complete");',
-                  'const char* done = signal_number == SIGTERM\n'
+        self.edit("server/server.cc", 'Log(LogLevel::kInfo, "shutdown_complete");',
+                  'const char* done = shut_down_\n'
                   '      ? "stopped_by_term" : "shutdown_complete";\n'
                   '  Log(LogLevel::kInfo, done);')
         self.assertFailsWith("log event stopped_by_term")
 
     def test_an_event_that_cannot_be_resolved_is_named(self):
-        self.edit("server/main.cc", 'Log(LogLevel::kInfo, "shutdown_complete");',
+        self.edit("server/server.cc", 'Log(LogLevel::kInfo, "shutdown_complete");',
                   'Log(LogLevel::kInfo, EventName(), {});')
         self.assertFailsWith("cannot tell which event `EventName()` names")
 
@@ -120,16 +120,16 @@ class CheckDocsTest(unittest.TestCase):
                              "docs but warning in the sources")
 
     def test_a_documented_event_no_longer_logged_is_named(self):
-        self.remove_line("server/main.cc", r'Log\(LogLevel::kInfo, "shutdown_complete"\);')
+        self.remove_line("server/server.cc", r'Log\(LogLevel::kInfo, "shutdown_complete"\);')
         self.assertFailsWith("event shutdown_complete is documented but no "
                              "longer logged")
 
     def test_an_undocumented_event_row_removed_is_named(self):
         self.remove_line("docs/operations.md", r"^\| `sighup` ")
-        self.assertFailsWith("log event sighup (logged at server/main.cc:")
+        self.assertFailsWith("log event sighup (logged at server/server.cc:")
 
     def test_commented_out_calls_are_not_events(self):
-        self.edit("server/main.cc", 'Log(LogLevel::kInfo, "shutdown_complete");',
+        self.edit("server/server.cc", 'Log(LogLevel::kInfo, "shutdown_complete");',
                   'Log(LogLevel::kInfo, "shutdown_complete");\n'
                   '  // Log(LogLevel::kInfo, "only_in_a_comment");\n'
                   '  /* Log(LogLevel::kInfo, "in_a_block_comment"); */')

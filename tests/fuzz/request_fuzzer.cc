@@ -1,8 +1,9 @@
 // libFuzzer target: arbitrary bytes as each request message, sent to the
-// real Idempotency and Admin services (an in-process gRPC server over a real
-// RocksDB store) exactly as a client's bytes would arrive. The first input
-// byte picks the method; the rest is the serialized request. Nothing may
-// crash, hang or trip a sanitizer, and the server must keep answering.
+// real server (server.h, as idem-server builds it, over a real RocksDB store,
+// reached through an in-process channel) exactly as a client's bytes would
+// arrive. The first input byte picks the method; the rest is the serialized
+// request. Nothing may crash, hang or trip a sanitizer, and the server must
+// keep answering.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -14,15 +15,9 @@
 #include "absl/time/time.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
-#include "server/admin_service.h"
-#include "server/authorizer.h"
-#include "server/blocking_executor.h"
-#include "server/idempotency_service.h"
-#include "server/limits.h"
-#include "server/metrics.h"
-#include "server/rpc_observer.h"
-#include "server/wait_queue.h"
-#include "storage/rocksdb_store.h"
+#include "server/config.h"
+#include "server/log.h"
+#include "server/server.h"
 
 namespace idem::server {
 namespace {
@@ -44,27 +39,24 @@ constexpr const char* kMethods[] = {
 constexpr size_t kMethodCount = sizeof(kMethods) / sizeof(kMethods[0]);
 
 // Built once per fuzzing process, and deliberately never destroyed: libFuzzer
-// exits without running destructors in a defined order.
+// exits without running destructors in a defined order. The server is the
+// one idem-server runs (server.h), put together from flags.
 struct Harness {
   Harness() {
     char pattern[] = "/tmp/idem-fuzz-XXXXXX";
-    dir = mkdtemp(pattern);
-    storage::RocksDbStoreOptions options;
-    options.path = dir + "/db";
-    options.sync_writes = false;  // Speed; durability is not under test.
-    options.min_free_disk_bytes = 0;
-    store = *storage::RocksDbStore::Open(options);
-    limits.max_wait = absl::Milliseconds(20);  // Parked calls end quickly.
-    idempotency = std::make_unique<IdempotencyService>(
-        store.get(), &waits, &observer, &authorizer, limits);
-    admin = std::make_unique<AdminService>(store.get(), &waits, &scans,
-                                           &observer, &authorizer);
-    grpc::ServerBuilder builder;
-    builder.RegisterService(idempotency.get());
-    builder.RegisterService(admin.get());
-    server = builder.BuildAndStart();
-    stub = std::make_unique<grpc::GenericStub>(
-        server->InProcessChannel(grpc::ChannelArguments()));
+    const std::string dir = mkdtemp(pattern);
+    absl::StatusOr<ServerConfig> config = ParseConfig(
+        {"--listen=127.0.0.1:0", "--data-dir=" + dir + "/db",
+         "--sync-writes=false",  // Speed; durability is not under test.
+         "--min-free-disk-bytes=0",
+         "--max-wait=20ms"},  // Parked calls end quickly.
+        [](const char*) -> const char* { return nullptr; });
+    if (!config.ok()) std::abort();
+    SetLogLevel(LogLevel::kError);
+    absl::StatusOr<std::unique_ptr<Server>> started = Server::Start(*config);
+    if (!started.ok()) std::abort();
+    server = *std::move(started);
+    stub = std::make_unique<grpc::GenericStub>(server->InProcessChannel());
   }
 
   // Sends `body` as the request of `method` and waits for the answer.
@@ -88,17 +80,7 @@ struct Harness {
     return status;
   }
 
-  std::string dir;
-  std::unique_ptr<storage::RocksDbStore> store;
-  WaitQueue waits;
-  Metrics metrics;
-  RpcObserver observer{&metrics};
-  BlockingExecutor scans{1};
-  Limits limits;
-  Authorizer authorizer{nullptr};  // Open: the handlers themselves are fuzzed.
-  std::unique_ptr<IdempotencyService> idempotency;
-  std::unique_ptr<AdminService> admin;
-  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<Server> server;
   std::unique_ptr<grpc::GenericStub> stub;
 };
 
