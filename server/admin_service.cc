@@ -121,7 +121,6 @@ grpc::ServerUnaryReactor* AdminService::List(
       observer_->Finish(reactor, "Admin.List", start, page.status());
       return;
     }
-    const absl::Time now = absl::Now();
     for (const storage::KeyListing& listed : page->keys) {
       v1::KeySummary* summary = response->add_keys();
       const storage::KeySnapshot& s = listed.snapshot;
@@ -129,7 +128,7 @@ grpc::ServerUnaryReactor* AdminService::List(
       if (s.state == storage::KeyState::kInProgress) {
         summary->set_state(v1::LookupResponse::STATE_IN_PROGRESS);
         SetTimestamp(s.lease_expires_at, summary->mutable_lease_expires_at());
-        summary->set_lease_lapsed(s.lease_expires_at <= now);
+        summary->set_lease_lapsed(s.lease_lapsed);
       } else {
         summary->set_state(v1::LookupResponse::STATE_COMPLETED);
         summary->set_result_code(s.result.code);

@@ -47,7 +47,7 @@ struct ServerConfig {
   // "rocksdb" (embedded, in --data-dir) or
   // "redis-cluster://HOST:PORT[,HOST:PORT...]" (stateless replicas).
   std::string store = "rocksdb";
-  // Redis Cluster mode only (see storage/redis_cluster_store.h).
+  // Redis Cluster mode only (see storage/redis/redis_cluster_store.h).
   size_t redis_wait_replicas = 0;
   absl::Duration redis_wait_timeout = absl::Seconds(1);
   absl::Duration redis_timeout = absl::Seconds(10);
@@ -62,7 +62,8 @@ struct ServerConfig {
   std::string redis_user;
   std::string redis_password_file;
   // Serve over masters without an append-only file (see
-  // storage/redis_cluster_store.h): their restart loses acknowledged data.
+  // storage/redis/redis_cluster_store.h): their restart loses acknowledged
+  // data.
   bool redis_accept_loss_on_restart = false;
   Limits limits;
 };

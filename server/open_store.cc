@@ -10,8 +10,8 @@
 #include "absl/time/time.h"
 #include "server/log.h"
 #include "server/read_file.h"
-#include "storage/redis_cluster_store.h"
-#include "storage/rocksdb_store.h"
+#include "storage/redis/redis_cluster_store.h"
+#include "storage/rocksdb/rocksdb_store.h"
 
 namespace idem::server {
 

@@ -287,6 +287,7 @@ KeySnapshot Snapshot(const Record* current, absl::Time now) {
     case Record::STATE_IN_PROGRESS:
       snapshot.state = KeyState::kInProgress;
       snapshot.lease_expires_at = FromMicros(live->lease_expires_at_us());
+      snapshot.lease_lapsed = snapshot.lease_expires_at <= now;
       snapshot.expires_at = FromMicros(live->expires_at_us());
       break;
     case Record::STATE_COMPLETED:

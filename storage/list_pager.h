@@ -9,7 +9,7 @@
 //
 //   ListPager pager(query);
 //   for (each key in order)
-//     if (!pager.Offer(key, snapshot_or_null, now)) break;
+//     if (!pager.Offer(key, snapshot_or_null)) break;
 //   return pager.Take();
 #ifndef IDEM_STORAGE_LIST_PAGER_H_
 #define IDEM_STORAGE_LIST_PAGER_H_
@@ -28,15 +28,14 @@ class ListPager {
   // The next key of the namespace, in key order, after the query's page
   // token; `snapshot` is null for a record that cannot be read. Returns
   // false once the page is decided: stop scanning.
-  bool Offer(const std::string& key, const KeySnapshot* snapshot,
-             absl::Time now);
+  bool Offer(const std::string& key, const KeySnapshot* snapshot);
 
   // The page; its token is empty unless Offer returned false for a reason
   // other than running out of keys.
   ListPage Take() { return std::move(page_); }
 
  private:
-  bool Matches(const KeySnapshot& snapshot, absl::Time now) const;
+  bool Matches(const KeySnapshot& snapshot) const;
 
   const ListQuery& query_;
   const size_t page_size_;

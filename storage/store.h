@@ -126,6 +126,10 @@ struct KeySnapshot {
   KeyState state = KeyState::kAbsent;
   std::string fingerprint;
   absl::Time lease_expires_at = absl::InfinitePast();
+  // In progress, and the lease had lapsed by the store's clock when the
+  // snapshot was taken: the next Begin takes the key over. The one place
+  // this is decided (Snapshot in key_state_machine.cc).
+  bool lease_lapsed = false;
   Result result;
   absl::Time completed_at = absl::InfinitePast();
   absl::Time created_at = absl::InfinitePast();
@@ -162,9 +166,18 @@ struct StateCounts {
   // In progress with a lapsed lease (included in in_progress).
   uint64_t lease_lapsed = 0;
   uint64_t completed = 0;
+
+  // Counts one key (an absent one counts nowhere).
+  void Add(const KeySnapshot& snapshot) {
+    if (snapshot.state == KeyState::kInProgress) {
+      ++in_progress;
+      if (snapshot.lease_lapsed) ++lease_lapsed;
+    } else if (snapshot.state == KeyState::kCompleted) {
+      ++completed;
+    }
+  }
 };
 
-// Cheap figures for monitoring.
 // The slots of a sharded store being moved between nodes, and how long the
 // oldest has been open.
 struct SlotMigrationStats {
@@ -172,6 +185,7 @@ struct SlotMigrationStats {
   absl::Duration oldest = absl::ZeroDuration();
 };
 
+// Cheap figures for monitoring.
 struct StoreStats {
   // An estimate, including expired records not yet compacted away.
   uint64_t estimated_keys = 0;

@@ -328,6 +328,19 @@ TEST_P(StoreConformanceTest, ListPagesThroughANamespaceWithFilters) {
   std::vector<std::string> stuck_keys = list_all(stuck);
   ASSERT_EQ(stuck_keys.size(), 4u);
   EXPECT_EQ(stuck_keys.front(), "stuck-0");
+  // Lapsed by the store's clock (a fake one here), and said so in every
+  // snapshot; a key whose lease runs is not.
+  ASSERT_OK_AND_ASSIGN(ListPage stuck_page, store().List(stuck));
+  for (const KeyListing& k : stuck_page.keys) {
+    EXPECT_TRUE(k.snapshot.lease_lapsed) << k.key;
+  }
+  ASSERT_OK_AND_ASSIGN(KeySnapshot lapsed,
+                       store().Lookup({"payments", "stuck-0"}));
+  EXPECT_TRUE(lapsed.lease_lapsed);
+  ASSERT_OK_AND_ASSIGN(KeySnapshot running,
+                       store().Lookup({"payments-eu", "done-100"}));
+  EXPECT_EQ(running.state, KeyState::kInProgress);
+  EXPECT_FALSE(running.lease_lapsed);
 
   ASSERT_OK_AND_ASSIGN(auto counts, store().CountKeys(""));
   EXPECT_EQ(counts["payments"].completed, 25u);

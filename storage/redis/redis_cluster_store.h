@@ -27,8 +27,8 @@
 // every change is followed by WAIT N on the same connection, and the
 // operation fails (UNAVAILABLE, the change may have been applied) unless N
 // replicas acknowledged it within wait_timeout; see docs/cluster.md.
-#ifndef IDEM_STORAGE_REDIS_CLUSTER_STORE_H_
-#define IDEM_STORAGE_REDIS_CLUSTER_STORE_H_
+#ifndef IDEM_STORAGE_REDIS_REDIS_CLUSTER_STORE_H_
+#define IDEM_STORAGE_REDIS_REDIS_CLUSTER_STORE_H_
 
 #include <atomic>
 #include <cstdint>
@@ -50,7 +50,7 @@
 #include "absl/time/time.h"
 #include "storage/clock.h"
 #include "storage/record.pb.h"
-#include "storage/redis_cluster.h"
+#include "storage/redis/redis_cluster.h"
 #include "storage/store.h"
 
 struct redisReply;
@@ -285,4 +285,4 @@ class RedisClusterStore final : public Store {
 
 }  // namespace idem::storage
 
-#endif  // IDEM_STORAGE_REDIS_CLUSTER_STORE_H_
+#endif  // IDEM_STORAGE_REDIS_REDIS_CLUSTER_STORE_H_

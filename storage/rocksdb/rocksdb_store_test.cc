@@ -1,4 +1,4 @@
-#include "storage/rocksdb_store.h"
+#include "storage/rocksdb/rocksdb_store.h"
 
 #include <atomic>
 #include <filesystem>

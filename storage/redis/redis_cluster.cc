@@ -1,4 +1,4 @@
-#include "storage/redis_cluster.h"
+#include "storage/redis/redis_cluster.h"
 
 #include <hiredis/hiredis.h>
 #include <sys/time.h>

@@ -2,7 +2,7 @@
 // replicas) of Debian's redis-server, started by this test on loopback:
 // the conformance suite every store passes, Redis's own clock and TTLs, the
 // cluster layer's slot hashing and redirects, and a resharding under load.
-#include "storage/redis_cluster_store.h"
+#include "storage/redis/redis_cluster_store.h"
 
 #include <signal.h>
 
@@ -25,7 +25,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
-#include "storage/redis_cluster.h"
+#include "storage/redis/redis_cluster.h"
 #include "storage/testing/store_conformance.h"
 #include "tests/testing/local_redis_cluster.h"
 #include "tests/testing/status_matchers.h"

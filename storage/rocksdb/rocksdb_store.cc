@@ -1,4 +1,4 @@
-#include "storage/rocksdb_store.h"
+#include "storage/rocksdb/rocksdb_store.h"
 
 #include <pthread.h>
 #include <sys/statvfs.h>
@@ -681,7 +681,7 @@ absl::StatusOr<ListPage> RocksDbStore::List(const ListQuery& query) {
     const KeySnapshot snapshot =
         record.ok() ? Snapshot(&*record, now) : KeySnapshot{};
     if (!pager.Offer(std::string(db_key.substr(prefix.size())),
-                     record.ok() ? &snapshot : nullptr, now)) {
+                     record.ok() ? &snapshot : nullptr)) {
       break;
     }
   }
@@ -706,14 +706,7 @@ absl::StatusOr<std::map<std::string, StateCounts>> RocksDbStore::CountKeys(
     absl::StatusOr<Record> record =
         DecodeRecord(absl::string_view(it->value().data(), it->value().size()));
     if (!id.has_value() || !record.ok()) continue;
-    const KeySnapshot snapshot = Snapshot(&*record, now);
-    StateCounts& c = counts[id->name_space];
-    if (snapshot.state == KeyState::kInProgress) {
-      ++c.in_progress;
-      if (snapshot.lease_expires_at <= now) ++c.lease_lapsed;
-    } else if (snapshot.state == KeyState::kCompleted) {
-      ++c.completed;
-    }
+    counts[id->name_space].Add(Snapshot(&*record, now));
   }
   if (!it->status().ok()) return FromRocks(it->status(), "scan");
   return counts;

@@ -16,8 +16,8 @@
 // transient cluster states handled here) is a RedisReply of kind kError, not
 // a failed status. A failed status (UNAVAILABLE) means no node answered
 // within `retry_deadline`: the command may or may not have run.
-#ifndef IDEM_STORAGE_REDIS_CLUSTER_H_
-#define IDEM_STORAGE_REDIS_CLUSTER_H_
+#ifndef IDEM_STORAGE_REDIS_REDIS_CLUSTER_H_
+#define IDEM_STORAGE_REDIS_REDIS_CLUSTER_H_
 
 #include <array>
 #include <cstdint>
@@ -189,4 +189,4 @@ class RedisCluster {
 
 }  // namespace idem::storage
 
-#endif  // IDEM_STORAGE_REDIS_CLUSTER_H_
+#endif  // IDEM_STORAGE_REDIS_REDIS_CLUSTER_H_

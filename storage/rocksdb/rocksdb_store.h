@@ -18,8 +18,8 @@
 // is persisted in blocks (a synced write reserves the next block before any
 // token of it is handed out), so a token is never issued twice, also across
 // crashes, and a restart skips at most one block.
-#ifndef IDEM_STORAGE_ROCKSDB_STORE_H_
-#define IDEM_STORAGE_ROCKSDB_STORE_H_
+#ifndef IDEM_STORAGE_ROCKSDB_ROCKSDB_STORE_H_
+#define IDEM_STORAGE_ROCKSDB_ROCKSDB_STORE_H_
 
 #include <atomic>
 #include <cstdint>
@@ -221,4 +221,4 @@ class RocksDbStore final : public Store {
 
 }  // namespace idem::storage
 
-#endif  // IDEM_STORAGE_ROCKSDB_STORE_H_
+#endif  // IDEM_STORAGE_ROCKSDB_ROCKSDB_STORE_H_

@@ -1,4 +1,4 @@
-#include "storage/redis_cluster_store.h"
+#include "storage/redis/redis_cluster_store.h"
 
 #include <hiredis/hiredis.h>
 #include <poll.h>
@@ -794,10 +794,7 @@ absl::StatusOr<ListPage> RedisClusterStore::List(const ListQuery& query) {
     const bool readable = read.ok() && read->record.has_value();
     const KeySnapshot snapshot =
         readable ? Snapshot(&*read->record, read->now) : KeySnapshot{};
-    if (!pager.Offer(key, readable ? &snapshot : nullptr,
-                     readable ? read->now : absl::Now())) {
-      break;
-    }
+    if (!pager.Offer(key, readable ? &snapshot : nullptr)) break;
   }
   return pager.Take();
 }
@@ -822,14 +819,7 @@ absl::StatusOr<std::map<std::string, StateCounts>> RedisClusterStore::CountKeys(
       return read.status();
     }
     if (!read->record.has_value()) continue;
-    const KeySnapshot snapshot = Snapshot(&*read->record, read->now);
-    StateCounts& c = counts[id->name_space];
-    if (snapshot.state == KeyState::kInProgress) {
-      ++c.in_progress;
-      if (snapshot.lease_expires_at <= read->now) ++c.lease_lapsed;
-    } else if (snapshot.state == KeyState::kCompleted) {
-      ++c.completed;
-    }
+    counts[id->name_space].Add(Snapshot(&*read->record, read->now));
   }
   // Namespaces whose keys all expired are not reported, as with RocksDB.
   std::erase_if(counts, [](const auto& entry) {
