@@ -410,32 +410,42 @@ absl::StatusOr<RedisClusterStore::KeyRead> RedisClusterStore::ParseRead(
   return read;
 }
 
-absl::Status RedisClusterStore::Transition(const KeyId& id,
-                                           const Decide& decide,
-                                           bool undo_unconfirmed,
-                                           absl::Time deadline) {
-  const std::string key = RecordKey(id);
+absl::Status RedisClusterStore::Run(Transition& transition,
+                                    bool undo_unconfirmed) {
+  const std::string key = RecordKey(transition.id());
   const int slot = KeySlot(key);
   // Every round trip of this operation shares one deadline: the caller's,
   // or --redis-timeout, whichever is sooner.
-  if (absl::Now() >= deadline) {
+  if (absl::Now() >= transition.deadline()) {
     return absl::DeadlineExceededError(
         "the caller's deadline passed before the change was tried; nothing "
         "was written");
   }
-  const RedisCluster::ScopedDeadline scoped(
-      std::min(deadline, absl::Now() + options_.cluster.retry_deadline));
+  const RedisCluster::ScopedDeadline scoped(std::min(
+      transition.deadline(), absl::Now() + options_.cluster.retry_deadline));
   for (int round = 0; round < kMaxRounds; ++round) {
     absl::StatusOr<KeyRead> read = Read(key, slot);
     if (!read.ok()) return read.status();
-    Change change;
-    absl::Status decided = decide(*read, &change);
-    if (!decided.ok()) return decided;
-    if (!change.write) {
+    uint64_t issued_token = 0;
+    auto next_token = [&]() -> uint64_t {
+      // The counter covers every token of the slot; the record's own token
+      // is there for safety should the two ever disagree.
+      issued_token = std::max(read->counter, read->record.has_value()
+                                                 ? read->record->token()
+                                                 : uint64_t{0}) +
+                     1;
+      return issued_token;
+    };
+    absl::StatusOr<Change> change =
+        transition.Decide(read->record.has_value() ? &*read->record : nullptr,
+                          read->now, next_token);
+    // Refused: the refusal is the answer, and nothing was written.
+    if (!change.ok()) return absl::OkStatus();
+    if (change->kind == Change::Kind::kNone) {
       // Nothing to write (a replay, a repeated Complete or Release): the
       // answer still rests on the stored record, which must be on the
       // replicas too before it is given with --redis-wait-replicas.
-      if (options_.wait_replicas == 0 || !change.confirm) {
+      if (options_.wait_replicas == 0 || !change->answer_rests_on_record) {
         return absl::OkStatus();
       }
       absl::StatusOr<bool> confirmed =
@@ -445,26 +455,27 @@ absl::Status RedisClusterStore::Transition(const KeyId& id,
       continue;  // The record changed meanwhile: decide again.
     }
 
+    const bool put = change->kind == Change::Kind::kPut;
     std::string value;
     std::string ttl_ms = "0";
-    if (change.record.has_value()) {
-      value = EncodeRecord(*change.record);
+    if (put) {
+      value = EncodeRecord(change->record);
       // Redis drops the record at its expiry (a little after, never
       // before: reads apply the exact expiry themselves).
       const absl::Duration left =
-          absl::FromUnixMicros(change.record->expires_at_us()) - read->now;
+          absl::FromUnixMicros(change->record.expires_at_us()) - read->now;
       ttl_ms = absl::StrCat(
           std::max<int64_t>(1, absl::ToInt64Milliseconds(left) + 1));
     }
-    const bool announce = !change.record.has_value() ||
-                          change.record->state() != Record::STATE_IN_PROGRESS;
+    const bool announce =
+        !put || change->record.state() != Record::STATE_IN_PROGRESS;
     bool unconfirmed = false;
     const bool wait = options_.wait_replicas > 0;
-    if (read->migrating && change.issued_token != 0) {
+    if (read->migrating && issued_token != 0) {
       // The counter first: any later read of it covers this token.
-      absl::StatusOr<RedisReply> raised = RunScript(
-          slot, kRaiseScript, raise_sha_,
-          {"1", CounterKey(slot), absl::StrCat(change.issued_token)}, wait);
+      absl::StatusOr<RedisReply> raised =
+          RunScript(slot, kRaiseScript, raise_sha_,
+                    {"1", CounterKey(slot), absl::StrCat(issued_token)}, wait);
       if (!raised.ok()) return raised.status();
       if (raised->is_error()) return Unexpected("the raise script", *raised);
     }
@@ -474,11 +485,10 @@ absl::Status RedisClusterStore::Transition(const KeyId& id,
                         {"1", key, read->raw, value, ttl_ms,
                          announce ? channel_ : ""},
                         wait, &unconfirmed)
-            : RunScript(
-                  slot, kApplyScript, apply_sha_,
-                  {"2", key, CounterKey(slot), read->raw, value, ttl_ms,
-                   absl::StrCat(change.issued_token), announce ? channel_ : ""},
-                  wait, &unconfirmed, /*tryagain_is_reply=*/true);
+            : RunScript(slot, kApplyScript, apply_sha_,
+                        {"2", key, CounterKey(slot), read->raw, value, ttl_ms,
+                         absl::StrCat(issued_token), announce ? channel_ : ""},
+                        wait, &unconfirmed, /*tryagain_is_reply=*/true);
     // A migration began since the read: read again (single-key then).
     if (applied.ok() && applied->error_code() == "TRYAGAIN") continue;
     if (!applied.ok() && unconfirmed && undo_unconfirmed) {
@@ -535,48 +545,8 @@ absl::Status RedisClusterStore::Undo(const std::string& key, int slot,
       "until it lapses: retry the Begin with an owner to resume it"));
 }
 
-template <typename Reply, typename DecideFn>
-absl::StatusOr<Reply> RedisClusterStore::Decided(const KeyId& id,
-                                                 DecideFn decide_fn,
-                                                 bool undo_unconfirmed,
-                                                 absl::Time deadline) {
-  std::optional<Reply> reply;
-  absl::Status status = Transition(
-      id,
-      [&](const KeyRead& read, Change* change) -> absl::Status {
-        uint64_t issued = 0;
-        auto next_token = [&]() -> uint64_t {
-          // The counter covers every token of the slot; the record's own
-          // token is there for safety should the two ever disagree.
-          issued = std::max(read.counter, read.record.has_value()
-                                              ? read.record->token()
-                                              : uint64_t{0}) +
-                   1;
-          return issued;
-        };
-        Decision<Reply> decision =
-            decide_fn(read.record.has_value() ? &*read.record : nullptr,
-                      read.now, next_token);
-        if (!decision.reply.ok()) return decision.reply.status();
-        reply = *std::move(decision.reply);
-        if constexpr (std::is_same_v<Reply, BeginResult>) {
-          // Refusals (in progress, mismatch) promise nothing to confirm.
-          change->confirm = reply->outcome == BeginOutcome::kCompleted;
-        }
-        if (decision.write.has_value()) {
-          change->write = true;
-          change->record = *std::move(decision.write);
-          change->issued_token = issued;
-        }
-        return absl::OkStatus();
-      },
-      undo_unconfirmed, deadline);
-  if (!status.ok()) return status;
-  return *std::move(reply);
-}
-
-void RedisClusterStore::Submit(std::function<void()> task,
-                               std::function<void(absl::Status)> refuse) {
+void RedisClusterStore::Enqueue(std::unique_ptr<Transition> transition,
+                                bool undo_unconfirmed) {
   absl::Status refused;
   {
     absl::MutexLock lock(&mu_);
@@ -589,16 +559,16 @@ void RedisClusterStore::Submit(std::function<void()> task,
           " changes are already waiting for Redis (--max-pending-writes); "
           "retry with backoff"));
     } else {
-      queue_.push_back(std::move(task));
+      queue_.push_back({std::move(transition), undo_unconfirmed});
       return;
     }
   }
-  refuse(std::move(refused));
+  transition->Finish(refused);
 }
 
 void RedisClusterStore::Work() {
   for (;;) {
-    std::function<void()> task;
+    Queued next;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
@@ -607,125 +577,31 @@ void RedisClusterStore::Work() {
           },
           this));
       if (queue_.empty()) return;  // Stopping, and nothing left to do.
-      task = std::move(queue_.front());
+      next = std::move(queue_.front());
       queue_.pop_front();
     }
-    task();
+    next.transition->Finish(Run(*next.transition, next.undo_unconfirmed));
   }
 }
 
-template <typename Reply, typename DecideFn, typename DoneFn>
-void RedisClusterStore::SubmitDecided(const KeyId& id, DecideFn decide_fn,
-                                      DoneFn done, absl::Time deadline,
-                                      bool undo_unconfirmed) {
-  Submit(
-      [this, id, decide_fn = std::move(decide_fn), done, deadline,
-       undo_unconfirmed] {
-        absl::StatusOr<Reply> reply =
-            Decided<Reply>(id, decide_fn, undo_unconfirmed, deadline);
-        if constexpr (std::is_same_v<Reply, NoReply>) {
-          done(reply.status());
-        } else {
-          done(std::move(reply));
-        }
-      },
-      [done](absl::Status refused) { done(std::move(refused)); });
+void RedisClusterStore::Apply(std::unique_ptr<Transition> transition) {
+  Enqueue(std::move(transition), /*undo_unconfirmed=*/false);
 }
 
 void RedisClusterStore::BeginAsync(const BeginCommand& command,
                                    Done<BeginResult> done) {
-  BeginCommand owned = command;
+  if (!command.owner.empty()) {
+    TransitionStore::BeginAsync(command, std::move(done));
+    return;
+  }
   // A reply lost between Redis and this process is retried internally;
   // an owner makes that retry re-acquire the same lease instead of seeing
   // its own attempt "in progress". Nobody else knows that owner, so an
   // acquisition the replicas cannot confirm is undone rather than left to
   // lock the key for its lease; a caller's own owner resumes it instead.
-  const bool internal_owner = owned.owner.empty();
-  if (internal_owner) owned.owner = InternalOwner();
-  SubmitDecided<BeginResult>(
-      command.id,
-      [owned = std::move(owned)](const Record* current, absl::Time now,
-                                 absl::FunctionRef<uint64_t()> next_token) {
-        return DecideBegin(current, owned, now, next_token);
-      },
-      std::move(done), command.deadline, /*undo_unconfirmed=*/internal_owner);
-}
-
-void RedisClusterStore::CompleteAsync(const CompleteCommand& command,
-                                      Done<CompleteResult> done) {
-  SubmitDecided<CompleteResult>(
-      command.id,
-      [command](const Record* current, absl::Time now,
-                absl::FunctionRef<uint64_t()>) {
-        return DecideComplete(current, command, now);
-      },
-      std::move(done), command.deadline);
-}
-
-void RedisClusterStore::ReleaseAsync(const ReleaseCommand& command,
-                                     DoneStatus done) {
-  SubmitDecided<NoReply>(
-      command.id,
-      [command](const Record* current, absl::Time now,
-                absl::FunctionRef<uint64_t()>) {
-        return DecideRelease(current, command, now);
-      },
-      std::move(done), command.deadline);
-}
-
-void RedisClusterStore::ExtendAsync(const ExtendCommand& command,
-                                    Done<absl::Time> done) {
-  SubmitDecided<absl::Time>(
-      command.id,
-      [command](const Record* current, absl::Time now,
-                absl::FunctionRef<uint64_t()>) {
-        return DecideExtend(current, command, now);
-      },
-      std::move(done), command.deadline);
-}
-
-void RedisClusterStore::CheckpointAsync(const CheckpointCommand& command,
-                                        DoneStatus done) {
-  SubmitDecided<NoReply>(
-      command.id,
-      [command](const Record* current, absl::Time now,
-                absl::FunctionRef<uint64_t()>) {
-        return DecideCheckpoint(current, command, now);
-      },
-      std::move(done), command.deadline);
-}
-
-void RedisClusterStore::DeleteAsync(const KeyId& id, Done<bool> done) {
-  Submit(
-      [this, id, done] {
-        bool existed = false;
-        absl::Status status =
-            Transition(id, [&](const KeyRead& read, Change* change) {
-              existed =
-                  read.record.has_value() &&
-                  Snapshot(&*read.record, read.now).state != KeyState::kAbsent;
-              // Expired leftovers go too; the token counter stays.
-              change->write = read.record.has_value();
-              return absl::OkStatus();
-            });
-        if (!status.ok()) {
-          done(status);
-        } else {
-          done(existed);
-        }
-      },
-      [done](absl::Status refused) { done(std::move(refused)); });
-}
-
-void RedisClusterStore::ForceReleaseAsync(const KeyId& id,
-                                          Done<uint64_t> done) {
-  SubmitDecided<uint64_t>(
-      id,
-      [](const Record* current, absl::Time now,
-         absl::FunctionRef<uint64_t()> next_token) {
-        return DecideForceRelease(current, now, next_token);
-      },
-      std::move(done), absl::InfiniteFuture());
+  BeginCommand owned = command;
+  owned.owner = InternalOwner();
+  Enqueue(BeginTransition(owned, std::move(done)), /*undo_unconfirmed=*/true);
 }
 
 std::optional<absl::StatusOr<BeginResult>> RedisClusterStore::PeekBegin(

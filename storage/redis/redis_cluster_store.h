@@ -52,6 +52,7 @@
 #include "storage/record.pb.h"
 #include "storage/redis/redis_cluster.h"
 #include "storage/store.h"
+#include "storage/transition.h"
 
 struct redisReply;
 
@@ -95,7 +96,7 @@ struct RedisClusterStoreOptions {
   const Clock* clock = nullptr;
 };
 
-class RedisClusterStore final : public Store {
+class RedisClusterStore final : public TransitionStore {
  public:
   // Connects, loads the slot map and the scripts. Fails (UNAVAILABLE,
   // FAILED_PRECONDITION) when no node answers or they are not a cluster.
@@ -104,16 +105,9 @@ class RedisClusterStore final : public Store {
   // Finishes queued changes, then stops the threads.
   ~RedisClusterStore() override;
 
+  // The other changes are TransitionStore's; Begin assigns an owner when
+  // the caller sent none (see Enqueue).
   void BeginAsync(const BeginCommand& command, Done<BeginResult> done) override;
-  void CompleteAsync(const CompleteCommand& command,
-                     Done<CompleteResult> done) override;
-  void ReleaseAsync(const ReleaseCommand& command, DoneStatus done) override;
-  void ExtendAsync(const ExtendCommand& command,
-                   Done<absl::Time> done) override;
-  void CheckpointAsync(const CheckpointCommand& command,
-                       DoneStatus done) override;
-  void DeleteAsync(const KeyId& id, Done<bool> done) override;
-  void ForceReleaseAsync(const KeyId& id, Done<uint64_t> done) override;
 
   // What the masters' settings weaken (appendfsync other than always, a
   // node whose CONFIG is disabled), one line each, for the start-up log.
@@ -161,17 +155,11 @@ class RedisClusterStore final : public Store {
     // transition writes with the single-key scripts.
     bool migrating = false;
   };
-  // What a transition writes.
-  struct Change {
-    bool write = false;
-    // Without a write: whether the answer needs the record confirmed on
-    // the replicas (with wait_replicas) before it is given.
-    bool confirm = true;
-    // What to write; nullopt: delete the record.
-    std::optional<Record> record;
-    uint64_t issued_token = 0;
+  // A change waiting for a thread of the store.
+  struct Queued {
+    std::unique_ptr<Transition> transition;
+    bool undo_unconfirmed = false;
   };
-  using Decide = std::function<absl::Status(const KeyRead&, Change*)>;
 
   absl::StatusOr<KeyRead> Read(const std::string& key, int slot);
   // Read() with single-key commands, while the slot is being migrated.
@@ -193,25 +181,15 @@ class RedisClusterStore final : public Store {
                     const std::string& written,
                     const absl::Status& unconfirmed);
   // Runs read → decide → compare-and-set until the record did not change
-  // in between. `decide` returns an error to stop without writing, or fills
-  // `change` (left untouched: nothing to write).
+  // in between; the status to finish `transition` with.
   // `undo_unconfirmed`: a write that WAIT cannot confirm is put back to
   // the record read (an acquisition under an internal owner, which no
   // retry could resume, must not lock the key for its whole lease).
-  absl::Status Transition(const KeyId& id, const Decide& decide,
-                          bool undo_unconfirmed = false,
-                          absl::Time deadline = absl::InfiniteFuture());
-  // Transition() with one of key_state_machine.h's Decide* functions.
-  template <typename Reply, typename DecideFn>
-  absl::StatusOr<Reply> Decided(const KeyId& id, DecideFn decide_fn,
-                                bool undo_unconfirmed = false,
-                                absl::Time deadline = absl::InfiniteFuture());
-  // Queues Decided() for a thread of the store; `done` gets its outcome.
-  template <typename Reply, typename DecideFn, typename DoneFn>
-  // `deadline`: the caller's; the operation gives up then (or at the
-  // cluster's retry deadline, whichever is sooner).
-  void SubmitDecided(const KeyId& id, DecideFn decide_fn, DoneFn done,
-                     absl::Time deadline, bool undo_unconfirmed = false);
+  absl::Status Run(Transition& transition, bool undo_unconfirmed);
+  // Queues `transition` for a thread of the store, or finishes it with
+  // UNAVAILABLE (stopping) or RESOURCE_EXHAUSTED (queue full).
+  void Enqueue(std::unique_ptr<Transition> transition, bool undo_unconfirmed);
+  void Apply(std::unique_ptr<Transition> transition) override;
   // With `wait`, a script that wrote is followed by WAIT; too few
   // acknowledgements are UNAVAILABLE, with *unconfirmed set (if given): the
   // write is on the master only.
@@ -221,8 +199,6 @@ class RedisClusterStore final : public Store {
                                        bool wait, bool* unconfirmed = nullptr,
                                        bool tryagain_is_reply = false);
   absl::StatusOr<std::vector<std::string>> ScanKeys(const std::string& match);
-  void Submit(std::function<void()> task,
-              std::function<void(absl::Status)> refuse);
   void Work();
   // OK when `master`'s settings keep Idem's promises: noeviction, and an
   // append-only file (unless accept_loss_on_restart); FAILED_PRECONDITION
@@ -264,7 +240,7 @@ class RedisClusterStore final : public Store {
   std::string channel_;
 
   mutable absl::Mutex mu_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status health_ ABSL_GUARDED_BY(mu_);
   std::function<void(const KeyId&)> on_change_ ABSL_GUARDED_BY(mu_);

@@ -220,48 +220,11 @@ absl::StatusOr<uint64_t> RocksDbStore::NextToken() {
   return next_token_++;
 }
 
-namespace {
-
-size_t ResultBytes(const Result& result) {
-  size_t bytes = result.body.size();
-  for (const auto& [name, value] : result.metadata) {
-    bytes += name.size() + value.size();
-  }
-  return bytes;
-}
-
-}  // namespace
-
-template <typename Reply, typename DecideFn>
-void RocksDbStore::Enqueue(const KeyId& id, size_t payload_bytes,
-                           DecideFn decide, Done<Reply> done) {
-  auto decision = std::make_shared<std::optional<Decision<Reply>>>();
+void RocksDbStore::Apply(std::unique_ptr<Transition> transition) {
   PendingOp op;
-  op.db_key = EncodeKey(id);
-  op.bytes = op.db_key.size() + payload_bytes;
-  op.decide = [decision, decide = std::move(decide)](
-                  const Record* current, absl::Time now,
-                  absl::FunctionRef<uint64_t()> next_token) {
-    *decision = decide(current, now, next_token);
-    Change change;
-    if ((*decision)->reply.ok() && (*decision)->write.has_value()) {
-      change.kind = Change::Kind::kPut;
-      change.record = *(*decision)->write;
-    }
-    return change;
-  };
-  op.finish = [decision, done = std::move(done)](const absl::Status& failure) {
-    if (!failure.ok() || !decision->has_value()) {
-      done(failure.ok() ? absl::InternalError("operation was not decided")
-                        : failure);
-    } else {
-      done(std::move((*decision)->reply));
-    }
-  };
-  Push(std::move(op));
-}
-
-void RocksDbStore::Push(PendingOp op) {
+  op.db_key = EncodeKey(transition->id());
+  op.bytes = op.db_key.size() + transition->payload_bytes();
+  op.transition = std::move(transition);
   {
     absl::MutexLock lock(&queue_mu_);
     // One change is always let in, however large (the server bounds bodies).
@@ -273,7 +236,7 @@ void RocksDbStore::Push(PendingOp op) {
       return;
     }
   }
-  op.finish(absl::ResourceExhaustedError(absl::StrCat(
+  op.transition->Finish(absl::ResourceExhaustedError(absl::StrCat(
       "the server is overloaded: more than ", options_.max_pending_writes,
       " changes or ", options_.max_pending_write_bytes,
       " bytes are waiting for the disk; retry with backoff")));
@@ -305,7 +268,7 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
   // to a full disk.
   if (absl::Status space = CheckFreeSpace(batch_bytes); !space.ok()) {
     NoteStorageError(space);
-    for (PendingOp& op : ops) op.finish(space);
+    for (PendingOp& op : ops) op.transition->Finish(space);
     return;
   }
   // The records as the operations decided so far leave them; nullopt:
@@ -335,15 +298,17 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
       return *token;
     };
     const Record* current = it->second.has_value() ? &*it->second : nullptr;
-    Change change = op.decide(current, options_.clock->Now(), next_token);
+    absl::StatusOr<Change> change =
+        op.transition->Decide(current, options_.clock->Now(), next_token);
     if (!token_error.ok()) {
       failures[i] = token_error;
       continue;
     }
-    switch (change.kind) {
+    if (!change.ok()) continue;  // Refused: Finish gives the refusal.
+    switch (change->kind) {
       case Change::Kind::kPut:
-        batch.Put(op.db_key, EncodeRecord(change.record));
-        it->second = std::move(change.record);
+        batch.Put(op.db_key, EncodeRecord(change->record));
+        it->second = std::move(change->record);
         break;
       case Change::Kind::kDelete:
         batch.Delete(op.db_key);
@@ -367,19 +332,8 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
   }
   // If the batch failed, every answer in it may rest on a lost change.
   for (size_t i = 0; i < ops.size(); ++i) {
-    ops[i].finish(!committed.ok() ? committed : failures[i]);
+    ops[i].transition->Finish(!committed.ok() ? committed : failures[i]);
   }
-}
-
-void RocksDbStore::BeginAsync(const BeginCommand& command,
-                              Done<BeginResult> done) {
-  Enqueue<BeginResult>(
-      command.id, command.fingerprint.size() + command.owner.size(),
-      [command](const Record* current, absl::Time now,
-                absl::FunctionRef<uint64_t()> next_token) {
-        return DecideBegin(current, command, now, next_token);
-      },
-      std::move(done));
 }
 
 absl::StatusOr<std::optional<Record>> RocksDbStore::ReadRecord(
@@ -412,54 +366,6 @@ std::optional<absl::StatusOr<BeginResult>> RocksDbStore::PeekBegin(
       });
   if (wants_token || decision.write.has_value()) return std::nullopt;
   return std::move(decision.reply);
-}
-
-void RocksDbStore::CompleteAsync(const CompleteCommand& command,
-                                 Done<CompleteResult> done) {
-  Enqueue<CompleteResult>(
-      command.id, ResultBytes(command.result),
-      [command](const Record* current, absl::Time now,
-                absl::FunctionRef<uint64_t()>) {
-        return DecideComplete(current, command, now);
-      },
-      std::move(done));
-}
-
-void RocksDbStore::ReleaseAsync(const ReleaseCommand& command,
-                                DoneStatus done) {
-  Enqueue<NoReply>(
-      command.id, 0,
-      [command](const Record* current, absl::Time now,
-                absl::FunctionRef<uint64_t()>) {
-        return DecideRelease(current, command, now);
-      },
-      [done = std::move(done)](absl::StatusOr<NoReply> r) {
-        done(r.status());
-      });
-}
-
-void RocksDbStore::ExtendAsync(const ExtendCommand& command,
-                               Done<absl::Time> done) {
-  Enqueue<absl::Time>(
-      command.id, 0,
-      [command](const Record* current, absl::Time now,
-                absl::FunctionRef<uint64_t()>) {
-        return DecideExtend(current, command, now);
-      },
-      std::move(done));
-}
-
-void RocksDbStore::CheckpointAsync(const CheckpointCommand& command,
-                                   DoneStatus done) {
-  Enqueue<NoReply>(
-      command.id, command.checkpoint.size(),
-      [command](const Record* current, absl::Time now,
-                absl::FunctionRef<uint64_t()>) {
-        return DecideCheckpoint(current, command, now);
-      },
-      [done = std::move(done)](absl::StatusOr<NoReply> r) {
-        done(r.status());
-      });
 }
 
 absl::StatusOr<KeySnapshot> RocksDbStore::Lookup(const KeyId& id) {
@@ -629,48 +535,16 @@ StoreStats RocksDbStore::Stats() {
   return stats;
 }
 
-void RocksDbStore::DeleteAsync(const KeyId& id, Done<bool> done) {
-  auto existed = std::make_shared<bool>(false);
-  PendingOp op;
-  op.db_key = EncodeKey(id);
-  op.bytes = op.db_key.size();
-  op.decide = [existed](const Record* current, absl::Time now,
-                        absl::FunctionRef<uint64_t()>) {
-    *existed =
-        current != nullptr && Snapshot(current, now).state != KeyState::kAbsent;
-    Change change;
-    change.kind = Change::Kind::kDelete;
-    return change;
-  };
-  op.finish = [existed, done = std::move(done)](const absl::Status& failure) {
-    if (!failure.ok()) {
-      done(failure);
-    } else {
-      done(*existed);
-    }
-  };
-  Push(std::move(op));
-}
-
-void RocksDbStore::ForceReleaseAsync(const KeyId& id, Done<uint64_t> done) {
-  Enqueue<uint64_t>(
-      id, 0,
-      [](const Record* current, absl::Time now,
-         absl::FunctionRef<uint64_t()> next_token) {
-        return DecideForceRelease(current, now, next_token);
-      },
-      std::move(done));
-}
-
 absl::StatusOr<ListPage> RocksDbStore::List(const ListQuery& query) {
   const std::string prefix = NamespacePrefix(query.name_space);
   const absl::Time now = options_.clock->Now();
-  std::unique_ptr<rocksdb::Iterator> it(
-      db_->NewIterator(rocksdb::ReadOptions()));
   const std::string start = prefix + query.page_token;
   ListPager pager(query);
+  // The iterator is made and used under db_mu_: a reopen replaces db_.
   absl::ReaderMutexLock lock(&db_mu_);
   if (db_ == nullptr) return FromRocks(ClosedStatus(), "scan");
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions()));
   for (it->Seek(start); it->Valid() && it->key().starts_with(prefix);
        it->Next()) {
     const absl::string_view db_key(it->key().data(), it->key().size());

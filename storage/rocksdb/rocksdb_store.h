@@ -39,6 +39,7 @@
 #include "storage/clock.h"
 #include "storage/record.pb.h"
 #include "storage/store.h"
+#include "storage/transition.h"
 
 namespace rocksdb {
 class DB;
@@ -76,7 +77,7 @@ struct RocksDbStoreOptions {
 
 class TtlCompactionFilter;
 
-class RocksDbStore final : public Store {
+class RocksDbStore final : public TransitionStore {
  public:
   // Opens (or creates) the database. Fails if another process has it open.
   static absl::StatusOr<std::unique_ptr<RocksDbStore>> Open(
@@ -86,17 +87,6 @@ class RocksDbStore final : public Store {
 
   RocksDbStore(const RocksDbStore&) = delete;
   RocksDbStore& operator=(const RocksDbStore&) = delete;
-
-  void BeginAsync(const BeginCommand& command, Done<BeginResult> done) override;
-  void CompleteAsync(const CompleteCommand& command,
-                     Done<CompleteResult> done) override;
-  void ReleaseAsync(const ReleaseCommand& command, DoneStatus done) override;
-  void ExtendAsync(const ExtendCommand& command,
-                   Done<absl::Time> done) override;
-  void CheckpointAsync(const CheckpointCommand& command,
-                       DoneStatus done) override;
-  void DeleteAsync(const KeyId& id, Done<bool> done) override;
-  void ForceReleaseAsync(const KeyId& id, Done<uint64_t> done) override;
 
   std::optional<absl::StatusOr<BeginResult>> PeekBegin(
       const BeginCommand& command) override;
@@ -118,35 +108,20 @@ class RocksDbStore final : public Store {
   // Most changes committed with one WriteBatch and one fsync.
   static constexpr size_t kMaxBatch = 1024;
 
-  // What a queued change does to its key's record.
-  struct Change {
-    enum class Kind { kNone, kPut, kDelete };
-    Kind kind = Kind::kNone;
-    Record record;
-  };
-  // One queued operation, type-erased: `decide` runs the state machine on
-  // the key's current record (nullptr: none) in the writer thread; `finish`
-  // reports the outcome once the batch holding its change is durable.
+  // One queued change and its key as RocksDB stores it.
   struct PendingOp {
     std::string db_key;
     size_t bytes = 0;  // What the change carries, for the queue's bound.
-    std::function<Change(const Record* current, absl::Time now,
-                         absl::FunctionRef<uint64_t()> next_token)>
-        decide;
-    std::function<void(const absl::Status& failure)> finish;
+    std::unique_ptr<Transition> transition;
   };
 
   RocksDbStore(const RocksDbStoreOptions& options,
                const rocksdb::Options& db_options, rocksdb::DB* db,
                std::unique_ptr<TtlCompactionFilter> filter);
 
-  // Queues a state-machine operation on `id`; `done` gets its reply once
-  // durable.
-  template <typename Reply, typename DecideFn>
-  void Enqueue(const KeyId& id, size_t payload_bytes, DecideFn decide,
-               Done<Reply> done);
-  // Queues `op`, or reports RESOURCE_EXHAUSTED to it if the queue is full.
-  void Push(PendingOp op);
+  // Queues `transition` for the writer thread, or finishes it with
+  // RESOURCE_EXHAUSTED if the queue is full.
+  void Apply(std::unique_ptr<Transition> transition) override;
   // The writer thread: takes the queued operations in order, decides each
   // against the records as the earlier ones in the batch left them, commits
   // the batch with one synced write and then reports every outcome.
