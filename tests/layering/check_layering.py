@@ -70,7 +70,7 @@ def self_test():
         "storage/redis/x.cc": '#include "storage/rocksdb/rocksdb_store.h"\n',
         "server/admin_service.cc":
             '#include "storage/redis/redis_cluster_store.h"\n',
-        "tools/idemctl.cc": '#include "server/config.h"\n',
+        "tools/idemctl/main.cc": '#include "server/config.h"\n',
     }
     allowed = {
         "server/open_store.cc": '#include "storage/redis/redis_cluster.h"\n',
