@@ -15,6 +15,7 @@
 #include "server/grpc_status.h"
 #include "server/proto_conversions.h"
 #include "server/request_validation.h"
+#include "server/unary_call.h"
 
 namespace idem::server {
 namespace {
@@ -22,14 +23,6 @@ namespace {
 // A parked call answers this long before the client's deadline, so that the
 // client gets IN_PROGRESS rather than DEADLINE_EXCEEDED.
 constexpr absl::Duration kDeadlineMargin = absl::Milliseconds(50);
-
-absl::Time CallDeadline(const grpc::CallbackServerContext* context) {
-  const auto deadline = context->deadline();
-  if (deadline == std::chrono::system_clock::time_point::max()) {
-    return absl::InfiniteFuture();
-  }
-  return absl::FromChrono(deadline);
-}
 
 }  // namespace
 
@@ -201,7 +194,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Begin(
   absl::StatusOr<ValidBegin> begin = ValidateBegin(*request, limits_);
   if (!begin.ok())
     return observer_->Answer(context, "Begin", start, begin.status());
-  begin->command.deadline = CallDeadline(context);
+  begin->command.deadline = CallDeadline(*context);
   if (begin->wait <= absl::ZeroDuration()) {
     std::optional<absl::StatusOr<storage::BeginResult>> peeked =
         store_->PeekBegin(begin->command);
@@ -223,7 +216,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Begin(
     return reactor;
   }
   const absl::Time wait_until =
-      std::min(start + begin->wait, CallDeadline(context) - kDeadlineMargin);
+      std::min(start + begin->wait, CallDeadline(*context) - kDeadlineMargin);
   auto* reactor =
       new BeginReactor(this, *std::move(begin), start, wait_until, response);
   reactor->Attempt(/*may_park=*/true);
@@ -233,111 +226,86 @@ grpc::ServerUnaryReactor* IdempotencyService::Begin(
 grpc::ServerUnaryReactor* IdempotencyService::Complete(
     grpc::CallbackServerContext* context, const v1::CompleteRequest* request,
     v1::CompleteResponse* response) {
-  const absl::Time start = absl::Now();
-  if (absl::Status allowed = Authorize(*context, request->namespace_());
-      !allowed.ok()) {
-    return observer_->Answer(context, "Complete", start, allowed);
-  }
-  absl::StatusOr<storage::CompleteCommand> command =
-      ValidateComplete(*request, limits_);
-  if (!command.ok())
-    return observer_->Answer(context, "Complete", start, command.status());
-  command->deadline = CallDeadline(context);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  store_->CompleteAsync(
-      *command, [this, reactor, start, response, id = command->id](
-                    absl::StatusOr<storage::CompleteResult> completed) {
-        if (completed.ok()) {
-          SetTimestamp(completed->completed_at,
-                       response->mutable_completed_at());
-          SetTimestamp(completed->expires_at, response->mutable_expires_at());
-          waits_->Notify(WaitKey(id));
-        }
-        observer_->Finish(reactor, "Complete", start, completed.status());
+  return Serve(
+      context, observer_, "Complete",
+      [&] { return Authorize(*context, request->namespace_()); },
+      [&] { return ValidateComplete(*request, limits_); },
+      [this, response](const storage::CompleteCommand& command,
+                       UnaryCall call) {
+        store_->CompleteAsync(
+            command, [this, response, call, id = command.id](
+                         absl::StatusOr<storage::CompleteResult> completed) {
+              if (completed.ok()) {
+                SetTimestamp(completed->completed_at,
+                             response->mutable_completed_at());
+                SetTimestamp(completed->expires_at,
+                             response->mutable_expires_at());
+                waits_->Notify(WaitKey(id));
+              }
+              call.Answer(completed.status());
+            });
       });
-  return reactor;
 }
 
 grpc::ServerUnaryReactor* IdempotencyService::Release(
     grpc::CallbackServerContext* context, const v1::ReleaseRequest* request,
     v1::ReleaseResponse* /*response*/) {
-  const absl::Time start = absl::Now();
-  if (absl::Status allowed = Authorize(*context, request->namespace_());
-      !allowed.ok()) {
-    return observer_->Answer(context, "Release", start, allowed);
-  }
-  absl::StatusOr<storage::ReleaseCommand> command = ValidateRelease(*request);
-  if (!command.ok())
-    return observer_->Answer(context, "Release", start, command.status());
-  command->deadline = CallDeadline(context);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  store_->ReleaseAsync(*command, [this, reactor, start,
-                                  id = command->id](absl::Status released) {
-    if (released.ok()) waits_->Notify(WaitKey(id));
-    observer_->Finish(reactor, "Release", start, released);
-  });
-  return reactor;
+  return Serve(
+      context, observer_, "Release",
+      [&] { return Authorize(*context, request->namespace_()); },
+      [&] { return ValidateRelease(*request); },
+      [this](const storage::ReleaseCommand& command, UnaryCall call) {
+        store_->ReleaseAsync(
+            command, [this, call, id = command.id](absl::Status released) {
+              if (released.ok()) waits_->Notify(WaitKey(id));
+              call.Answer(released);
+            });
+      });
 }
 
 grpc::ServerUnaryReactor* IdempotencyService::Extend(
     grpc::CallbackServerContext* context, const v1::ExtendRequest* request,
     v1::ExtendResponse* response) {
-  const absl::Time start = absl::Now();
-  if (absl::Status allowed = Authorize(*context, request->namespace_());
-      !allowed.ok()) {
-    return observer_->Answer(context, "Extend", start, allowed);
-  }
-  absl::StatusOr<storage::ExtendCommand> command =
-      ValidateExtend(*request, limits_);
-  if (!command.ok())
-    return observer_->Answer(context, "Extend", start, command.status());
-  command->deadline = CallDeadline(context);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  store_->ExtendAsync(*command, [this, reactor, start,
-                                 response](absl::StatusOr<absl::Time> expires) {
-    if (expires.ok()) SetTimestamp(*expires, response->mutable_expires_at());
-    observer_->Finish(reactor, "Extend", start, expires.status());
-  });
-  return reactor;
+  return Serve(
+      context, observer_, "Extend",
+      [&] { return Authorize(*context, request->namespace_()); },
+      [&] { return ValidateExtend(*request, limits_); },
+      [this, response](const storage::ExtendCommand& command, UnaryCall call) {
+        store_->ExtendAsync(
+            command, [response, call](absl::StatusOr<absl::Time> expires) {
+              if (expires.ok()) {
+                SetTimestamp(*expires, response->mutable_expires_at());
+              }
+              call.Answer(expires.status());
+            });
+      });
 }
 
 grpc::ServerUnaryReactor* IdempotencyService::Lookup(
     grpc::CallbackServerContext* context, const v1::LookupRequest* request,
     v1::LookupResponse* response) {
-  const absl::Time start = absl::Now();
-  if (absl::Status allowed = Authorize(*context, request->namespace_());
-      !allowed.ok()) {
-    return observer_->Answer(context, "Lookup", start, allowed);
-  }
-  absl::StatusOr<storage::KeyId> id = ValidateLookup(*request);
-  if (!id.ok()) return observer_->Answer(context, "Lookup", start, id.status());
-  absl::StatusOr<storage::KeySnapshot> seen = store_->Lookup(*id);
-  if (!seen.ok())
-    return observer_->Answer(context, "Lookup", start, seen.status());
-  FillLookup(*seen, response);
-  return observer_->Answer(context, "Lookup", start, absl::OkStatus());
+  return Serve(
+      context, observer_, "Lookup",
+      [&] { return Authorize(*context, request->namespace_()); },
+      [&] { return ValidateLookup(*request); },
+      [this, response](const storage::KeyId& id, UnaryCall call) {
+        absl::StatusOr<storage::KeySnapshot> seen = store_->Lookup(id);
+        if (seen.ok()) FillLookup(*seen, response);
+        call.Answer(seen.status());
+      });
 }
 
 grpc::ServerUnaryReactor* IdempotencyService::Checkpoint(
     grpc::CallbackServerContext* context, const v1::CheckpointRequest* request,
     v1::CheckpointResponse* /*response*/) {
-  const absl::Time start = absl::Now();
-  if (absl::Status allowed = Authorize(*context, request->namespace_());
-      !allowed.ok()) {
-    return observer_->Answer(context, "Checkpoint", start, allowed);
-  }
-  absl::StatusOr<storage::CheckpointCommand> command =
-      ValidateCheckpoint(*request);
-  if (!command.ok()) {
-    return observer_->Answer(context, "Checkpoint", start, command.status());
-  }
-  command->deadline = CallDeadline(context);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  store_->CheckpointAsync(
-      *command, [this, reactor, start](absl::Status recorded) {
-        observer_->Finish(reactor, "Checkpoint", start, recorded);
+  return Serve(
+      context, observer_, "Checkpoint",
+      [&] { return Authorize(*context, request->namespace_()); },
+      [&] { return ValidateCheckpoint(*request); },
+      [this](const storage::CheckpointCommand& command, UnaryCall call) {
+        store_->CheckpointAsync(
+            command, [call](absl::Status recorded) { call.Answer(recorded); });
       });
-  return reactor;
 }
 
 namespace {
@@ -532,7 +500,7 @@ grpc::ServerUnaryReactor* IdempotencyService::BeginBatch(
     if (begin.ok() && begin->wait > absl::ZeroDuration()) {
       begin = absl::InvalidArgumentError("wait is not allowed in a batch");
     }
-    if (begin.ok()) begin->command.deadline = CallDeadline(context);
+    if (begin.ok()) begin->command.deadline = CallDeadline(*context);
     commands.push_back(begin.ok() ? absl::StatusOr<storage::BeginCommand>(
                                         std::move(begin->command))
                                   : begin.status());
@@ -571,7 +539,7 @@ grpc::ServerUnaryReactor* IdempotencyService::CompleteBatch(
         !allowed.ok()) {
       command = allowed;
     }
-    if (command.ok()) command->deadline = CallDeadline(context);
+    if (command.ok()) command->deadline = CallDeadline(*context);
     if (!command.ok()) {
       SetBatchStatus(command.status(), entry->mutable_status());
       countdown->Done();
