@@ -11,17 +11,6 @@
 namespace idem::tools {
 namespace {
 
-// Connects, or prints why not; nullptr then, with `*exit` set.
-std::unique_ptr<client::AdminClient> Connect(const Invocation& in, int* exit) {
-  absl::StatusOr<std::unique_ptr<client::AdminClient>> connected =
-      client::AdminClient::Connect(in.ClientOptions());
-  if (!connected.ok()) {
-    *exit = in.Fail(connected.status());
-    return nullptr;
-  }
-  return *std::move(connected);
-}
-
 // --reason=TEXT, required: the server logs it.
 std::string Reason(const Invocation& in) {
   std::string reason = in.Flag("reason").value_or("");
@@ -70,7 +59,8 @@ int List(const Invocation& in) {
   const bool all = in.Flag("all").has_value();
 
   int exit = kOk;
-  std::unique_ptr<client::AdminClient> admin = Connect(in, &exit);
+  std::unique_ptr<client::AdminClient> admin =
+      Connect<client::AdminClient>(in, in.ClientOptions(), &exit);
   if (admin == nullptr) return exit;
   std::vector<std::string> json_keys;
   std::string next;
@@ -108,7 +98,8 @@ int List(const Invocation& in) {
 int Delete(const Invocation& in) {
   const std::string reason = Reason(in);
   int exit = kOk;
-  std::unique_ptr<client::AdminClient> admin = Connect(in, &exit);
+  std::unique_ptr<client::AdminClient> admin =
+      Connect<client::AdminClient>(in, in.ClientOptions(), &exit);
   if (admin == nullptr) return exit;
   absl::StatusOr<bool> existed = admin->Delete(in.ns(), in.key(), reason);
   if (!existed.ok()) return in.Fail(existed.status());
@@ -124,7 +115,8 @@ int Delete(const Invocation& in) {
 int ForceRelease(const Invocation& in) {
   const std::string reason = Reason(in);
   int exit = kOk;
-  std::unique_ptr<client::AdminClient> admin = Connect(in, &exit);
+  std::unique_ptr<client::AdminClient> admin =
+      Connect<client::AdminClient>(in, in.ClientOptions(), &exit);
   if (admin == nullptr) return exit;
   absl::StatusOr<uint64_t> token =
       admin->ForceRelease(in.ns(), in.key(), reason);
@@ -141,7 +133,8 @@ int ForceRelease(const Invocation& in) {
 
 int Stats(const Invocation& in) {
   int exit = kOk;
-  std::unique_ptr<client::AdminClient> admin = Connect(in, &exit);
+  std::unique_ptr<client::AdminClient> admin =
+      Connect<client::AdminClient>(in, in.ClientOptions(), &exit);
   if (admin == nullptr) return exit;
   absl::StatusOr<client::StoreReport> report =
       admin->Stats(in.args().positional.empty() ? "" : in.ns());

@@ -11,11 +11,14 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
@@ -116,6 +119,26 @@ struct CommandGroup {
 CommandGroup KeyCommands();    // key_commands.cc: idem.v1.Idempotency
 CommandGroup LocalCommands();  // local_commands.cc: no server
 CommandGroup AdminCommands();  // admin_commands.cc: idem.v1.Admin
+
+// Every group, in the order usage lists them.
+inline std::vector<CommandGroup> AllCommandGroups() {
+  return {KeyCommands(), LocalCommands(), AdminCommands()};
+}
+
+// Connects a client (client::Client or client::AdminClient), or prints why
+// not and returns nullptr with `*exit` set.
+template <typename ClientT>
+std::unique_ptr<ClientT> Connect(const Invocation& in,
+                                 const client::ClientOptions& options,
+                                 int* exit) {
+  absl::StatusOr<std::unique_ptr<ClientT>> connected =
+      ClientT::Connect(options);
+  if (!connected.ok()) {
+    *exit = in.Fail(connected.status());
+    return nullptr;
+  }
+  return *std::move(connected);
+}
 
 // --- Output shared by the commands (output.cc).
 

@@ -18,19 +18,6 @@ using client::BeginReply;
 using client::KeyInfo;
 using client::Outcome;
 
-// Connects, or prints why not; nullptr then, with `*exit` set.
-std::unique_ptr<client::Client> Connect(const Invocation& in,
-                                        const client::ClientOptions& options,
-                                        int* exit) {
-  absl::StatusOr<std::unique_ptr<client::Client>> connected =
-      client::Client::Connect(options);
-  if (!connected.ok()) {
-    *exit = in.Fail(connected.status());
-    return nullptr;
-  }
-  return *std::move(connected);
-}
-
 int ExitForOutcome(Outcome outcome) {
   switch (outcome) {
     case Outcome::kAcquired:
@@ -118,7 +105,8 @@ int Begin(const Invocation& in) {
   }
 
   int exit = kOk;
-  std::unique_ptr<client::Client> idem = Connect(in, options, &exit);
+  std::unique_ptr<client::Client> idem =
+      Connect<client::Client>(in, options, &exit);
   if (idem == nullptr) return exit;
   absl::StatusOr<BeginReply> reply = idem->Begin(in.ns(), in.key(), begin);
   if (!reply.ok()) return in.Fail(reply.status());
@@ -145,7 +133,8 @@ int Complete(const Invocation& in) {
   const absl::Duration retention = in.Duration("retention");
 
   int exit = kOk;
-  std::unique_ptr<client::Client> idem = Connect(in, in.ClientOptions(), &exit);
+  std::unique_ptr<client::Client> idem =
+      Connect<client::Client>(in, in.ClientOptions(), &exit);
   if (idem == nullptr) return exit;
   absl::StatusOr<client::Completion> done =
       idem->Complete(in.ns(), in.key(), token, result,
@@ -168,7 +157,8 @@ int Complete(const Invocation& in) {
 int Release(const Invocation& in) {
   const uint64_t token = in.Token();
   int exit = kOk;
-  std::unique_ptr<client::Client> idem = Connect(in, in.ClientOptions(), &exit);
+  std::unique_ptr<client::Client> idem =
+      Connect<client::Client>(in, in.ClientOptions(), &exit);
   if (idem == nullptr) return exit;
   if (absl::Status s = idem->Release(in.ns(), in.key(), token); !s.ok()) {
     return in.Fail(s);
@@ -181,7 +171,8 @@ int Extend(const Invocation& in) {
   const uint64_t token = in.Token();
   const absl::Duration lease = in.Duration("lease");
   int exit = kOk;
-  std::unique_ptr<client::Client> idem = Connect(in, in.ClientOptions(), &exit);
+  std::unique_ptr<client::Client> idem =
+      Connect<client::Client>(in, in.ClientOptions(), &exit);
   if (idem == nullptr) return exit;
   absl::StatusOr<absl::Time> expires =
       idem->Extend(in.ns(), in.key(), token, lease);
@@ -201,7 +192,8 @@ int Checkpoint(const Invocation& in) {
   }
   const std::string data = in.TextOrFile("data");
   int exit = kOk;
-  std::unique_ptr<client::Client> idem = Connect(in, in.ClientOptions(), &exit);
+  std::unique_ptr<client::Client> idem =
+      Connect<client::Client>(in, in.ClientOptions(), &exit);
   if (idem == nullptr) return exit;
   if (absl::Status s = idem->Checkpoint(in.ns(), in.key(), token, data);
       !s.ok()) {
@@ -213,7 +205,8 @@ int Checkpoint(const Invocation& in) {
 
 int Lookup(const Invocation& in) {
   int exit = kOk;
-  std::unique_ptr<client::Client> idem = Connect(in, in.ClientOptions(), &exit);
+  std::unique_ptr<client::Client> idem =
+      Connect<client::Client>(in, in.ClientOptions(), &exit);
   if (idem == nullptr) return exit;
   absl::StatusOr<KeyInfo> info = idem->Lookup(in.ns(), in.key());
   if (!info.ok()) return in.Fail(info.status());
@@ -259,7 +252,8 @@ int Lookup(const Invocation& in) {
 
 int Ping(const Invocation& in) {
   int exit = kOk;
-  std::unique_ptr<client::Client> idem = Connect(in, in.ClientOptions(), &exit);
+  std::unique_ptr<client::Client> idem =
+      Connect<client::Client>(in, in.ClientOptions(), &exit);
   if (idem == nullptr) return exit;
   if (absl::Status pinged = idem->Ping(); !pinged.ok()) {
     return in.Fail(pinged);

@@ -36,12 +36,8 @@ Exit codes: 0 success (begin: ACQUIRED), 10 COMPLETED, 11 IN_PROGRESS,
 6 a different result is already stored.
 )";
 
-std::vector<CommandGroup> Groups() {
-  return {KeyCommands(), LocalCommands(), AdminCommands()};
-}
-
 const CommandSpec* Find(absl::string_view name) {
-  for (const CommandGroup& group : Groups()) {
+  for (const CommandGroup& group : AllCommandGroups()) {
     for (const CommandSpec& spec : group.commands) {
       if (spec.name == name) return &spec;
     }
@@ -61,7 +57,7 @@ std::string Usage() {
   std::string text =
       "usage: idemctl [--server=HOST:PORT] [--json] [--timeout=5s] COMMAND "
       "ARGS\n";
-  for (const CommandGroup& group : Groups()) {
+  for (const CommandGroup& group : AllCommandGroups()) {
     absl::StrAppend(&text, "\n", group.title, "\n");
     for (const CommandSpec& spec : group.commands) {
       absl::StrAppend(&text, "  ", UsageLine(spec, 8), "\n");
@@ -77,7 +73,7 @@ std::string Help(const CommandSpec& spec) {
 
 // Flags that take no value: those every synopsis shows as "[--name]".
 bool IsSwitch(absl::string_view name) {
-  for (const CommandGroup& group : Groups()) {
+  for (const CommandGroup& group : AllCommandGroups()) {
     for (const CommandSpec& spec : group.commands) {
       if (absl::StrContains(spec.synopsis, absl::StrCat("[--", name, "]"))) {
         return true;

@@ -11,13 +11,9 @@
 namespace idem::tools {
 namespace {
 
-std::vector<CommandGroup> Groups() {
-  return {KeyCommands(), LocalCommands(), AdminCommands()};
-}
-
 TEST(IdemctlTableTest, NamesAreUniqueAndEveryCommandRuns) {
   std::set<std::string> names;
-  for (const CommandGroup& group : Groups()) {
+  for (const CommandGroup& group : AllCommandGroups()) {
     EXPECT_FALSE(group.commands.empty()) << group.title;
     for (const CommandSpec& spec : group.commands) {
       EXPECT_TRUE(names.insert(std::string(spec.name)).second) << spec.name;
@@ -34,7 +30,7 @@ TEST(IdemctlTableTest, NamesAreUniqueAndEveryCommandRuns) {
 }
 
 TEST(IdemctlTableTest, TheSynopsisShowsExactlyTheFlagsACommandAccepts) {
-  for (const CommandGroup& group : Groups()) {
+  for (const CommandGroup& group : AllCommandGroups()) {
     for (const CommandSpec& spec : group.commands) {
       for (absl::string_view flag : spec.flags) {
         EXPECT_TRUE(absl::StrContains(spec.synopsis, absl::StrCat("--", flag)))
