@@ -9,8 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "server/address.h"
-#include "server/log.h"
+#include "server/ops/address.h"
+#include "server/ops/log.h"
 
 namespace idem::server {
 namespace {
@@ -35,7 +35,7 @@ Setting StringSetting(std::string flag, std::string env, std::string help,
       }};
 }
 
-// HOST:PORT (server/address.h); `allow_empty` lets the empty value turn the
+// HOST:PORT (server/ops/address.h); `allow_empty` lets the empty value turn the
 // listener off.
 Setting AddressSetting(std::string flag, std::string env, std::string help,
                        std::string ServerConfig::*field, bool allow_empty) {

@@ -10,7 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "server/limits.h"
+#include "server/rpc/limits.h"
 
 namespace idem::server {
 
@@ -36,13 +36,13 @@ struct ServerConfig {
   // On SIGTERM, how long to report NOT_SERVING before draining, so that load
   // balancers stop sending new calls first.
   absl::Duration drain_delay = absl::ZeroDuration();
-  // TLS (see server/tls.h): all empty means plaintext.
+  // TLS (see server/auth/tls.h): all empty means plaintext.
   std::string tls_cert;
   std::string tls_key;
   std::string tls_client_ca;
   // How often the TLS files are checked for changes.
   absl::Duration tls_refresh = absl::Seconds(1);
-  // Authorization policy (see server/auth_policy.h); empty: open.
+  // Authorization policy (see server/auth/auth_policy.h); empty: open.
   std::string policy;
   // "rocksdb" (embedded, in --data-dir) or
   // "redis-cluster://HOST:PORT[,HOST:PORT...]" (stateless replicas).

@@ -18,8 +18,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "server/config.h"
-#include "server/file_limit.h"
-#include "server/log.h"
+#include "server/ops/file_limit.h"
+#include "server/ops/log.h"
 #include "server/server.h"
 
 namespace idem::server {

@@ -8,8 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
-#include "server/log.h"
-#include "server/read_file.h"
+#include "server/ops/log.h"
+#include "server/ops/read_file.h"
 #include "storage/redis/redis_cluster_store.h"
 #include "storage/rocksdb/rocksdb_store.h"
 

@@ -14,9 +14,9 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
-#include "server/invalid_request_interceptor.h"
-#include "server/log.h"
 #include "server/open_store.h"
+#include "server/ops/log.h"
+#include "server/rpc/invalid_request_interceptor.h"
 
 namespace idem::server {
 namespace {

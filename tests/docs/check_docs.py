@@ -26,7 +26,7 @@ CONFIG_HEADER = ["Flag", "Variable", "Default", "Meaning"]
 LOG_HEADER = ["Event", "Level", "Fields", "Meaning"]
 LOG_SOURCE_DIRS = ["server", "storage"]
 # The definition of Log itself, not a call.
-LOG_DEFINITION_FILES = {"server/log.h", "server/log.cc"}
+LOG_DEFINITION_FILES = {"server/ops/log.h", "server/ops/log.cc"}
 LEVELS = {"kDebug": "debug", "kInfo": "info", "kWarning": "warning",
           "kError": "error"}
 

@@ -109,9 +109,9 @@ class CheckDocsTest(unittest.TestCase):
         self.assertFailsWith("cannot tell which event `EventName()` names")
 
     def test_a_changed_field_or_level_is_named(self):
-        self.edit("server/rpc_observer.cc", '{{"ns", id.name_space},',
+        self.edit("server/rpc/rpc_observer.cc", '{{"ns", id.name_space},',
                   '{{"namespace", id.name_space},')
-        self.edit("server/rpc_observer.cc",
+        self.edit("server/rpc/rpc_observer.cc",
                   'Log(LogLevel::kInfo, "lease_takeover"',
                   'Log(LogLevel::kWarning, "lease_takeover"')
         self.assertFailsWith("event lease_takeover: fields differ "

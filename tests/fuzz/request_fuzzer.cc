@@ -16,7 +16,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "server/config.h"
-#include "server/log.h"
+#include "server/ops/log.h"
 #include "server/server.h"
 
 namespace idem::server {

@@ -10,6 +10,8 @@ The rules (docs/design.md#layers):
     (storage/<backend>/) and no database client (rocksdb/, hiredis/);
   * a backend (storage/<backend>/) includes no other backend;
   * in server/, only open_store.cc (the store factory) names a backend;
+  * the server's rooms stack up: ops/ includes no other room, auth/ only
+    ops/, rpc/ only auth/ and ops/; only the root (server/*.cc) sees all;
   * client/ and tools/ include nothing from server/ or storage/<backend>/.
 The build checks the same for link dependencies (storage/CMakeLists.txt).
 """
@@ -19,6 +21,8 @@ import sys
 import tempfile
 
 BACKENDS = ("rocksdb", "redis")
+# Each room of server/ and the rooms it may include (besides itself).
+ROOMS = {"ops": (), "auth": ("ops",), "rpc": ("ops", "auth")}
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
 
 
@@ -56,6 +60,13 @@ def violations(root):
                       rel.as_posix() != "server/open_store.cc"):
                     found.append(f"{rel}: includes {included}; only "
                                  "server/open_store.cc names a backend")
+                elif (top == "server" and len(rel.parts) >= 3 and
+                      rel.parts[1] in ROOMS and inc.parts[0] == "server" and
+                      (len(inc.parts) < 3 or inc.parts[1] not in
+                       ROOMS[rel.parts[1]] + (rel.parts[1],))):
+                    found.append(f"{rel}: includes {included}; room "
+                                 f"server/{rel.parts[1]}/ may include only "
+                                 f"{ROOMS[rel.parts[1]] or 'itself'}")
                 elif top in ("client", "tools") and (
                         inc_backend or inc.parts[0] == "server"):
                     found.append(f"{rel}: includes {included}; clients and "
@@ -68,12 +79,18 @@ def self_test():
         "storage/store.cc": '#include "storage/rocksdb/rocksdb_store.h"\n',
         "storage/clock.cc": "#include <hiredis/hiredis.h>\n",
         "storage/redis/x.cc": '#include "storage/rocksdb/rocksdb_store.h"\n',
-        "server/admin_service.cc":
+        "server/rpc/admin_service.cc":
             '#include "storage/redis/redis_cluster_store.h"\n',
+        "server/ops/log.cc": '#include "server/rpc/rpc_observer.h"\n',
+        "server/auth/tls.cc": '#include "server/server.h"\n',
+        "server/rpc/wait_queue.cc": '#include "server/config.h"\n',
         "tools/idemctl/main.cc": '#include "server/config.h"\n',
     }
     allowed = {
         "server/open_store.cc": '#include "storage/redis/redis_cluster.h"\n',
+        "server/server.cc": '#include "server/rpc/admin_service.h"\n',
+        "server/rpc/unary_call.h": '#include "server/auth/authorizer.h"\n',
+        "server/auth/authorizer.h": '#include "server/ops/metrics.h"\n',
         "storage/rocksdb/rocksdb_store.cc": '#include "rocksdb/db.h"\n',
         "storage/redis/redis_cluster.cc": "#include <hiredis/hiredis.h>\n",
     }
