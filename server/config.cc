@@ -23,8 +23,9 @@ absl::Status Bad(const std::string& flag, const std::string& value,
       absl::StrCat("invalid --", flag, "=\"", value, "\": ", why));
 }
 
-Setting StringSetting(std::string flag, std::string env, std::string help,
-                      std::string ServerConfig::*field, bool allow_empty) {
+Setting StringSetting(const std::string& flag, std::string env,
+                      std::string help, std::string ServerConfig::*field,
+                      bool allow_empty) {
   return Setting{
       flag, std::move(env), std::move(help),
       [field](const ServerConfig& c) { return c.*field; },
@@ -37,8 +38,9 @@ Setting StringSetting(std::string flag, std::string env, std::string help,
 
 // HOST:PORT (server/ops/address.h); `allow_empty` lets the empty value turn the
 // listener off.
-Setting AddressSetting(std::string flag, std::string env, std::string help,
-                       std::string ServerConfig::*field, bool allow_empty) {
+Setting AddressSetting(const std::string& flag, std::string env,
+                       std::string help, std::string ServerConfig::*field,
+                       bool allow_empty) {
   return Setting{
       flag, std::move(env), std::move(help),
       [field](const ServerConfig& c) { return c.*field; },
@@ -54,9 +56,10 @@ Setting AddressSetting(std::string flag, std::string env, std::string help,
       }};
 }
 
-Setting DurationSetting(std::string flag, std::string env, std::string help,
-                        std::function<absl::Duration&(ServerConfig&)> field,
-                        absl::Duration min, absl::Duration max) {
+Setting DurationSetting(
+    const std::string& flag, std::string env, std::string help,
+    const std::function<absl::Duration&(ServerConfig&)>& field,
+    absl::Duration min, absl::Duration max) {
   return Setting{
       flag, std::move(env), std::move(help),
       [field](const ServerConfig& c) {
@@ -78,9 +81,9 @@ Setting DurationSetting(std::string flag, std::string env, std::string help,
       }};
 }
 
-Setting SizeSetting(std::string flag, std::string env, std::string help,
-                    std::function<size_t&(ServerConfig&)> field, size_t min,
-                    size_t max) {
+Setting SizeSetting(const std::string& flag, std::string env, std::string help,
+                    const std::function<size_t&(ServerConfig&)>& field,
+                    size_t min, size_t max) {
   return Setting{
       flag, std::move(env), std::move(help),
       [field](const ServerConfig& c) {
@@ -99,7 +102,7 @@ Setting SizeSetting(std::string flag, std::string env, std::string help,
       }};
 }
 
-Setting BoolSetting(std::string flag, std::string env, std::string help,
+Setting BoolSetting(const std::string& flag, std::string env, std::string help,
                     bool ServerConfig::*field) {
   return Setting{flag,
                  std::move(env),

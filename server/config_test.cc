@@ -9,7 +9,7 @@ namespace idem::server {
 namespace {
 
 absl::StatusOr<ServerConfig> Parse(
-    std::vector<std::string> args,
+    const std::vector<std::string>& args,
     std::map<std::string, std::string> env = {}) {
   return ParseConfig(args, [&env](const char* name) -> const char* {
     auto it = env.find(name);

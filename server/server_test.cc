@@ -23,7 +23,7 @@
 namespace idem::server {
 namespace {
 
-ServerConfig Config(std::vector<std::string> flags) {
+ServerConfig Config(const std::vector<std::string>& flags) {
   absl::StatusOr<ServerConfig> config =
       ParseConfig(flags, [](const char*) -> const char* { return nullptr; });
   EXPECT_TRUE(config.ok()) << config.status();

@@ -35,32 +35,35 @@ absl::Status WaitStatus(const std::function<void(DoneStatus)>& start) {
 
 absl::StatusOr<BeginResult> Store::Begin(const BeginCommand& command) {
   return Wait<BeginResult>(
-      [&](Done<BeginResult> d) { BeginAsync(command, d); });
+      [&](Done<BeginResult> d) { BeginAsync(command, std::move(d)); });
 }
 
 absl::StatusOr<CompleteResult> Store::Complete(const CompleteCommand& command) {
   return Wait<CompleteResult>(
-      [&](Done<CompleteResult> d) { CompleteAsync(command, d); });
+      [&](Done<CompleteResult> d) { CompleteAsync(command, std::move(d)); });
 }
 
 absl::Status Store::Release(const ReleaseCommand& command) {
-  return WaitStatus([&](DoneStatus d) { ReleaseAsync(command, d); });
+  return WaitStatus([&](DoneStatus d) { ReleaseAsync(command, std::move(d)); });
 }
 
 absl::StatusOr<absl::Time> Store::Extend(const ExtendCommand& command) {
-  return Wait<absl::Time>([&](Done<absl::Time> d) { ExtendAsync(command, d); });
+  return Wait<absl::Time>(
+      [&](Done<absl::Time> d) { ExtendAsync(command, std::move(d)); });
 }
 
 absl::Status Store::Checkpoint(const CheckpointCommand& command) {
-  return WaitStatus([&](DoneStatus d) { CheckpointAsync(command, d); });
+  return WaitStatus(
+      [&](DoneStatus d) { CheckpointAsync(command, std::move(d)); });
 }
 
 absl::StatusOr<bool> Store::Delete(const KeyId& id) {
-  return Wait<bool>([&](Done<bool> d) { DeleteAsync(id, d); });
+  return Wait<bool>([&](Done<bool> d) { DeleteAsync(id, std::move(d)); });
 }
 
 absl::StatusOr<uint64_t> Store::ForceRelease(const KeyId& id) {
-  return Wait<uint64_t>([&](Done<uint64_t> d) { ForceReleaseAsync(id, d); });
+  return Wait<uint64_t>(
+      [&](Done<uint64_t> d) { ForceReleaseAsync(id, std::move(d)); });
 }
 
 }  // namespace idem::storage

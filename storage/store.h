@@ -272,9 +272,8 @@ class Store {
   // deleted, so that calls parked on them here look again. May miss some
   // (callers keep a fallback poll). Stores that only this process writes
   // never call it.
-  virtual void WatchChanges(std::function<void(const KeyId&)> on_change) {
-    static_cast<void>(on_change);
-  }
+  virtual void WatchChanges(
+      const std::function<void(const KeyId&)>& /*on_change*/) {}
 };
 
 }  // namespace idem::storage

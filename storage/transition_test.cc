@@ -187,7 +187,7 @@ TEST_F(TransitionTest, OnlyAReplayRestsOnTheStoredRecord) {
       DecideComplete(&*acquired.write, complete, now_);
   ASSERT_TRUE(completed.write.has_value());
 
-  auto ignore = [](absl::StatusOr<BeginResult>) {};
+  auto ignore = [](const absl::StatusOr<BeginResult>&) {};
   // In progress: a refusal promises nothing about the record.
   absl::StatusOr<Change> in_progress =
       BeginTransition(Begin(), ignore)->Decide(&*acquired.write, now_, [&] {
@@ -205,7 +205,7 @@ TEST_F(TransitionTest, OnlyAReplayRestsOnTheStoredRecord) {
   EXPECT_TRUE(replay->answer_rests_on_record);
   // So does a repeated Complete.
   absl::StatusOr<Change> repeated =
-      CompleteTransition(complete, [](absl::StatusOr<CompleteResult>) {
+      CompleteTransition(complete, [](const absl::StatusOr<CompleteResult>&) {
       })->Decide(&*completed.write, now_, [&] { return NextToken(); });
   ASSERT_OK(repeated);
   EXPECT_EQ(repeated->kind, Change::Kind::kNone);
@@ -217,7 +217,8 @@ TEST_F(TransitionTest, ARefusalIsTheAnswerAndWritesNothing) {
   ReleaseCommand release;
   release.id = {"ns", "k"};
   release.token = 7;
-  auto t = ReleaseTransition(release, [&](absl::Status s) { answer = s; });
+  auto t = ReleaseTransition(release,
+                             [&](absl::Status s) { answer = std::move(s); });
   absl::StatusOr<Change> change =
       t->Decide(nullptr, now_, [&] { return NextToken(); });
   EXPECT_FALSE(change.ok());
@@ -241,7 +242,7 @@ TEST_F(TransitionTest, FinishingAnUndecidedChangeIsAnInternalError) {
   CompleteCommand complete;
   complete.id = {"ns", "k"};
   auto t = CompleteTransition(
-      complete, [&](absl::StatusOr<CompleteResult> r) { answer = r; });
+      complete, [&](const absl::StatusOr<CompleteResult>& r) { answer = r; });
   t->Finish(absl::OkStatus());
   EXPECT_EQ(answer->status().code(), absl::StatusCode::kInternal);
 }
@@ -250,8 +251,8 @@ TEST_F(TransitionTest, DeleteRemovesAnyRecordAndSaysWhetherItWasLive) {
   Decision<BeginResult> acquired =
       DecideBegin(nullptr, Begin(), now_, [&] { return NextToken(); });
   std::optional<absl::StatusOr<bool>> existed;
-  auto live = DeleteTransition({"ns", "k"},
-                               [&](absl::StatusOr<bool> r) { existed = r; });
+  auto live = DeleteTransition(
+      {"ns", "k"}, [&](const absl::StatusOr<bool>& r) { existed = r; });
   absl::StatusOr<Change> change =
       live->Decide(&*acquired.write, now_, [&] { return NextToken(); });
   ASSERT_OK(change);
@@ -260,8 +261,8 @@ TEST_F(TransitionTest, DeleteRemovesAnyRecordAndSaysWhetherItWasLive) {
   EXPECT_TRUE(**existed);
 
   // An expired record is deleted too, and was not live.
-  auto expired = DeleteTransition({"ns", "k"},
-                                  [&](absl::StatusOr<bool> r) { existed = r; });
+  auto expired = DeleteTransition(
+      {"ns", "k"}, [&](const absl::StatusOr<bool>& r) { existed = r; });
   change = expired->Decide(&*acquired.write, now_ + absl::Hours(1000),
                            [&] { return NextToken(); });
   ASSERT_OK(change);
@@ -269,8 +270,8 @@ TEST_F(TransitionTest, DeleteRemovesAnyRecordAndSaysWhetherItWasLive) {
   expired->Finish(absl::OkStatus());
   EXPECT_FALSE(**existed);
 
-  auto absent = DeleteTransition({"ns", "k"},
-                                 [&](absl::StatusOr<bool> r) { existed = r; });
+  auto absent = DeleteTransition(
+      {"ns", "k"}, [&](const absl::StatusOr<bool>& r) { existed = r; });
   change = absent->Decide(nullptr, now_, [&] { return NextToken(); });
   ASSERT_OK(change);
   EXPECT_EQ(change->kind, Change::Kind::kNone);

@@ -38,7 +38,7 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
 
 Access Access::Unrestricted() {
   Access access;
-  access.prefixes_.push_back("");
+  access.prefixes_.emplace_back("");
   access.admin_ = true;
   return access;
 }
@@ -210,7 +210,7 @@ Access AuthPolicy::Resolve(const CallerIdentity& caller) const {
     access.admin_ = access.admin_ || principal.admin;
     for (const std::string& pattern : principal.namespaces) {
       if (pattern == "*") {
-        access.prefixes_.push_back("");
+        access.prefixes_.emplace_back("");
       } else if (absl::EndsWith(pattern, "/*")) {
         access.prefixes_.push_back(pattern.substr(0, pattern.size() - 1));
       } else {

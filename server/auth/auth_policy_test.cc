@@ -54,7 +54,7 @@ TEST(AuthPolicyTest, ACallerMatchingSeveralPrincipalsGetsTheUnion) {
   absl::StatusOr<AuthPolicy> policy = AuthPolicy::Parse(kPolicy);
   ASSERT_TRUE(policy.ok()) << policy.status();
   CallerIdentity both = Uri("spiffe://cluster.local/ns/pay/sa/api");
-  both.dns_sans.push_back("batch.refunds.svc");
+  both.dns_sans.emplace_back("batch.refunds.svc");
   both.common_name = "oncall";
   const Access access = policy->Resolve(both);
   EXPECT_EQ(access.principals(), "payments-api,refunds-batch,operator");

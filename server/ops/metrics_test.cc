@@ -16,22 +16,26 @@ TEST(MetricsTest, RendersCountersAndCumulativeHistograms) {
   stats.disk_bytes = 4096;
   stats.expired_dropped = 3;
   const std::string text = metrics.Render({7, stats});
-  for (const char* line : {
-           "idem_rpc_total{method=\"Begin\",outcome=\"ACQUIRED\"} 2\n",
-           "idem_rpc_total{method=\"Begin\",outcome=\"INVALID_ARGUMENT\"} 1\n",
-           "idem_rpc_duration_seconds_bucket{method=\"Begin\",le=\"0.0005\"} "
-           "1\n",
-           "idem_rpc_duration_seconds_bucket{method=\"Begin\",le=\"0.005\"} "
-           "2\n",
-           "idem_rpc_duration_seconds_bucket{method=\"Begin\",le=\"10\"} 2\n",
-           "idem_rpc_duration_seconds_bucket{method=\"Begin\",le=\"+Inf\"} 3\n",
-           "idem_rpc_duration_seconds_count{method=\"Begin\"} 3\n",
-           "idem_lease_takeovers_total 1\n",
-           "idem_parked_waiters 7\n",
-           "idem_keys_stored 100\n",
-           "idem_disk_bytes 4096\n",
-           "idem_expired_dropped_total 3\n",
-       }) {
+  // Long lines are split into adjacent literals on purpose.
+  // NOLINTBEGIN(bugprone-suspicious-missing-comma)
+  const char* const kLines[] = {
+      "idem_rpc_total{method=\"Begin\",outcome=\"ACQUIRED\"} 2\n",
+      "idem_rpc_total{method=\"Begin\",outcome=\"INVALID_ARGUMENT\"} 1\n",
+      "idem_rpc_duration_seconds_bucket{method=\"Begin\",le=\"0.0005\"} "
+      "1\n",
+      "idem_rpc_duration_seconds_bucket{method=\"Begin\",le=\"0.005\"} "
+      "2\n",
+      "idem_rpc_duration_seconds_bucket{method=\"Begin\",le=\"10\"} 2\n",
+      "idem_rpc_duration_seconds_bucket{method=\"Begin\",le=\"+Inf\"} 3\n",
+      "idem_rpc_duration_seconds_count{method=\"Begin\"} 3\n",
+      "idem_lease_takeovers_total 1\n",
+      "idem_parked_waiters 7\n",
+      "idem_keys_stored 100\n",
+      "idem_disk_bytes 4096\n",
+      "idem_expired_dropped_total 3\n",
+  };
+  // NOLINTEND(bugprone-suspicious-missing-comma)
+  for (const char* line : kLines) {
     EXPECT_NE(text.find(line), std::string::npos) << line << "\nin:\n" << text;
   }
   // Slot migrations are a sharded store's; RocksDB has none to report.

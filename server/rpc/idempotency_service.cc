@@ -255,11 +255,11 @@ grpc::ServerUnaryReactor* IdempotencyService::Release(
       [&] { return Authorize(*context, request->namespace_()); },
       [&] { return ValidateRelease(*request); },
       [this](const storage::ReleaseCommand& command, UnaryCall call) {
-        store_->ReleaseAsync(
-            command, [this, call, id = command.id](absl::Status released) {
-              if (released.ok()) waits_->Notify(WaitKey(id));
-              call.Answer(released);
-            });
+        store_->ReleaseAsync(command, [this, call, id = command.id](
+                                          const absl::Status& released) {
+          if (released.ok()) waits_->Notify(WaitKey(id));
+          call.Answer(released);
+        });
       });
 }
 
@@ -303,8 +303,9 @@ grpc::ServerUnaryReactor* IdempotencyService::Checkpoint(
       [&] { return Authorize(*context, request->namespace_()); },
       [&] { return ValidateCheckpoint(*request); },
       [this](const storage::CheckpointCommand& command, UnaryCall call) {
-        store_->CheckpointAsync(
-            command, [call](absl::Status recorded) { call.Answer(recorded); });
+        store_->CheckpointAsync(command, [call](const absl::Status& recorded) {
+          call.Answer(recorded);
+        });
       });
 }
 
@@ -421,18 +422,20 @@ class IdempotencyService::BeginBatchCall {
   void SubmitOne() {
     while (next_ < commands_.size()) {
       const size_t i = next_++;
-      v1::BeginBatchEntry* entry = response_->mutable_entries(i);
+      v1::BeginBatchEntry* entry =
+          response_->mutable_entries(static_cast<int>(i));
       if (!commands_[i].ok()) {
         SetBatchStatus(commands_[i].status(), entry->mutable_status());
         Done();
         continue;
       }
-      service_->RunBegin(*commands_[i],
-                         [this, entry](absl::StatusOr<storage::BeginResult> b) {
-                           Answer(b, entry);
-                           AddSlot();
-                           Done();
-                         });
+      service_->RunBegin(
+          *commands_[i],
+          [this, entry](const absl::StatusOr<storage::BeginResult>& b) {
+            Answer(b, entry);
+            AddSlot();
+            Done();
+          });
       return;
     }
   }

@@ -1,5 +1,6 @@
 #include "server/rpc/request_validation.h"
 
+#include <cstddef>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -53,7 +54,7 @@ TEST(ValidateBeginTest, AcceptsTheBoundaries) {
   request.set_fingerprint(std::string(64, '\xff'));
   request.set_owner(std::string(128, 'o'));
   request.mutable_lease()->set_seconds(1);
-  request.mutable_retention()->set_seconds(30 * 24 * 3600);
+  request.mutable_retention()->set_seconds(int64_t{30} * 24 * 3600);
   request.mutable_wait()->set_seconds(300);
   EXPECT_OK(ValidateBegin(request, Limits()));
   request.mutable_retention()->set_seconds(1);

@@ -972,9 +972,9 @@ void RedisClusterStore::TrackMigrations() {
 }
 
 void RedisClusterStore::WatchChanges(
-    std::function<void(const KeyId&)> on_change) {
+    const std::function<void(const KeyId&)>& on_change) {
   absl::MutexLock lock(&mu_);
-  on_change_ = std::move(on_change);
+  on_change_ = on_change;
   if (!subscriber_.joinable()) {
     subscriber_ = std::thread([this] { Subscribe(); });
   }

@@ -131,7 +131,8 @@ class RedisClusterStore final : public TransitionStore {
   // OK while every slot has a master that answers PING (checked every
   // second).
   absl::Status Health() override;
-  void WatchChanges(std::function<void(const KeyId&)> on_change) override;
+  void WatchChanges(
+      const std::function<void(const KeyId&)>& on_change) override;
 
   // Key names, for tests and operators.
   std::string RecordKey(const KeyId& id) const;

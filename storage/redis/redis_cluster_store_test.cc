@@ -264,7 +264,7 @@ TEST(RedisClusterStoreTest, AFullQueueIsRefusedAsOverload) {
                    absl::Notification* done) {
     store->BeginAsync(
         {{"overload", key}, "fp", "", absl::Seconds(30), absl::Hours(1)},
-        [status, done](absl::StatusOr<BeginResult> begun) {
+        [status, done](const absl::StatusOr<BeginResult>& begun) {
           *status = begun.status();
           if (done != nullptr) done->Notify();
         });
@@ -299,7 +299,8 @@ TEST(RedisClusterStoreTest, LostRepliesAreRetriedWithTheirOwnAnswers) {
           killer->RunOnEveryMaster(
               {"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"});
       if (killed.ok()) {
-        for (const auto& [address, reply] : *killed) kills += reply.integer;
+        for (const auto& [address, reply] : *killed)
+          kills += static_cast<int>(reply.integer);
       }
       absl::SleepFor(absl::Milliseconds(2));
     }
@@ -706,7 +707,7 @@ TEST(RedisClusterStoreTest, KeysWorkWhileTheirSlotIsBeingMigrated) {
   // and the slot's token counter (its tag: the first number in the slot).
   auto key_in_slot = [&](const std::string& stem) {
     for (int i = 0;; ++i) {
-      const std::string key = absl::StrCat(stem, i);
+      std::string key = absl::StrCat(stem, i);
       if (KeySlot(absl::StrCat("{migrating", std::string(1, '\0'), key, "}")) ==
           slot) {
         return key;

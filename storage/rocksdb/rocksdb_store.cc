@@ -250,10 +250,11 @@ void RocksDbStore::WriterLoop() {
       absl::MutexLock lock(&queue_mu_);
       queue_mu_.Await(absl::Condition(this, &RocksDbStore::HasQueuedOps));
       if (queue_.empty()) return;  // Closing, and nothing left.
-      const size_t n = std::min(queue_.size(), kMaxBatch);
+      const auto end =
+          static_cast<std::ptrdiff_t>(std::min(queue_.size(), kMaxBatch));
       batch.assign(std::make_move_iterator(queue_.begin()),
-                   std::make_move_iterator(queue_.begin() + n));
-      queue_.erase(queue_.begin(), queue_.begin() + n);
+                   std::make_move_iterator(queue_.begin() + end));
+      queue_.erase(queue_.begin(), queue_.begin() + end);
       for (const PendingOp& op : batch) queued_bytes_ -= op.bytes;
     }
     CommitBatch(batch);

@@ -294,7 +294,7 @@ TEST_F(RocksDbStoreTest, LargeQueuedChangesAreBoundedByBytes) {
     complete.id = {"big", "k" + std::to_string(i)};
     complete.token = tokens[i];
     complete.result.body = std::string(size_t{256} << 10, 'x');
-    store.CompleteAsync(complete, [&](absl::StatusOr<CompleteResult> r) {
+    store.CompleteAsync(complete, [&](const absl::StatusOr<CompleteResult>& r) {
       if (r.status().code() == absl::StatusCode::kResourceExhausted) {
         refused++;
       } else if (r.ok()) {

@@ -111,7 +111,7 @@ class SecurityTest : public ::testing::Test {
   }
 
   std::shared_ptr<grpc::Channel> Channel(
-      std::shared_ptr<grpc::ChannelCredentials> credentials) {
+      const std::shared_ptr<grpc::ChannelCredentials>& credentials) {
     // A channel of its own each time: no connection is shared between tests
     // of different identities.
     grpc::ChannelArguments args;

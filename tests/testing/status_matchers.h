@@ -31,10 +31,13 @@ const absl::Status& ToStatus(const absl::StatusOr<T>& status_or) {
       << ::idem::testing::ToStatus(expr)
 
 // ASSERT_OK_AND_ASSIGN(auto value, StatusOrReturningCall());
+// `lhs` may be a declaration, so it cannot be parenthesized.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define ASSERT_OK_AND_ASSIGN(lhs, rexpr)               \
   auto IDEM_CONCAT_(status_or_, __LINE__) = (rexpr);   \
   ASSERT_TRUE(IDEM_CONCAT_(status_or_, __LINE__).ok()) \
       << IDEM_CONCAT_(status_or_, __LINE__).status();  \
   lhs = *std::move(IDEM_CONCAT_(status_or_, __LINE__))
+// NOLINTEND(bugprone-macro-parentheses)
 
 #endif  // IDEM_TESTS_TESTING_STATUS_MATCHERS_H_

@@ -42,7 +42,8 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
     }
   }
   for (const auto& [name, value] : env) {
-    env_strings.push_back(name + "=" + value);
+    env_strings.push_back(name);
+    env_strings.back().append("=").append(value);
   }
   std::vector<char*> raw_env;
   for (std::string& e : env_strings) raw_env.push_back(e.data());

@@ -206,7 +206,7 @@ class HotKeys {
 // One call in flight, issuing the next when it completes.
 class Slot {
  public:
-  Slot(Run* run, std::shared_ptr<grpc::Channel> channel, HotKeys* hot,
+  Slot(Run* run, const std::shared_ptr<grpc::Channel>& channel, HotKeys* hot,
        uint32_t seed)
       : run_(run),
         stub_(v1::Idempotency::NewStub(channel)),
@@ -234,14 +234,14 @@ class Slot {
     if (o.workload == "ping") {
       health_->async()->Check(context_.get(), &health_request_,
                               &health_response_,
-                              [this](grpc::Status s) { Done(s.ok()); });
+                              [this](const grpc::Status& s) { Done(s.ok()); });
       return;
     }
     if (o.workload == "lookup") {
       lookup_.set_namespace_(o.ns);
       lookup_.set_key(PreparedKey());
       stub_->async()->Lookup(context_.get(), &lookup_, &lookup_response_,
-                             [this](grpc::Status s) { Done(s.ok()); });
+                             [this](const grpc::Status& s) { Done(s.ok()); });
       return;
     }
     if (o.workload == "batch") {
@@ -263,7 +263,7 @@ class Slot {
           absl::StrCat("fresh-", run_->run_id(), "-", run_->NextId()));
     }
     stub_->async()->Begin(context_.get(), &begin_, &begin_response_,
-                          [this](grpc::Status s) { Begun(s); });
+                          [this](const grpc::Status& s) { Begun(s); });
   }
 
   void Begun(const grpc::Status& status) {
@@ -289,7 +289,7 @@ class Slot {
     context_->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
     stub_->async()->Complete(
         context_.get(), &complete_, &complete_response_,
-        [this](grpc::Status s) {
+        [this](const grpc::Status& s) {
           if (!s.ok()) run_->NoteError(s);
           if (s.ok() && run_->options().workload == "contended") {
             hot_->Completed(hot_index_, complete_.key());
@@ -317,7 +317,7 @@ class Slot {
     }
     stub_->async()->BeginBatch(
         context_.get(), &begin_batch_, &begin_batch_response_,
-        [this](grpc::Status s) {
+        [this](const grpc::Status& s) {
           if (!s.ok()) {
             run_->NoteError(s);
             Done(false);
@@ -346,7 +346,7 @@ class Slot {
               absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
           stub_->async()->CompleteBatch(
               context_.get(), &complete_batch_, &complete_batch_response_,
-              [this](grpc::Status s) {
+              [this](const grpc::Status& s) {
                 if (!s.ok()) run_->NoteError(s);
                 bool all_ok = s.ok();
                 for (const auto& e : complete_batch_response_.entries()) {

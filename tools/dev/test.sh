@@ -5,11 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-# clang-format checks formatting; clang and its runtimes build the sanitizer
+# clang-format checks formatting, clang-tidy the checks in .clang-tidy;
+# clang and its runtimes build the sanitizer
 # and libFuzzer pass below; the Redis Cluster tests start Debian's
 # redis-server (its package also installs, on a systemd host, a default
 # Redis service on 127.0.0.1:6379 that the tests do not use).
-tools/dev/deps.sh clang-format python3-yaml clang libclang-rt-14-dev \
+tools/dev/deps.sh clang-format clang-tidy python3-yaml clang libclang-rt-14-dev \
   redis-server redis-tools
 
 sources=$(git ls-files '*.cc' '*.h' 2>/dev/null || true)
@@ -20,6 +21,11 @@ fi
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIDEM_WERROR=ON >/dev/null
 cmake --build build -j"$(nproc)"
+# Static checks over every source the build compiles (about 5 minutes on 2
+# cores). IDEM_SKIP_TIDY=1 skips it for a quick local run.
+if [ "${IDEM_SKIP_TIDY:-0}" != 1 ]; then
+  tools/dev/tidy.sh
+fi
 (cd build && ctest --output-on-failure -j"$(nproc)" --timeout 300)
 
 # The same tests under AddressSanitizer and UndefinedBehaviorSanitizer, built
