@@ -3,6 +3,9 @@
 #include <openssl/bio.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -13,7 +16,10 @@
 #include <fstream>
 #include <utility>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
 #include "server/ops/read_file.h"
@@ -127,12 +133,41 @@ absl::StatusOr<std::string> CheckTlsFiles(const TlsFiles& files) {
   return CheckPem(files, *cert_pem, *key_pem, ca_pem);
 }
 
+int RemoveStaleTlsCopies(const std::string& base) {
+  constexpr absl::string_view kPrefix = "idem-tls-";
+  int removed = 0;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(base, error)) {
+    const std::string name = entry.path().filename().string();
+    if (!absl::StartsWith(name, kPrefix)) continue;
+    const absl::string_view rest =
+        absl::string_view(name).substr(kPrefix.size());
+    int pid = 0;
+    if (!absl::SimpleAtoi(rest.substr(0, rest.find('-')), &pid) || pid <= 0 ||
+        pid == getpid()) {
+      continue;
+    }
+    if (kill(pid, 0) == 0 || errno != ESRCH) continue;  // Alive, or unknown.
+    struct stat info;
+    if (lstat(entry.path().c_str(), &info) != 0 || !S_ISDIR(info.st_mode) ||
+        info.st_uid != geteuid()) {
+      continue;
+    }
+    std::error_code ignored;
+    if (std::filesystem::remove_all(entry.path(), ignored) > 0) ++removed;
+  }
+  return removed;
+}
+
 absl::StatusOr<std::unique_ptr<TlsReloader>> TlsReloader::Create(
     const TlsFiles& files) {
   const char* tmpdir = std::getenv("TMPDIR");
-  std::string pattern =
-      absl::StrCat(tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp",
-                   "/idem-tls-XXXXXX");
+  const std::string base =
+      tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp";
+  RemoveStaleTlsCopies(base);
+  // The pid in the name lets a later server remove the copies of one that
+  // was killed before it could (RemoveStaleTlsCopies).
+  std::string pattern = absl::StrCat(base, "/idem-tls-", getpid(), "-XXXXXX");
   if (mkdtemp(pattern.data()) == nullptr) {  // Mode 0700.
     return absl::UnavailableError(
         absl::StrCat("cannot create a private directory for the TLS files (",

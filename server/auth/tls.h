@@ -103,6 +103,11 @@ class TlsReloader {
   std::thread watcher_;
 };
 
+// Removes the private copies (TlsReloader) left under `base` by servers of
+// this user that died without removing them (kill -9, power loss): those
+// whose process no longer exists. Create() calls it; returns how many.
+int RemoveStaleTlsCopies(const std::string& base);
+
 // Plaintext credentials.
 std::shared_ptr<grpc::ServerCredentials> InsecureCredentials();
 

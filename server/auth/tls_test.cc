@@ -1,10 +1,16 @@
 #include "server/auth/tls.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "tests/testing/temp_dir.h"
@@ -148,6 +154,58 @@ TEST_F(TlsTest, WatchReportsChangesOnly) {
   };
   EXPECT_TRUE(
       mu.AwaitWithTimeout(absl::Condition(&installed), absl::Seconds(10)));
+}
+
+TEST(RemoveStaleTlsCopiesTest, RemovesOnlyTheCopiesOfDeadServers) {
+  idem::testing::TempDir base;
+  // A process that has exited: its pid names no process any more.
+  const pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  ASSERT_GT(dead, 0);
+  ASSERT_EQ(waitpid(dead, nullptr, 0), dead);
+  const std::string stale = base.Sub(absl::StrCat("idem-tls-", dead, "-abc"));
+  const std::string alive =
+      base.Sub(absl::StrCat("idem-tls-", getppid(), "-abc"));
+  const std::string old_style = base.Sub("idem-tls-XyZ123");
+  const std::string other = base.Sub(absl::StrCat("other-", dead, "-abc"));
+  for (const std::string& dir : {stale, alive, old_style, other}) {
+    std::filesystem::create_directories(dir + "/set-1");
+    std::ofstream(dir + "/set-1/key.pem") << "secret";
+  }
+
+  EXPECT_EQ(RemoveStaleTlsCopies(base.path()), 1);
+  EXPECT_FALSE(std::filesystem::exists(stale));
+  EXPECT_TRUE(std::filesystem::exists(alive));
+  EXPECT_TRUE(std::filesystem::exists(old_style));
+  EXPECT_TRUE(std::filesystem::exists(other));
+  EXPECT_EQ(RemoveStaleTlsCopies(base.path()), 0);
+  EXPECT_EQ(RemoveStaleTlsCopies(base.Sub("missing")), 0);
+}
+
+TEST_F(TlsTest, TheCopiesAreNamedByPidAndRemovedWithTheReloader) {
+  idem::testing::TempDir base;
+  const char* saved = std::getenv("TMPDIR");
+  const std::string previous = saved != nullptr ? saved : "";
+  setenv("TMPDIR", base.path().c_str(), 1);
+  {
+    absl::StatusOr<std::unique_ptr<TlsReloader>> tls =
+        TlsReloader::Create(files_);
+    ASSERT_TRUE(tls.ok()) << tls.status();
+    std::vector<std::string> names;
+    for (const auto& entry : std::filesystem::directory_iterator(base.path())) {
+      names.push_back(entry.path().filename().string());
+    }
+    ASSERT_EQ(names.size(), 1u);
+    EXPECT_TRUE(
+        absl::StartsWith(names[0], absl::StrCat("idem-tls-", getpid(), "-")))
+        << names[0];
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(base.path()));
+  if (saved != nullptr) {
+    setenv("TMPDIR", previous.c_str(), 1);
+  } else {
+    unsetenv("TMPDIR");
+  }
 }
 
 }  // namespace
