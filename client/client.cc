@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "client/internal/rpc.h"
+#include "client/internal/session.h"
 #include "grpc/grpc.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
@@ -117,7 +118,27 @@ class Client::Impl {
   Impl(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options,
        bool replaceable)
       : channels_(std::move(channel), options, replaceable),
-        retrier_(options, &channels_) {}
+        retrier_(options, &channels_),
+        session_(options.session
+                     ? std::make_unique<internal::SessionMux>(&channels_)
+                     : nullptr) {}
+
+  // One attempt of `op`: over the session stream when there is one, else
+  // (and against a server without Session) as its unary RPC, `unary`,
+  // which answers into `result` too.
+  template <typename Unary>
+  grpc::Status Attempt(grpc::ClientContext& context, v1::SessionOp* op,
+                       v1::SessionResult* result, Unary unary) {
+    if (session_ != nullptr && session_->supported()) {
+      grpc::Status status =
+          session_->Call(op, absl::FromChrono(context.deadline()), result);
+      if (status.error_code() != grpc::StatusCode::UNIMPLEMENTED ||
+          session_->supported()) {
+        return status;
+      }
+    }
+    return unary(*stub());
+  }
 
   // Stubs are cheap: one per call, on the current channel.
   std::unique_ptr<v1::Idempotency::Stub> stub() const {
@@ -129,6 +150,8 @@ class Client::Impl {
 
   internal::ChannelHolder channels_;
   internal::Retrier retrier_;
+  // Declared last: destroyed first, while the channels it uses exist.
+  std::unique_ptr<internal::SessionMux> session_;
 };
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
@@ -153,7 +176,8 @@ Client::~Client() = default;
 absl::StatusOr<BeginReply> Client::Begin(absl::string_view name_space,
                                          absl::string_view key,
                                          const BeginOptions& options) {
-  v1::BeginRequest request;
+  v1::SessionOp op;
+  v1::BeginRequest& request = *op.mutable_begin();
   request.set_namespace_(std::string(name_space));
   request.set_key(std::string(key));
   request.set_fingerprint(options.fingerprint);
@@ -170,13 +194,16 @@ absl::StatusOr<BeginReply> Client::Begin(absl::string_view name_space,
   // lease is lost, the retry gets the same lease back.
   request.set_owner(options.owner.empty() ? NewKey() : options.owner);
 
-  v1::BeginResponse response;
+  v1::SessionResult answer;
   absl::Status status = impl_->retrier_.Run(
       std::max(options.wait, absl::ZeroDuration()),
       [&](grpc::ClientContext& context) {
-        return impl_->stub()->Begin(&context, request, &response);
+        return impl_->Attempt(context, &op, &answer, [&](auto& stub) {
+          return stub.Begin(&context, request, answer.mutable_begin());
+        });
       });
   if (!status.ok()) return status;
+  const v1::BeginResponse& response = answer.begin();
   BeginReply reply;
   reply.outcome = FromProto(response.outcome());
   reply.token = response.lease().token();
@@ -196,78 +223,96 @@ absl::StatusOr<BeginReply> Client::Begin(absl::string_view name_space,
 absl::StatusOr<Completion> Client::Complete(
     absl::string_view name_space, absl::string_view key, uint64_t token,
     const Result& result, std::optional<absl::Duration> retention) {
-  v1::CompleteRequest request;
+  v1::SessionOp op;
+  v1::CompleteRequest& request = *op.mutable_complete();
   request.set_namespace_(std::string(name_space));
   request.set_key(std::string(key));
   request.set_token(token);
   ToProto(result, request.mutable_result());
   if (retention.has_value()) ToProto(*retention, request.mutable_retention());
-  v1::CompleteResponse response;
+  v1::SessionResult answer;
   absl::Status status = impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->stub()->Complete(&context, request, &response);
+        return impl_->Attempt(context, &op, &answer, [&](auto& stub) {
+          return stub.Complete(&context, request, answer.mutable_complete());
+        });
       });
   if (!status.ok()) return status;
+  const v1::CompleteResponse& response = answer.complete();
   return Completion{FromProto(response.completed_at()),
                     FromProto(response.expires_at())};
 }
 
 absl::Status Client::Release(absl::string_view name_space,
                              absl::string_view key, uint64_t token) {
-  v1::ReleaseRequest request;
+  v1::SessionOp op;
+  v1::ReleaseRequest& request = *op.mutable_release();
   request.set_namespace_(std::string(name_space));
   request.set_key(std::string(key));
   request.set_token(token);
-  v1::ReleaseResponse response;
+  v1::SessionResult answer;
   return impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->stub()->Release(&context, request, &response);
+        return impl_->Attempt(context, &op, &answer, [&](auto& stub) {
+          return stub.Release(&context, request, answer.mutable_release());
+        });
       });
 }
 
 absl::StatusOr<absl::Time> Client::Extend(absl::string_view name_space,
                                           absl::string_view key, uint64_t token,
                                           absl::Duration lease) {
-  v1::ExtendRequest request;
+  v1::SessionOp op;
+  v1::ExtendRequest& request = *op.mutable_extend();
   request.set_namespace_(std::string(name_space));
   request.set_key(std::string(key));
   request.set_token(token);
   if (lease > absl::ZeroDuration()) ToProto(lease, request.mutable_lease());
-  v1::ExtendResponse response;
+  v1::SessionResult answer;
   absl::Status status = impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->stub()->Extend(&context, request, &response);
+        return impl_->Attempt(context, &op, &answer, [&](auto& stub) {
+          return stub.Extend(&context, request, answer.mutable_extend());
+        });
       });
   if (!status.ok()) return status;
-  return FromProto(response.expires_at());
+  return FromProto(answer.extend().expires_at());
 }
 
 absl::Status Client::Checkpoint(absl::string_view name_space,
                                 absl::string_view key, uint64_t token,
                                 absl::string_view checkpoint) {
-  v1::CheckpointRequest request;
+  v1::SessionOp op;
+  v1::CheckpointRequest& request = *op.mutable_checkpoint();
   request.set_namespace_(std::string(name_space));
   request.set_key(std::string(key));
   request.set_token(token);
   request.set_checkpoint(std::string(checkpoint));
-  v1::CheckpointResponse response;
+  v1::SessionResult answer;
   return impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->stub()->Checkpoint(&context, request, &response);
+        return impl_->Attempt(context, &op, &answer, [&](auto& stub) {
+          return stub.Checkpoint(&context, request,
+                                 answer.mutable_checkpoint());
+        });
       });
 }
 
 absl::StatusOr<KeyInfo> Client::Lookup(absl::string_view name_space,
                                        absl::string_view key) {
-  v1::LookupRequest request;
+  v1::SessionOp op;
+  v1::LookupRequest& request = *op.mutable_lookup();
   request.set_namespace_(std::string(name_space));
   request.set_key(std::string(key));
-  v1::LookupResponse response;
+  v1::SessionResult answer;
   absl::Status status = impl_->retrier_.Run(
       absl::ZeroDuration(), [&](grpc::ClientContext& context) {
-        return impl_->stub()->Lookup(&context, request, &response);
+        return impl_->Attempt(context, &op, &answer, [&](auto& stub) {
+          return stub.Lookup(&context, request, answer.mutable_lookup());
+        });
       });
   if (!status.ok()) return status;
+  const v1::LookupResponse& response = answer.lookup();
   KeyInfo info;
   switch (response.state()) {
     case v1::LookupResponse::STATE_IN_PROGRESS:

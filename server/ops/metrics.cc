@@ -173,6 +173,23 @@ std::string Metrics::Render(const Gauges& gauges) const {
         "gauge\nidem_tls_files_valid ",
         tls_valid_ ? 1 : 0, "\n");
   }
+  absl::StrAppend(
+      &out,
+      "# HELP idem_sessions_open Session streams open.\n"
+      "# TYPE idem_sessions_open gauge\nidem_sessions_open ",
+      sessions_open_.load(),
+      "\n# HELP idem_session_messages_total Session stream messages, "
+      "received (operations) and sent (answers).\n"
+      "# TYPE idem_session_messages_total counter\n"
+      "idem_session_messages_total{direction=\"received\"} ",
+      session_messages_received_.load(),
+      "\nidem_session_messages_total{direction=\"sent\"} ",
+      session_messages_sent_.load(),
+      "\n# HELP idem_session_operations_total Operations received over "
+      "Session streams (each is also in idem_rpc_total).\n"
+      "# TYPE idem_session_operations_total counter\n"
+      "idem_session_operations_total ",
+      session_operations_.load(), "\n");
   if (!auth_.empty()) {
     absl::StrAppend(&out,
                     "# HELP idem_auth_total Authorization decisions, by "

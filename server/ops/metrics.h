@@ -12,6 +12,10 @@
 //   idem_tls_reloads_total{result}             counter (installed, refused)
 //   idem_tls_files_valid                       gauge (with TLS: 0 while the
 //       files on disk are refused and an older set serves)
+//   idem_sessions_open                         gauge (Session streams)
+//   idem_session_messages_total{direction}     counter (received, sent)
+//   idem_session_operations_total              counter (also counted in
+//       idem_rpc_total under their own method)
 //
 // `outcome` is the Begin outcome (ACQUIRED, COMPLETED, IN_PROGRESS,
 // MISMATCH), OK for other successful calls, or the gRPC code name of an
@@ -20,6 +24,7 @@
 #define IDEM_SERVER_OPS_METRICS_H_
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -48,6 +53,14 @@ class Metrics {
   void RecordAuth(absl::string_view principal, absl::string_view result);
   // A change of the TLS files: installed, or refused (the old set serves).
   void RecordTlsReload(bool installed);
+  // A Session stream opened (+1) or closed (-1); its messages and
+  // operations. Lock-free: these run for every message.
+  void RecordSessionOpen(int delta) { sessions_open_ += delta; }
+  void RecordSessionMessages(uint64_t received, uint64_t sent) {
+    session_messages_received_ += received;
+    session_messages_sent_ += sent;
+  }
+  void RecordSessionOperations(uint64_t n) { session_operations_ += n; }
 
   // Values read at scrape time.
   struct Gauges {
@@ -81,6 +94,10 @@ class Metrics {
   uint64_t tls_installed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t tls_refused_ ABSL_GUARDED_BY(mu_) = 0;
   bool tls_valid_ ABSL_GUARDED_BY(mu_) = true;
+  std::atomic<int64_t> sessions_open_{0};
+  std::atomic<uint64_t> session_messages_received_{0};
+  std::atomic<uint64_t> session_messages_sent_{0};
+  std::atomic<uint64_t> session_operations_{0};
 };
 
 }  // namespace idem::server

@@ -18,31 +18,25 @@
 #include "server/rpc/unary_call.h"
 
 namespace idem::server {
-namespace {
-
-// A parked call answers this long before the client's deadline, so that the
-// client gets IN_PROGRESS rather than DEADLINE_EXCEEDED.
-constexpr absl::Duration kDeadlineMargin = absl::Milliseconds(50);
-
-}  // namespace
-
 // A Begin that may wait. Each attempt reads the store; while the key is in
-// progress and the wait has not ended, the call parks in the WaitQueue and
-// tries again when woken. Finish() is called exactly once, and is the last
-// thing an attempt does with `this`.
-class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
+// progress and the wait has not ended, the Begin parks in the WaitQueue and
+// tries again when woken. `done` is called exactly once, after which the
+// waiter deletes itself: it is the last thing an attempt does.
+class IdempotencyService::BeginWaiter {
  public:
-  BeginReactor(IdempotencyService* service, ValidBegin begin, absl::Time start,
-               absl::Time wait_until, v1::BeginResponse* response)
+  BeginWaiter(IdempotencyService* service, storage::BeginCommand command,
+              absl::Time wait_until, v1::BeginResponse* response,
+              std::shared_ptr<ParkState> park, OpDone done)
       : service_(service),
-        command_(std::move(begin.command)),
+        command_(std::move(command)),
         wait_key_(WaitKey(command_.id)),
-        start_(start),
         wait_until_(wait_until),
-        response_(response) {}
+        response_(response),
+        park_(std::move(park)),
+        done_(std::move(done)) {}
 
   // Reads inline when Begin needs no write; otherwise the store's writer
-  // thread continues the call once the acquisition is durable.
+  // thread continues once the acquisition is durable.
   void Attempt(bool may_park) {
     const uint64_t epoch = service_->waits_->Epoch(wait_key_);
     std::optional<absl::StatusOr<storage::BeginResult>> peeked =
@@ -59,18 +53,6 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
         });
   }
 
-  void OnCancel() override {
-    WaitQueue::Handle waiter;
-    {
-      absl::MutexLock lock(&park_->mu);
-      park_->cancelled = true;
-      waiter = park_->waiter;
-    }
-    service_->waits_->Cancel(waiter);
-  }
-
-  void OnDone() override { delete this; }
-
  private:
   void Handle(absl::StatusOr<storage::BeginResult> begun, uint64_t epoch,
               bool may_park) {
@@ -85,30 +67,42 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
       Done(absl::OkStatus(), OutcomeName(begun->outcome));
       return;
     }
-    // A wake-up may finish the call, and delete `this`, while this thread
-    // still holds the lock: keep the lock's owner alive through `park`.
-    std::shared_ptr<ParkState> park = park_;
+    // A wake-up may answer, and delete `this`, while this thread still
+    // holds the lock: keep the lock's owner alive through `park`.
+    const std::shared_ptr<ParkState> park = park_;
     WaitQueue* waits = service_->waits_;
-    absl::MutexLock lock(&park->mu);
-    if (park->cancelled) {
-      Done(absl::CancelledError("call cancelled"));
-      return;
+    std::function<void()> after_park;
+    {
+      absl::MutexLock lock(&park->mu);
+      if (park->cancelled) {
+        Done(absl::CancelledError("call cancelled"));
+        return;
+      }
+      // Set first: once parked, a wake-up may run (and answer) at once.
+      const bool waited = parked_before_;
+      parked_before_ = true;
+      park->waiter = waits->Park(
+          wait_key_, epoch,
+          std::min({absl::Now() + begun->lease_left, wait_until_,
+                    absl::Now() + service_->limits_.wait_recheck}),
+          [this](WaitQueue::Wake wake) { OnWake(wake); },
+          service_->limits_.max_parked_waiters);
+      if (park->waiter == nullptr) {
+        NotParked(*begun, waited);
+        return;
+      }
+      if (!waited && park->on_first_park) after_park = park->on_first_park();
     }
-    // Set first: once parked, a wake-up may run (and finish the call) at once.
-    const bool waited = parked_before_;
-    parked_before_ = true;
-    park->waiter = waits->Park(
-        wait_key_, epoch,
-        std::min({absl::Now() + begun->lease_left, wait_until_,
-                  absl::Now() + service_->limits_.wait_recheck}),
-        [this](WaitQueue::Wake wake) { OnWake(wake); },
-        service_->limits_.max_parked_waiters);
-    if (park->waiter != nullptr) return;
-    // Not parked: the queue is full, and no wake-up will come.
+    // `this` may be gone: only locals from here.
+    if (after_park) after_park();
+  }
+
+  // The WaitQueue is full, and no wake-up will come.
+  void NotParked(const storage::BeginResult& begun, bool waited) {
     if (waited) {
       // It has waited already: answer with the state as it is.
-      FillBegin(*begun, response_);
-      Done(absl::OkStatus(), OutcomeName(begun->outcome));
+      FillBegin(begun, response_);
+      Done(absl::OkStatus(), OutcomeName(begun.outcome));
       return;
     }
     Done(absl::ResourceExhaustedError(absl::StrCat(
@@ -132,26 +126,38 @@ class IdempotencyService::BeginReactor final : public grpc::ServerUnaryReactor {
     }
   }
 
-  // Records and finishes the call: the last use of `this`.
+  // Answers and deletes the waiter: the last use of `this`.
   void Done(const absl::Status& status, absl::string_view outcome = "") {
-    service_->observer_->Answered("Begin", start_, status, outcome);
-    Finish(ToGrpcStatus(status));
+    OpDone done = std::move(done_);
+    delete this;
+    done(status, outcome);
   }
 
   IdempotencyService* const service_;
   const storage::BeginCommand command_;
   const std::string wait_key_;
-  const absl::Time start_;
   const absl::Time wait_until_;
   v1::BeginResponse* const response_;
-  // Shared with the thread that parks the call (see Attempt).
-  struct ParkState {
-    absl::Mutex mu;
-    bool cancelled ABSL_GUARDED_BY(mu) = false;
-    WaitQueue::Handle waiter ABSL_GUARDED_BY(mu);
-  };
+  const std::shared_ptr<ParkState> park_;
+  OpDone done_;
+  bool parked_before_ = false;  // Only touched by the current attempt.
+};
+
+// A unary Begin with `wait`: its own reactor, so that a client that goes
+// away ends the wait.
+class IdempotencyService::WaitingBeginReactor final
+    : public grpc::ServerUnaryReactor {
+ public:
+  explicit WaitingBeginReactor(IdempotencyService* service)
+      : service_(service) {}
+
+  const std::shared_ptr<ParkState>& park() const { return park_; }
+  void OnCancel() override { service_->CancelWait(park_); }
+  void OnDone() override { delete this; }
+
+ private:
+  IdempotencyService* const service_;
   const std::shared_ptr<ParkState> park_ = std::make_shared<ParkState>();
-  bool parked_before_ = false;  // Only touched by the call's current step.
 };
 
 IdempotencyService::IdempotencyService(storage::Store* store, WaitQueue* waits,
@@ -183,6 +189,107 @@ void IdempotencyService::RunBegin(const storage::BeginCommand& command,
   });
 }
 
+void IdempotencyService::CancelWait(const std::shared_ptr<ParkState>& park) {
+  WaitQueue::Handle waiter;
+  {
+    absl::MutexLock lock(&park->mu);
+    park->cancelled = true;
+    waiter = park->waiter;
+  }
+  if (waiter != nullptr) waits_->Cancel(waiter);
+}
+
+void IdempotencyService::DoBegin(ValidBegin begin, absl::Time wait_until,
+                                 v1::BeginResponse* response,
+                                 std::shared_ptr<ParkState> park, OpDone done) {
+  if (begin.wait > absl::ZeroDuration()) {
+    (new BeginWaiter(this, std::move(begin.command), wait_until, response,
+                     std::move(park), std::move(done)))
+        ->Attempt(/*may_park=*/true);
+    return;
+  }
+  std::optional<absl::StatusOr<storage::BeginResult>> peeked =
+      store_->PeekBegin(begin.command);
+  if (peeked.has_value()) {
+    if (!peeked->ok()) {
+      done(peeked->status(), "");
+      return;
+    }
+    FillBegin(**peeked, response);
+    done(absl::OkStatus(), OutcomeName((*peeked)->outcome));
+    return;
+  }
+  RunBegin(begin.command, [response, done = std::move(done)](
+                              absl::StatusOr<storage::BeginResult> begun) {
+    if (!begun.ok()) {
+      done(begun.status(), "");
+      return;
+    }
+    FillBegin(*begun, response);
+    done(absl::OkStatus(), OutcomeName(begun->outcome));
+  });
+}
+
+void IdempotencyService::DoComplete(const storage::CompleteCommand& command,
+                                    v1::CompleteResponse* response,
+                                    OpDone done) {
+  store_->CompleteAsync(
+      command, [this, response, done = std::move(done), id = command.id](
+                   absl::StatusOr<storage::CompleteResult> completed) {
+        if (completed.ok()) {
+          SetTimestamp(completed->completed_at,
+                       response->mutable_completed_at());
+          SetTimestamp(completed->expires_at, response->mutable_expires_at());
+          waits_->Notify(WaitKey(id));
+        }
+        done(completed.status(), "OK");
+      });
+}
+
+void IdempotencyService::DoRelease(const storage::ReleaseCommand& command,
+                                   OpDone done) {
+  store_->ReleaseAsync(command, [this, done = std::move(done), id = command.id](
+                                    const absl::Status& released) {
+    if (released.ok()) waits_->Notify(WaitKey(id));
+    done(released, "OK");
+  });
+}
+
+void IdempotencyService::DoExtend(const storage::ExtendCommand& command,
+                                  v1::ExtendResponse* response, OpDone done) {
+  store_->ExtendAsync(command, [response, done = std::move(done)](
+                                   absl::StatusOr<absl::Time> expires) {
+    if (expires.ok()) SetTimestamp(*expires, response->mutable_expires_at());
+    done(expires.status(), "OK");
+  });
+}
+
+void IdempotencyService::DoLookup(const storage::KeyId& id,
+                                  v1::LookupResponse* response,
+                                  const OpDone& done) {
+  absl::StatusOr<storage::KeySnapshot> seen = store_->Lookup(id);
+  if (seen.ok()) FillLookup(*seen, response);
+  done(seen.status(), "OK");
+}
+
+void IdempotencyService::DoCheckpoint(const storage::CheckpointCommand& command,
+                                      OpDone done) {
+  store_->CheckpointAsync(
+      command,
+      [done = std::move(done)](const absl::Status& s) { done(s, "OK"); });
+}
+
+namespace {
+
+// The OpDone of a unary call.
+auto AnswerCall(const UnaryCall& call) {
+  return [call](const absl::Status& status, absl::string_view outcome) {
+    call.Answer(status, outcome);
+  };
+}
+
+}  // namespace
+
 grpc::ServerUnaryReactor* IdempotencyService::Begin(
     grpc::CallbackServerContext* context, const v1::BeginRequest* request,
     v1::BeginResponse* response) {
@@ -192,34 +299,22 @@ grpc::ServerUnaryReactor* IdempotencyService::Begin(
     return observer_->Answer(context, "Begin", start, allowed);
   }
   absl::StatusOr<ValidBegin> begin = ValidateBegin(*request, limits_);
-  if (!begin.ok())
+  if (!begin.ok()) {
     return observer_->Answer(context, "Begin", start, begin.status());
-  begin->command.deadline = CallDeadline(*context);
+  }
+  const absl::Time deadline = CallDeadline(*context);
+  begin->command.deadline = deadline;
   if (begin->wait <= absl::ZeroDuration()) {
-    std::optional<absl::StatusOr<storage::BeginResult>> peeked =
-        store_->PeekBegin(begin->command);
-    if (peeked.has_value()) {
-      if (!peeked->ok()) {
-        return observer_->Answer(context, "Begin", start, peeked->status());
-      }
-      FillBegin(**peeked, response);
-      return observer_->Answer(context, "Begin", start, absl::OkStatus(),
-                               OutcomeName((*peeked)->outcome));
-    }
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    RunBegin(begin->command, [this, reactor, start, response](
-                                 absl::StatusOr<storage::BeginResult> begun) {
-      if (begun.ok()) FillBegin(*begun, response);
-      observer_->Finish(reactor, "Begin", start, begun.status(),
-                        begun.ok() ? OutcomeName(begun->outcome) : "");
-    });
+    DoBegin(*std::move(begin), start, response, nullptr,
+            AnswerCall(UnaryCall(reactor, observer_, "Begin", start)));
     return reactor;
   }
   const absl::Time wait_until =
-      std::min(start + begin->wait, CallDeadline(*context) - kDeadlineMargin);
-  auto* reactor =
-      new BeginReactor(this, *std::move(begin), start, wait_until, response);
-  reactor->Attempt(/*may_park=*/true);
+      std::min(start + begin->wait, deadline - kWaitMargin);
+  auto* reactor = new WaitingBeginReactor(this);
+  DoBegin(*std::move(begin), wait_until, response, reactor->park(),
+          AnswerCall(UnaryCall(reactor, observer_, "Begin", start)));
   return reactor;
 }
 
@@ -232,18 +327,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Complete(
       [&] { return ValidateComplete(*request, limits_); },
       [this, response](const storage::CompleteCommand& command,
                        UnaryCall call) {
-        store_->CompleteAsync(
-            command, [this, response, call, id = command.id](
-                         absl::StatusOr<storage::CompleteResult> completed) {
-              if (completed.ok()) {
-                SetTimestamp(completed->completed_at,
-                             response->mutable_completed_at());
-                SetTimestamp(completed->expires_at,
-                             response->mutable_expires_at());
-                waits_->Notify(WaitKey(id));
-              }
-              call.Answer(completed.status());
-            });
+        DoComplete(command, response, AnswerCall(call));
       });
 }
 
@@ -255,11 +339,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Release(
       [&] { return Authorize(*context, request->namespace_()); },
       [&] { return ValidateRelease(*request); },
       [this](const storage::ReleaseCommand& command, UnaryCall call) {
-        store_->ReleaseAsync(command, [this, call, id = command.id](
-                                          const absl::Status& released) {
-          if (released.ok()) waits_->Notify(WaitKey(id));
-          call.Answer(released);
-        });
+        DoRelease(command, AnswerCall(call));
       });
 }
 
@@ -271,13 +351,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Extend(
       [&] { return Authorize(*context, request->namespace_()); },
       [&] { return ValidateExtend(*request, limits_); },
       [this, response](const storage::ExtendCommand& command, UnaryCall call) {
-        store_->ExtendAsync(
-            command, [response, call](absl::StatusOr<absl::Time> expires) {
-              if (expires.ok()) {
-                SetTimestamp(*expires, response->mutable_expires_at());
-              }
-              call.Answer(expires.status());
-            });
+        DoExtend(command, response, AnswerCall(call));
       });
 }
 
@@ -289,9 +363,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Lookup(
       [&] { return Authorize(*context, request->namespace_()); },
       [&] { return ValidateLookup(*request); },
       [this, response](const storage::KeyId& id, UnaryCall call) {
-        absl::StatusOr<storage::KeySnapshot> seen = store_->Lookup(id);
-        if (seen.ok()) FillLookup(*seen, response);
-        call.Answer(seen.status());
+        DoLookup(id, response, AnswerCall(call));
       });
 }
 
@@ -303,9 +375,7 @@ grpc::ServerUnaryReactor* IdempotencyService::Checkpoint(
       [&] { return Authorize(*context, request->namespace_()); },
       [&] { return ValidateCheckpoint(*request); },
       [this](const storage::CheckpointCommand& command, UnaryCall call) {
-        store_->CheckpointAsync(command, [call](const absl::Status& recorded) {
-          call.Answer(recorded);
-        });
+        DoCheckpoint(command, AnswerCall(call));
       });
 }
 

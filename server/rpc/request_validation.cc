@@ -222,6 +222,12 @@ absl::StatusOr<storage::CheckpointCommand> ValidateCheckpoint(
                                     request.checkpoint()};
 }
 
+absl::StatusOr<absl::Duration> ValidateSessionTimeout(const v1::SessionOp& op) {
+  return ValidateDuration("timeout", op.has_timeout(), op.timeout(),
+                          absl::InfiniteDuration(), absl::Milliseconds(1),
+                          absl::Hours(24));
+}
+
 absl::StatusOr<AdminAction> ValidateAdminAction(absl::string_view name_space,
                                                 absl::string_view key,
                                                 absl::string_view reason) {

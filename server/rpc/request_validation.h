@@ -34,6 +34,9 @@ absl::StatusOr<storage::ExtendCommand> ValidateExtend(
 absl::StatusOr<storage::KeyId> ValidateLookup(const v1::LookupRequest& request);
 absl::StatusOr<storage::CheckpointCommand> ValidateCheckpoint(
     const v1::CheckpointRequest& request);
+// A Session operation's `timeout`: InfiniteDuration when unset, else 1 ms
+// to 24 h.
+absl::StatusOr<absl::Duration> ValidateSessionTimeout(const v1::SessionOp& op);
 
 // Admin requests.
 struct AdminAction {

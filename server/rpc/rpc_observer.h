@@ -23,6 +23,7 @@ class RpcObserver {
   void Answered(absl::string_view method, absl::Time start,
                 const absl::Status& status, absl::string_view outcome = "OK");
   void TookOver(const storage::KeyId& id, uint64_t token, uint32_t attempt);
+  Metrics* metrics() const { return metrics_; }
 
   // Records a call and finishes `reactor` (a DefaultReactor) with `status`.
   void Finish(grpc::ServerUnaryReactor* reactor, absl::string_view method,

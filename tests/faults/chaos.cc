@@ -28,6 +28,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/internal/rpc.h"
+#include "client/internal/session.h"
 #include "google/protobuf/util/time_util.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -54,6 +56,9 @@ ABSL_FLAG(std::string, history, "",
           "write the history here (JSON lines); default: not kept");
 ABSL_FLAG(std::string, check, "", "only check this history file, run nothing");
 ABSL_FLAG(uint32_t, seed, 0, "random seed (0: from the clock)");
+ABSL_FLAG(bool, session, false,
+          "clients call over one Session stream they all share (the client "
+          "library's, as a service's threads do) instead of unary RPCs");
 ABSL_FLAG(bool, redis_cluster, false,
           "run the server as a stateless replica over a local Redis Cluster "
           "(3 masters, 3 replicas, started here; --redis-wait-replicas=1) "
@@ -119,14 +124,39 @@ class History {
 // 1.51's pick_first takes seconds to notice a restarted server.
 class Caller {
  public:
-  Caller(std::string address, int client, History& history)
-      : address_(std::move(address)), client_(client), history_(history) {
+  // With `session` (shared by every Caller; its channels `channels`), calls
+  // go over its stream instead of unary RPCs.
+  Caller(std::string address, int client, History& history,
+         client::internal::SessionMux* session = nullptr,
+         client::internal::ChannelHolder* channels = nullptr)
+      : address_(std::move(address)),
+        client_(client),
+        history_(history),
+        session_(session),
+        channels_(channels) {
     Reconnect();
   }
 
   void Reconnect() {
+    if (channels_ != nullptr) channels_->OnUnavailable();
     stub_ = v1::Idempotency::NewStub(
         grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
+  }
+
+  // The call as a unary RPC, or as one op of the shared session.
+  template <typename Request, typename Response, typename Unary>
+  grpc::Status Send(grpc::ClientContext& context, const Request& request,
+                    Response* response, Request* (v1::SessionOp::*op_field)(),
+                    Response* (v1::SessionResult::*result_field)(),
+                    Unary unary) {
+    if (session_ == nullptr) return unary();
+    v1::SessionOp op;
+    *(op.*op_field)() = request;
+    v1::SessionResult result;
+    const grpc::Status status =
+        session_->Call(&op, absl::FromChrono(context.deadline()), &result);
+    if (status.ok()) response->Swap((result.*result_field)());
+    return status;
   }
 
   HistoryEvent Begin(const std::string& key, const std::string& owner,
@@ -144,7 +174,10 @@ class Caller {
     e.set_lease_us(absl::ToInt64Microseconds(lease));
     grpc::ClientContext context;
     SetDeadline(context, wait);
-    const grpc::Status status = stub_->Begin(&context, request, &response);
+    const grpc::Status status =
+        Send(context, request, &response, &v1::SessionOp::mutable_begin,
+             &v1::SessionResult::mutable_begin,
+             [&] { return stub_->Begin(&context, request, &response); });
     if (status.ok()) {
       switch (response.outcome()) {
         case BeginResponse::OUTCOME_ACQUIRED:
@@ -180,7 +213,10 @@ class Caller {
     e.set_body(body);
     grpc::ClientContext context;
     SetDeadline(context);
-    const grpc::Status status = stub_->Complete(&context, request, &response);
+    const grpc::Status status =
+        Send(context, request, &response, &v1::SessionOp::mutable_complete,
+             &v1::SessionResult::mutable_complete,
+             [&] { return stub_->Complete(&context, request, &response); });
     if (status.ok()) {
       e.set_result_expires_at_us(Micros(response.expires_at()));
     }
@@ -197,7 +233,11 @@ class Caller {
     e.set_token(token);
     grpc::ClientContext context;
     SetDeadline(context);
-    return Finish(std::move(e), stub_->Release(&context, request, &response));
+    return Finish(
+        std::move(e),
+        Send(context, request, &response, &v1::SessionOp::mutable_release,
+             &v1::SessionResult::mutable_release,
+             [&] { return stub_->Release(&context, request, &response); }));
   }
 
   HistoryEvent Extend(const std::string& key, uint64_t token,
@@ -213,7 +253,10 @@ class Caller {
     e.set_lease_us(absl::ToInt64Microseconds(lease));
     grpc::ClientContext context;
     SetDeadline(context);
-    const grpc::Status status = stub_->Extend(&context, request, &response);
+    const grpc::Status status =
+        Send(context, request, &response, &v1::SessionOp::mutable_extend,
+             &v1::SessionResult::mutable_extend,
+             [&] { return stub_->Extend(&context, request, &response); });
     if (status.ok()) {
       e.set_lease_expires_at_us(Micros(response.expires_at()));
     }
@@ -228,7 +271,10 @@ class Caller {
     HistoryEvent e = Start(HistoryEvent::OP_LOOKUP, key);
     grpc::ClientContext context;
     SetDeadline(context);
-    const grpc::Status status = stub_->Lookup(&context, request, &response);
+    const grpc::Status status =
+        Send(context, request, &response, &v1::SessionOp::mutable_lookup,
+             &v1::SessionResult::mutable_lookup,
+             [&] { return stub_->Lookup(&context, request, &response); });
     if (status.ok()) {
       switch (response.state()) {
         case v1::LookupResponse::STATE_COMPLETED:
@@ -274,6 +320,8 @@ class Caller {
   std::string address_;
   int client_;
   History& history_;
+  client::internal::SessionMux* const session_;
+  client::internal::ChannelHolder* const channels_;
   std::unique_ptr<v1::Idempotency::Stub> stub_;
 };
 
@@ -290,6 +338,16 @@ class Chaos {
 
   absl::Status Run(absl::Duration duration) {
     const absl::Time end = start_ + duration;
+    if (absl::GetFlag(FLAGS_session)) {
+      client::ClientOptions options;
+      options.target = server_.address();
+      channels_ = std::make_unique<client::internal::ChannelHolder>(
+          grpc::CreateChannel(server_.address(),
+                              grpc::InsecureChannelCredentials()),
+          options, /*replaceable=*/true);
+      session_ =
+          std::make_unique<client::internal::SessionMux>(channels_.get());
+    }
     std::vector<std::thread> clients;
     for (int c = 0; c < absl::GetFlag(FLAGS_clients); ++c) {
       clients.emplace_back([this, c, end] { ClientLoop(c, end); });
@@ -325,7 +383,8 @@ class Chaos {
     auto chance = [&rng](double p) {
       return std::bernoulli_distribution(p)(rng);
     };
-    Caller caller(server_.address(), client, history_);
+    Caller caller(server_.address(), client, history_, session_.get(),
+                  channels_.get());
     for (int attempt = 0; !stop_ && absl::Now() < end; ++attempt) {
       const std::string key =
           KeyAt(absl::Now(), std::uniform_int_distribution<int>(
@@ -411,6 +470,9 @@ class Chaos {
   std::atomic<bool> stop_{false};
   History history_;
   Counters counters_;
+  // --session: the stream every client shares (destroyed first).
+  std::unique_ptr<client::internal::ChannelHolder> channels_;
+  std::unique_ptr<client::internal::SessionMux> session_;
 };
 
 absl::Status WriteHistory(const std::vector<HistoryEvent>& history,

@@ -6,11 +6,15 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
 #include "idem/client.h"
 #include "idem/keys.h"
+#include "idem/v1/idempotency.grpc.pb.h"
 #include "tests/testing/server_process.h"
 
 namespace idem::client {
@@ -26,7 +30,9 @@ BeginOptions WithFingerprint(const std::string& fingerprint,
   return options;
 }
 
-class ClientIntegrationTest : public ::testing::Test {
+// Every test runs twice: over the Session stream (the default) and with
+// one unary RPC per call.
+class ClientIntegrationTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
     ASSERT_TRUE(server_.Start().ok()) << server_.log();
@@ -40,6 +46,7 @@ class ClientIntegrationTest : public ::testing::Test {
     ClientOptions options;
     options.target = server_.address();
     options.retry = retry;
+    options.session = GetParam();
     absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
     EXPECT_TRUE(client.ok()) << client.status();
     return *std::move(client);
@@ -53,7 +60,7 @@ class ClientIntegrationTest : public ::testing::Test {
   std::unique_ptr<Client> client_;
 };
 
-TEST_F(ClientIntegrationTest, RunDoesTheWorkOnceFor32ConcurrentCallers) {
+TEST_P(ClientIntegrationTest, RunDoesTheWorkOnceFor32ConcurrentCallers) {
   constexpr int kCallers = 32;
   const std::string key = NewKey();
   std::atomic<int> executions{0};
@@ -85,7 +92,7 @@ TEST_F(ClientIntegrationTest, RunDoesTheWorkOnceFor32ConcurrentCallers) {
   EXPECT_EQ(replayed, kCallers - 1);
 }
 
-TEST_F(ClientIntegrationTest, WorkerWhoseHeartbeatStopsIsTakenOver) {
+TEST_P(ClientIntegrationTest, WorkerWhoseHeartbeatStopsIsTakenOver) {
   const std::string key = NewKey();
   absl::Notification a_started, b_done;
   absl::StatusOr<RunResult> a_result;
@@ -128,7 +135,7 @@ TEST_F(ClientIntegrationTest, WorkerWhoseHeartbeatStopsIsTakenOver) {
   EXPECT_GT(b_token, 0u);
 }
 
-TEST_F(ClientIntegrationTest, ServerRestartDuringRunIsRetried) {
+TEST_P(ClientIntegrationTest, ServerRestartDuringRunIsRetried) {
   RetryPolicy patient;
   patient.max_attempts = 50;
   patient.total_timeout = absl::Seconds(30);
@@ -153,7 +160,7 @@ TEST_F(ClientIntegrationTest, ServerRestartDuringRunIsRetried) {
   EXPECT_EQ(stored->result.body, "survived");
 }
 
-TEST_F(ClientIntegrationTest, DefaultRetriesRideOutARestartOfSeconds) {
+TEST_P(ClientIntegrationTest, DefaultRetriesRideOutARestartOfSeconds) {
   const std::string key = NewKey();
   server_.Kill();
   std::thread restarter([&] {
@@ -167,7 +174,7 @@ TEST_F(ClientIntegrationTest, DefaultRetriesRideOutARestartOfSeconds) {
   EXPECT_EQ(seen->state, KeyState::kAbsent);
 }
 
-TEST_F(ClientIntegrationTest, HeartbeatKeepsALongTasksLeaseAlive) {
+TEST_P(ClientIntegrationTest, HeartbeatKeepsALongTasksLeaseAlive) {
   const std::string key = NewKey();
   RunOptions options;
   options.lease = absl::Seconds(1);
@@ -192,7 +199,7 @@ TEST_F(ClientIntegrationTest, HeartbeatKeepsALongTasksLeaseAlive) {
   EXPECT_EQ(result->attempt, 1u);
 }
 
-TEST_F(ClientIntegrationTest, WorkerDyingAfterStepTwoIsResumedAtStepThree) {
+TEST_P(ClientIntegrationTest, WorkerDyingAfterStepTwoIsResumedAtStepThree) {
   const std::string key = NewKey();
   std::atomic<int> step_runs[3] = {0, 0, 0};
   auto work = [&](RunContext& run, absl::Notification* after_two,
@@ -257,7 +264,7 @@ TEST_F(ClientIntegrationTest, WorkerDyingAfterStepTwoIsResumedAtStepThree) {
   EXPECT_FALSE(stored->checkpoint.empty());
 }
 
-TEST_F(ClientIntegrationTest, MismatchAndInProgressAreDistinctErrors) {
+TEST_P(ClientIntegrationTest, MismatchAndInProgressAreDistinctErrors) {
   const std::string key = NewKey();
   auto work = [](RunContext&) -> absl::StatusOr<Result> {
     return Result{200, "ok", {}};
@@ -279,7 +286,7 @@ TEST_F(ClientIntegrationTest, MismatchAndInProgressAreDistinctErrors) {
   EXPECT_EQ(ErrorKindOf(in_progress.status()), ErrorKind::kInProgress);
 }
 
-TEST_F(ClientIntegrationTest, FailedWorkReleasesTheKeyAndRetriesRunAgain) {
+TEST_P(ClientIntegrationTest, FailedWorkReleasesTheKeyAndRetriesRunAgain) {
   const std::string key = NewKey();
   int runs = 0;
   absl::StatusOr<RunResult> failed = client_->Run(
@@ -331,7 +338,7 @@ TEST_F(ClientIntegrationTest, FailedWorkReleasesTheKeyAndRetriesRunAgain) {
   EXPECT_EQ(runs, 4);
 }
 
-TEST_F(ClientIntegrationTest, TypedCallsMapToTheRpcs) {
+TEST_P(ClientIntegrationTest, TypedCallsMapToTheRpcs) {
   const std::string key = NewKey();
   ASSERT_TRUE(client_->Ping().ok());
   absl::StatusOr<BeginReply> begun =
@@ -361,7 +368,7 @@ TEST_F(ClientIntegrationTest, TypedCallsMapToTheRpcs) {
             absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(ClientIntegrationTest, ADownServerFailsWithinTheTotalTimeout) {
+TEST_P(ClientIntegrationTest, ADownServerFailsWithinTheTotalTimeout) {
   server_.Kill();
   RetryPolicy quick;
   quick.total_timeout = absl::Seconds(2);
@@ -371,6 +378,122 @@ TEST_F(ClientIntegrationTest, ADownServerFailsWithinTheTotalTimeout) {
   absl::Status status = client->Ping();
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   EXPECT_LT(absl::Now() - start, absl::Seconds(4));
+  const absl::Time begin_start = absl::Now();
+  EXPECT_EQ(client->Begin(kNamespace, NewKey(), WithFingerprint("fp"))
+                .status()
+                .code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_LT(absl::Now() - begin_start, absl::Seconds(4));
+}
+
+// 64 threads share one Client, as a service's request threads do: every
+// call gets its own answer (over one stream, in shared messages).
+TEST_P(ClientIntegrationTest, SixtyFourThreadsShareOneClient) {
+  constexpr int kThreads = 64;
+  constexpr int kRequests = 40;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kRequests; ++i) {
+        const std::string key = absl::StrCat("shared-", t, "-", i);
+        const std::string body = absl::StrCat("body ", t, " ", i);
+        absl::StatusOr<BeginReply> begun =
+            client_->Begin(kNamespace, key, WithFingerprint("fp"));
+        if (!begun.ok() || begun->outcome != Outcome::kAcquired) {
+          ++failures;
+          continue;
+        }
+        if (!client_->Complete(kNamespace, key, begun->token, Created(body))
+                 .ok()) {
+          ++failures;
+          continue;
+        }
+        absl::StatusOr<BeginReply> replay =
+            client_->Begin(kNamespace, key, WithFingerprint("fp"));
+        if (!replay.ok() || replay->outcome != Outcome::kCompleted ||
+            replay->result.body != body) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, ClientIntegrationTest,
+                         ::testing::Values(true, false),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "Session" : "Unary";
+                         });
+
+// An older server, without Session: a proxy that forwards the unary RPCs
+// to the real server and answers Session with UNIMPLEMENTED, as gRPC does
+// for a method a server does not have.
+class UnaryOnlyProxy final : public v1::Idempotency::Service {
+ public:
+  explicit UnaryOnlyProxy(std::unique_ptr<v1::Idempotency::Stub> upstream)
+      : upstream_(std::move(upstream)) {}
+
+  grpc::Status Begin(grpc::ServerContext*, const v1::BeginRequest* request,
+                     v1::BeginResponse* response) override {
+    grpc::ClientContext context;
+    return upstream_->Begin(&context, *request, response);
+  }
+  grpc::Status Complete(grpc::ServerContext*,
+                        const v1::CompleteRequest* request,
+                        v1::CompleteResponse* response) override {
+    grpc::ClientContext context;
+    return upstream_->Complete(&context, *request, response);
+  }
+  grpc::Status Lookup(grpc::ServerContext*, const v1::LookupRequest* request,
+                      v1::LookupResponse* response) override {
+    grpc::ClientContext context;
+    return upstream_->Lookup(&context, *request, response);
+  }
+
+ private:
+  std::unique_ptr<v1::Idempotency::Stub> upstream_;
+};
+
+TEST(ClientFallbackTest, AServerWithoutSessionIsCalledWithUnaryRpcs) {
+  testing::ServerProcess server;
+  ASSERT_TRUE(server.Start().ok()) << server.log();
+  UnaryOnlyProxy proxy(server.NewStub());
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(&proxy);
+  std::unique_ptr<grpc::Server> older = builder.BuildAndStart();
+  ASSERT_NE(older, nullptr);
+
+  ClientOptions options;
+  options.target = absl::StrCat("127.0.0.1:", port);
+  ASSERT_TRUE(options.session);  // The default.
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
+  ASSERT_TRUE(client.ok());
+  const std::string key = NewKey();
+  for (int round = 0; round < 2; ++round) {
+    absl::StatusOr<RunResult> run = (*client)->Run(
+        kNamespace, key, "body",
+        [](RunContext&) -> absl::StatusOr<Result> {
+          return Result{201, "made", {}};
+        },
+        [] {
+          RunOptions run_options;
+          run_options.heartbeat = absl::InfiniteDuration();
+          return run_options;
+        }());
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_EQ(run->result.body, "made");
+    EXPECT_EQ(run->replayed, round == 1);
+  }
+  absl::StatusOr<KeyInfo> info = (*client)->Lookup(kNamespace, key);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->state, KeyState::kCompleted);
+  older->Shutdown();
 }
 
 }  // namespace

@@ -18,28 +18,45 @@
 //              completes, duplicates wait and get its result
 //   batch      BeginBatch of --batch-size fresh keys, then CompleteBatch of
 //              them: full requests for message consumers; reported per key
+//
+// Transports (--transport):
+//   unary        one RPC per call (the default; grpcurl's way)
+//   session      the Session stream, one per channel, shared by the calls
+//                on it: calls made while a write is in flight share the
+//                next message (begin, request, replay, lookup, contended)
+//   client       the C++ client library as a service uses it: --concurrency
+//                threads share one idem::client::Client, each calling
+//                synchronously (begin, request, replay, lookup)
+//   client-unary the same with ClientOptions::session = false
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <iostream>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/support/client_callback.h"
+#include "idem/client.h"
 #include "idem/v1/idempotency.grpc.pb.h"
 
 namespace idem::bench {
@@ -59,6 +76,7 @@ struct Options {
   absl::Duration retention = absl::ZeroDuration();
   bool json = false;
   std::string ns = "bench";
+  std::string transport = "unary";
 };
 
 constexpr char kUsage[] =
@@ -66,9 +84,10 @@ constexpr char kUsage[] =
                   [--concurrency=64]
                   [--channels=4] [--warmup=2s] [--duration=10s] [--keys=N]
                   [--body-bytes=200] [--batch-size=100] [--retention=D]
-                  [--namespace=bench]
+                  [--namespace=bench] [--transport=T]
                   [--json]
 workloads: ping begin request replay lookup contended batch
+transports: unary session client client-unary
 )";
 
 bool ParseArgs(int argc, char** argv, Options& o) {
@@ -99,6 +118,10 @@ bool ParseArgs(int argc, char** argv, Options& o) {
       o.workload = value;
     } else if (name == "namespace") {
       o.ns = value;
+    } else if (name == "transport") {
+      o.transport = value;
+      ok = value == "unary" || value == "session" || value == "client" ||
+           value == "client-unary";
     } else if (name == "concurrency") {
       ok = absl::SimpleAtoi(value, &o.concurrency) && o.concurrency > 0;
     } else if (name == "channels") {
@@ -125,6 +148,13 @@ bool ParseArgs(int argc, char** argv, Options& o) {
                 << "\n";
       return false;
     }
+  }
+  if (o.transport != "unary" &&
+      (o.workload == "ping" || o.workload == "batch" ||
+       (o.transport != "session" && o.workload == "contended"))) {
+    std::cerr << "idem-bench: workload " << o.workload
+              << " is not measured over --transport=" << o.transport << "\n";
+    return false;
   }
   for (const char* w :
        {"ping", "begin", "request", "replay", "lookup", "contended", "batch"}) {
@@ -203,12 +233,140 @@ class HotKeys {
   std::vector<std::atomic<uint64_t>> generations_;
 };
 
+// One Session stream, shared by the slots of a channel. Calls sent while a
+// write is in flight wait in one message, written when it is done.
+class BenchSession final
+    : public grpc::ClientBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+ public:
+  // The status the unary call would have had, and the answer when it is OK.
+  using Callback = std::function<void(const grpc::Status&, v1::SessionResult*)>;
+
+  explicit BenchSession(const std::shared_ptr<grpc::Channel>& channel)
+      : stub_(v1::Idempotency::NewStub(channel)) {
+    stub_->async()->Session(&context_, this);
+    StartRead(&response_);
+    AddHold();  // Until the reads end: Send may write from any thread.
+    StartCall();
+  }
+
+  void Send(v1::SessionOp& op, Callback done) {
+    v1::SessionRequest* write = nullptr;
+    bool taken = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!ended_) {
+        taken = true;
+        op.set_id(next_id_++);
+        callbacks_.emplace(op.id(), std::move(done));
+        *pending_.add_ops() = op;
+        if (!writing_) {
+          writing_ = true;
+          in_flight_.Swap(&pending_);
+          write = &in_flight_;
+          AddHold();
+        }
+      }
+    }
+    if (!taken) {  // The stream has ended.
+      done(grpc::Status(grpc::StatusCode::UNAVAILABLE, "session ended"),
+           nullptr);
+      return;
+    }
+    if (write != nullptr) {
+      StartWrite(write);
+      RemoveHold();
+    }
+  }
+
+  // Ends the stream and waits until gRPC is done with it.
+  void Close() {
+    context_.TryCancel();
+    done_.WaitForNotification();
+  }
+
+  void OnWriteDone(bool ok) override {
+    v1::SessionRequest* write = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      in_flight_.Clear();
+      if (ok && pending_.ops_size() > 0) {
+        in_flight_.Swap(&pending_);
+        write = &in_flight_;
+      } else {
+        writing_ = false;
+      }
+    }
+    if (write != nullptr) StartWrite(write);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      {
+        absl::MutexLock lock(&mu_);
+        ended_ = true;
+      }
+      RemoveHold();
+      return;
+    }
+    std::vector<std::pair<Callback, v1::SessionResult*>> answered;
+    {
+      absl::MutexLock lock(&mu_);
+      for (v1::SessionResult& result : *response_.mutable_results()) {
+        auto it = callbacks_.find(result.id());
+        if (it == callbacks_.end()) continue;
+        answered.emplace_back(std::move(it->second), &result);
+        callbacks_.erase(it);
+      }
+    }
+    for (auto& [callback, result] : answered) {
+      const v1::BatchStatus& status = result->status();
+      callback(status.code() == 0
+                   ? grpc::Status::OK
+                   : grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                                  status.message()),
+               result);
+    }
+    response_.Clear();
+    StartRead(&response_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::map<uint64_t, Callback> callbacks;
+    {
+      absl::MutexLock lock(&mu_);
+      ended_ = true;
+      callbacks.swap(callbacks_);
+    }
+    for (auto& [id, callback] : callbacks) {
+      callback(status.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                          "session ended")
+                           : status,
+               nullptr);
+    }
+    done_.Notify();
+  }
+
+ private:
+  std::unique_ptr<v1::Idempotency::Stub> stub_;
+  grpc::ClientContext context_;
+  v1::SessionResponse response_;
+  absl::Notification done_;
+  absl::Mutex mu_;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<uint64_t, Callback> callbacks_ ABSL_GUARDED_BY(mu_);
+  v1::SessionRequest pending_ ABSL_GUARDED_BY(mu_);
+  v1::SessionRequest in_flight_;  // Touched by the one write in flight.
+};
+
 // One call in flight, issuing the next when it completes.
 class Slot {
  public:
-  Slot(Run* run, const std::shared_ptr<grpc::Channel>& channel, HotKeys* hot,
-       uint32_t seed)
+  Slot(Run* run, const std::shared_ptr<grpc::Channel>& channel,
+       BenchSession* session, HotKeys* hot, uint32_t seed)
       : run_(run),
+        session_(session),
         stub_(v1::Idempotency::NewStub(channel)),
         health_(grpc::health::v1::Health::NewStub(channel)),
         hot_(hot),
@@ -240,6 +398,14 @@ class Slot {
     if (o.workload == "lookup") {
       lookup_.set_namespace_(o.ns);
       lookup_.set_key(PreparedKey());
+      if (session_ != nullptr) {
+        op_.Clear();
+        *op_.mutable_lookup() = lookup_;
+        session_->Send(op_, [this](const grpc::Status& s, v1::SessionResult*) {
+          Done(s.ok());
+        });
+        return;
+      }
       stub_->async()->Lookup(context_.get(), &lookup_, &lookup_response_,
                              [this](const grpc::Status& s) { Done(s.ok()); });
       return;
@@ -261,6 +427,18 @@ class Slot {
     } else {
       begin_.set_key(
           absl::StrCat("fresh-", run_->run_id(), "-", run_->NextId()));
+    }
+    if (session_ != nullptr) {
+      op_.Clear();
+      *op_.mutable_begin() = begin_;
+      session_->Send(op_,
+                     [this](const grpc::Status& s, v1::SessionResult* result) {
+                       if (result != nullptr && s.ok()) {
+                         begin_response_.Swap(result->mutable_begin());
+                       }
+                       Begun(s);
+                     });
+      return;
     }
     stub_->async()->Begin(context_.get(), &begin_, &begin_response_,
                           [this](const grpc::Status& s) { Begun(s); });
@@ -285,17 +463,26 @@ class Slot {
     complete_.set_token(begin_response_.lease().token());
     complete_.mutable_result()->set_code(201);
     complete_.mutable_result()->set_body(body_);
+    if (session_ != nullptr) {
+      op_.Clear();
+      *op_.mutable_complete() = complete_;
+      session_->Send(op_, [this](const grpc::Status& s, v1::SessionResult*) {
+        Completed(s);
+      });
+      return;
+    }
     context_ = std::make_unique<grpc::ClientContext>();
     context_->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-    stub_->async()->Complete(
-        context_.get(), &complete_, &complete_response_,
-        [this](const grpc::Status& s) {
-          if (!s.ok()) run_->NoteError(s);
-          if (s.ok() && run_->options().workload == "contended") {
-            hot_->Completed(hot_index_, complete_.key());
-          }
-          Done(s.ok());
-        });
+    stub_->async()->Complete(context_.get(), &complete_, &complete_response_,
+                             [this](const grpc::Status& s) { Completed(s); });
+  }
+
+  void Completed(const grpc::Status& s) {
+    if (!s.ok()) run_->NoteError(s);
+    if (s.ok() && run_->options().workload == "contended") {
+      hot_->Completed(hot_index_, complete_.key());
+    }
+    Done(s.ok());
   }
 
   void SetRetention(v1::BeginRequest* request) {
@@ -367,6 +554,8 @@ class Slot {
   }
 
   Run* const run_;
+  BenchSession* const session_;  // Null: unary calls.
+  v1::SessionOp op_;
   std::unique_ptr<v1::Idempotency::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
   HotKeys* const hot_;
@@ -418,6 +607,76 @@ bool Prepare(const Options& o, const std::shared_ptr<grpc::Channel>& channel) {
   return true;
 }
 
+// --transport=client: threads calling through the C++ client library, each
+// one call at a time, as a service's request threads do.
+class ClientThreads {
+ public:
+  ClientThreads(Run* run, client::Client* client) : run_(run), client_(client) {
+    const int n = run->options().concurrency;
+    latencies_.resize(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      threads_.emplace_back([this, i] { Loop(i); });
+    }
+  }
+  void Join() {
+    for (std::thread& thread : threads_) thread.join();
+  }
+  std::vector<int64_t> latencies() const {
+    std::vector<int64_t> all;
+    for (const auto& l : latencies_) all.insert(all.end(), l.begin(), l.end());
+    return all;
+  }
+
+ private:
+  void Loop(int index) {
+    const Options& o = run_->options();
+    std::minstd_rand random(static_cast<uint32_t>(index + 1));
+    const std::string body(static_cast<size_t>(o.body_bytes), 'x');
+    client::BeginOptions begin;
+    begin.fingerprint = "bench-fingerprint";
+    begin.retention = o.retention;
+    std::vector<int64_t>& latencies = latencies_[static_cast<size_t>(index)];
+    latencies.reserve(1 << 16);
+    while (!run_->stopping()) {
+      const absl::Time start = absl::Now();
+      bool ok = false;
+      if (o.workload == "lookup") {
+        ok = client_->Lookup(o.ns, absl::StrCat("prepared-", random() % o.keys))
+                 .ok();
+      } else {
+        const std::string key =
+            o.workload == "replay"
+                ? absl::StrCat("prepared-", random() % o.keys)
+                : absl::StrCat("fresh-", run_->run_id(), "-", run_->NextId());
+        begin.owner.clear();
+        absl::StatusOr<client::BeginReply> begun =
+            client_->Begin(o.ns, key, begin);
+        ok = begun.ok();
+        if (ok && o.workload == "request") {
+          ok = begun->outcome == client::Outcome::kAcquired &&
+               client_
+                   ->Complete(o.ns, key, begun->token,
+                              client::Result{201, body, {}})
+                   .ok();
+        } else if (ok && o.workload == "replay") {
+          ok = begun->outcome == client::Outcome::kCompleted;
+        }
+        if (!begun.ok()) {
+          run_->NoteError(
+              grpc::Status(static_cast<grpc::StatusCode>(begun.status().code()),
+                           std::string(begun.status().message())));
+        }
+      }
+      run_->Record(start, ok, latencies);
+    }
+  }
+
+  Run* const run_;
+  client::Client* const client_;
+  std::vector<std::vector<int64_t>> latencies_;
+  std::vector<std::thread> threads_;
+};
+
 double Percentile(const std::vector<int64_t>& sorted, double q) {
   if (sorted.empty()) return 0;
   const size_t index =
@@ -457,24 +716,53 @@ int Main(int argc, char** argv) {
 
   Run run(o);
   HotKeys hot(o.keys);
-  std::vector<std::unique_ptr<Slot>> slots;
-  for (int i = 0; i < o.concurrency; ++i) {
-    slots.push_back(std::make_unique<Slot>(&run, channels[i % channels.size()],
-                                           &hot, static_cast<uint32_t>(i + 1)));
-  }
-  for (auto& slot : slots) slot->Start();
-  absl::SleepFor(o.warmup);
-  run.StartMeasuring();
-  absl::SleepFor(o.duration);
-  run.StopMeasuring();
-  const absl::Duration measured = run.measured();
-  run.Stop();
-  for (auto& slot : slots) slot->WaitDone();
-
   std::vector<int64_t> all;
-  for (const auto& slot : slots) {
-    all.insert(all.end(), slot->latencies().begin(), slot->latencies().end());
+  if (o.transport == "client" || o.transport == "client-unary") {
+    // One Client, on its own channel, as a service would have it.
+    client::ClientOptions client_options;
+    client_options.target = targets[0];
+    client_options.session = o.transport == "client";
+    absl::StatusOr<std::unique_ptr<client::Client>> client =
+        client::Client::Connect(client_options);
+    if (!client.ok()) {
+      std::cerr << "idem-bench: " << client.status() << "\n";
+      return 1;
+    }
+    ClientThreads threads(&run, client->get());
+    absl::SleepFor(o.warmup);
+    run.StartMeasuring();
+    absl::SleepFor(o.duration);
+    run.StopMeasuring();
+    run.Stop();
+    threads.Join();
+    all = threads.latencies();
+  } else {
+    std::vector<std::unique_ptr<BenchSession>> sessions;
+    if (o.transport == "session") {
+      for (const auto& channel : channels) {
+        sessions.push_back(std::make_unique<BenchSession>(channel));
+      }
+    }
+    std::vector<std::unique_ptr<Slot>> slots;
+    for (int i = 0; i < o.concurrency; ++i) {
+      const size_t c = static_cast<size_t>(i) % channels.size();
+      slots.push_back(std::make_unique<Slot>(
+          &run, channels[c], sessions.empty() ? nullptr : sessions[c].get(),
+          &hot, static_cast<uint32_t>(i + 1)));
+    }
+    for (auto& slot : slots) slot->Start();
+    absl::SleepFor(o.warmup);
+    run.StartMeasuring();
+    absl::SleepFor(o.duration);
+    run.StopMeasuring();
+    run.Stop();
+    for (auto& slot : slots) slot->WaitDone();
+    for (auto& session : sessions) session->Close();
+    for (const auto& slot : slots) {
+      all.insert(all.end(), slot->latencies().begin(), slot->latencies().end());
+    }
   }
+  const absl::Duration measured = run.measured();
   std::sort(all.begin(), all.end());
   // A batch op stands for batch-size keys: report keys per second.
   const double per_op = o.workload == "batch" ? o.batch_size : 1;
@@ -485,17 +773,20 @@ int Main(int argc, char** argv) {
                max = all.empty() ? 0 : static_cast<double>(all.back()) / 1e6;
   if (o.json) {
     std::cout << absl::StrFormat(
-        "{\"workload\":\"%s\",\"concurrency\":%d,\"channels\":%d,"
+        "{\"workload\":\"%s\",\"transport\":\"%s\",\"concurrency\":%d,"
+        "\"channels\":%d,"
         "\"duration_s\":%.3f,\"ops\":%d,\"ops_per_s\":%.1f,\"errors\":%d,"
         "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f}\n",
-        o.workload, o.concurrency, o.channels, absl::ToDoubleSeconds(measured),
-        all.size(), ops, run.errors(), p50, p99, p999, max);
+        o.workload, o.transport, o.concurrency, o.channels,
+        absl::ToDoubleSeconds(measured), all.size(), ops, run.errors(), p50,
+        p99, p999, max);
   } else {
     std::cout << absl::StrFormat(
-        "%-10s %6d in flight %3d ch  %10.0f ops/s  p50 %7.3f ms  p99 %7.3f ms  "
+        "%-10s %-12s %6d in flight %3d ch  %10.0f ops/s  p50 %7.3f ms  p99 "
+        "%7.3f ms  "
         "p999 %7.3f ms  max %8.3f ms  errors %d\n",
-        o.workload, o.concurrency, o.channels, ops, p50, p99, p999, max,
-        run.errors());
+        o.workload, o.transport, o.concurrency, o.channels, ops, p50, p99, p999,
+        max, run.errors());
   }
   if (run.errors() > 0) {
     std::cerr << "idem-bench: first error: " << run.first_error() << "\n";

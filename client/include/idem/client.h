@@ -142,6 +142,12 @@ struct ClientOptions {
   // Deadline of one attempt (a Begin's `wait` is added to it).
   absl::Duration rpc_timeout = absl::Seconds(5);
   RetryPolicy retry;
+  // Send calls over one Session stream shared by every thread using this
+  // Client (calls made at the same time share messages), falling back to
+  // unary RPCs against a server without Session. false: one unary RPC per
+  // call. A call whose stream breaks fails over to a new stream like a lost
+  // unary reply is retried (docs/api.md#sessions).
+  bool session = true;
 };
 
 // How Run failed, beyond the status code.

@@ -23,6 +23,7 @@ from google.protobuf import duration_pb2
 
 from idem.errors import (IdemError, InProgress, LeaseLost, Mismatch,
                          Unavailable, from_rpc_error)
+from idem.session import SessionError, SessionMux
 from idem.v1 import idempotency_pb2 as pb
 from idem.v1 import idempotency_pb2_grpc as pb_grpc
 
@@ -106,12 +107,17 @@ class IdemClient:
     attempts, exponential backoff with equal jitter, 100 ms to 2 s, 20 s in
     all: enough to ride out a server restart of several seconds). After a
     failed attempt the channel is replaced by one with its own connection (at
-    most every 500 ms), since gRPC's own reconnect waits seconds."""
+    most every 500 ms), since gRPC's own reconnect waits seconds.
+
+    Calls go over one Session stream shared by every thread using the client
+    (calls made at the same time share messages), and fall back to unary RPCs
+    against a server without Session; ``session=False`` asks for unary RPCs
+    always. A call whose stream breaks is retried like a lost unary reply."""
 
     def __init__(self, target: str = "127.0.0.1:50051", *,
                  credentials: Optional[grpc.ChannelCredentials] = None,
                  timeout: float = 5.0, attempts: int = 12,
-                 total_timeout: float = 20.0):
+                 total_timeout: float = 20.0, session: bool = True):
         self._target = target
         self._credentials = credentials
         self._lock = threading.Lock()
@@ -120,6 +126,11 @@ class IdemClient:
         self._timeout = timeout
         self._attempts = attempts
         self._total_timeout = total_timeout
+        self._session = SessionMux(self._current_stub) if session else None
+
+    def _current_stub(self):
+        with self._lock:
+            return self._stub
 
     def _connect(self):
         options = [("grpc.initial_reconnect_backoff_ms", 100),
@@ -147,6 +158,8 @@ class IdemClient:
         closer.start()
 
     def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
         with self._lock:
             self._channel.close()
 
@@ -160,9 +173,17 @@ class IdemClient:
         deadline = time.monotonic() + self._total_timeout + extra_timeout
         backoff = 0.1
         for attempt in range(1, self._attempts + 1):
-            with self._lock:
-                method = getattr(self._stub, method_name)
             try:
+                if self._session is not None and self._session.supported:
+                    try:
+                        return self._session.call(
+                            method_name, request, self._timeout + extra_timeout)
+                    except SessionError as error:
+                        if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                            raise
+                        # An older server: unary from now on.
+                with self._lock:
+                    method = getattr(self._stub, method_name)
                 return method(request, timeout=self._timeout + extra_timeout)
             except grpc.RpcError as error:
                 if error.code() == grpc.StatusCode.UNAVAILABLE:

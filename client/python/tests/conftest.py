@@ -80,7 +80,9 @@ def own_server():
         process.cleanup()
 
 
-@pytest.fixture
-def client(server):
-    with idem.IdemClient(server) as c:
+@pytest.fixture(params=[True, False], ids=["session", "unary"])
+def client(server, request):
+    """A client over the Session stream (the default), then over unary
+    RPCs: each test using it runs twice."""
+    with idem.IdemClient(server, session=request.param) as c:
         yield c

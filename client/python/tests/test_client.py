@@ -148,3 +148,64 @@ def test_fingerprint_parts_is_length_prefixed():
     assert idem.fingerprint_parts("POST", "/v1/orders", b"{}") == \
         idem.fingerprint(b"4:POST10:/v1/orders2:{}")
     assert idem.fingerprint_parts("ab", "c") != idem.fingerprint_parts("a", "bc")
+
+
+def test_threads_sharing_one_client_each_get_their_answer(client):
+    failures = []
+
+    def worker(n):
+        for i in range(20):
+            key = new_key()
+            body = b"body %d %d" % (n, i)
+            begun = client.begin("shared", key, fingerprint=b"fp")
+            if begun.outcome != idem.ACQUIRED:
+                failures.append((n, i, begun.outcome))
+                continue
+            client.complete("shared", key, begun.token, idem.Result(body=body))
+            replay = client.begin("shared", key, fingerprint=b"fp")
+            if replay.result is None or replay.result.body != body:
+                failures.append((n, i, replay))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_a_server_without_session_is_called_with_unary_rpcs(server):
+    """An older server: a proxy forwarding the unary RPCs, without Session
+    (gRPC answers UNIMPLEMENTED for it)."""
+    from concurrent import futures
+
+    import grpc
+    from idem.v1 import idempotency_pb2_grpc as pb_grpc
+
+    upstream = pb_grpc.IdempotencyStub(grpc.insecure_channel(server))
+
+    class UnaryOnly(pb_grpc.IdempotencyServicer):
+        def Begin(self, request, context):
+            return upstream.Begin(request, timeout=5)
+
+        def Complete(self, request, context):
+            return upstream.Complete(request, timeout=5)
+
+        def Lookup(self, request, context):
+            return upstream.Lookup(request, timeout=5)
+
+    proxy = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_IdempotencyServicer_to_server(UnaryOnly(), proxy)
+    port = proxy.add_insecure_port("127.0.0.1:0")
+    proxy.start()
+    try:
+        with idem.IdemClient("127.0.0.1:%d" % port) as old:
+            key = new_key()
+            begun = old.begin("older", key, fingerprint=b"fp")
+            assert begun.outcome == idem.ACQUIRED
+            old.complete("older", key, begun.token, idem.Result(body=b"made"))
+            assert old.lookup("older", key).result.body == b"made"
+            assert old.begin("older", key,
+                             fingerprint=b"fp").outcome == idem.COMPLETED
+    finally:
+        proxy.stop(None)

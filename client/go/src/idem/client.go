@@ -68,10 +68,18 @@ type Begun struct {
 // Client calls one Idem server. Calls that fail with UNAVAILABLE or
 // DEADLINE_EXCEEDED are retried (12 attempts, backoff 100 ms to 2 s with equal
 // jitter); Begin retries reuse one owner.
+//
+// Calls go over one Session stream shared by every goroutine using the
+// Client (calls made at the same time share messages), falling back to unary
+// RPCs against a server without Session. A call whose stream breaks is
+// retried like a lost unary reply.
 type Client struct {
 	conn    *grpc.ClientConn
 	stub    idemv1.IdempotencyClient
+	session *sessionMux
 	Timeout time.Duration // Of one attempt (a Begin's wait is added).
+	// Unary: one unary RPC per call instead of the Session stream.
+	Unary bool
 }
 
 // Dial connects in plaintext; pass grpc.WithTransportCredentials(...) in
@@ -90,11 +98,29 @@ func Dial(target string, opts ...grpc.DialOption) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{conn: conn, stub: idemv1.NewIdempotencyClient(conn), Timeout: 5 * time.Second}, nil
+	stub := idemv1.NewIdempotencyClient(conn)
+	return &Client{conn: conn, stub: stub, session: &sessionMux{stub: stub},
+		Timeout: 5 * time.Second}, nil
 }
 
 // Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+func (c *Client) Close() error {
+	c.session.close()
+	return c.conn.Close()
+}
+
+// viaSession sends op over the session stream. ok is false when the caller
+// must make the unary call instead (Unary set, or a server without Session).
+func (c *Client) viaSession(ctx context.Context, op *idemv1.SessionOp) (res *idemv1.SessionResult, err error, ok bool) {
+	if c.Unary || !c.session.supported() {
+		return nil, nil, false
+	}
+	res, err = c.session.call(ctx, op)
+	if status.Code(err) == codes.Unimplemented && !c.session.supported() {
+		return nil, nil, false
+	}
+	return res, err, true
+}
 
 func retried(err error) bool {
 	code := status.Code(err)
@@ -161,6 +187,11 @@ func (c *Client) Begin(ctx context.Context, ns, key string, fingerprint []byte, 
 	}
 	var resp *idemv1.BeginResponse
 	err := c.call(ctx, o.Wait, func(ctx context.Context) (err error) {
+		op := &idemv1.SessionOp{Op: &idemv1.SessionOp_Begin{Begin: req}}
+		if res, err, ok := c.viaSession(ctx, op); ok {
+			resp = res.GetBegin()
+			return err
+		}
 		resp, err = c.stub.Begin(ctx, req)
 		return err
 	})
@@ -193,6 +224,10 @@ func (c *Client) Complete(ctx context.Context, ns, key string, token uint64, r R
 	req := &idemv1.CompleteRequest{Namespace: ns, Key: key, Token: token,
 		Result: &idemv1.Result{Code: r.Code, Body: r.Body, Metadata: r.Metadata}}
 	return c.call(ctx, 0, func(ctx context.Context) error {
+		op := &idemv1.SessionOp{Op: &idemv1.SessionOp_Complete{Complete: req}}
+		if _, err, ok := c.viaSession(ctx, op); ok {
+			return err
+		}
 		_, err := c.stub.Complete(ctx, req)
 		return err
 	})
@@ -202,6 +237,10 @@ func (c *Client) Complete(ctx context.Context, ns, key string, token uint64, r R
 func (c *Client) Release(ctx context.Context, ns, key string, token uint64) error {
 	req := &idemv1.ReleaseRequest{Namespace: ns, Key: key, Token: token}
 	return c.call(ctx, 0, func(ctx context.Context) error {
+		op := &idemv1.SessionOp{Op: &idemv1.SessionOp_Release{Release: req}}
+		if _, err, ok := c.viaSession(ctx, op); ok {
+			return err
+		}
 		_, err := c.stub.Release(ctx, req)
 		return err
 	})
@@ -211,6 +250,10 @@ func (c *Client) Release(ctx context.Context, ns, key string, token uint64) erro
 func (c *Client) Extend(ctx context.Context, ns, key string, token uint64, lease time.Duration) error {
 	req := &idemv1.ExtendRequest{Namespace: ns, Key: key, Token: token, Lease: durationpb.New(lease)}
 	return c.call(ctx, 0, func(ctx context.Context) error {
+		op := &idemv1.SessionOp{Op: &idemv1.SessionOp_Extend{Extend: req}}
+		if _, err, ok := c.viaSession(ctx, op); ok {
+			return err
+		}
 		_, err := c.stub.Extend(ctx, req)
 		return err
 	})
@@ -219,8 +262,14 @@ func (c *Client) Extend(ctx context.Context, ns, key string, token uint64, lease
 // Lookup reads the key: its state and, once completed, the result.
 func (c *Client) Lookup(ctx context.Context, ns, key string) (string, *Result, error) {
 	var resp *idemv1.LookupResponse
+	req := &idemv1.LookupRequest{Namespace: ns, Key: key}
 	err := c.call(ctx, 0, func(ctx context.Context) (err error) {
-		resp, err = c.stub.Lookup(ctx, &idemv1.LookupRequest{Namespace: ns, Key: key})
+		op := &idemv1.SessionOp{Op: &idemv1.SessionOp_Lookup{Lookup: req}}
+		if res, err, ok := c.viaSession(ctx, op); ok {
+			resp = res.GetLookup()
+			return err
+		}
+		resp, err = c.stub.Lookup(ctx, req)
 		return err
 	})
 	if err != nil {

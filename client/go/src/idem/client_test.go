@@ -133,3 +133,46 @@ func TestHeartbeatKeepsAShortLease(t *testing.T) {
 		t.Fatalf("%+v, %v", r, err)
 	}
 }
+
+// 32 goroutines share one Client: over the Session stream (the default) and
+// with one unary RPC per call, every call gets its own answer.
+func TestGoroutinesShareOneClient(t *testing.T) {
+	for _, unary := range []bool{false, true} {
+		c := startServer(t)
+		c.Unary = unary
+		var wg sync.WaitGroup
+		var failures int32
+		for g := 0; g < 32; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				ctx := context.Background()
+				for i := 0; i < 20; i++ {
+					key := newOwner()
+					body := []byte(key + " body")
+					b, err := c.Begin(ctx, "shared", key, []byte("fp"), BeginOptions{})
+					if err != nil || b.Outcome != Acquired {
+						atomic.AddInt32(&failures, 1)
+						continue
+					}
+					if err := c.Complete(ctx, "shared", key, b.Token, Result{Code: 201, Body: body}); err != nil {
+						atomic.AddInt32(&failures, 1)
+						continue
+					}
+					state, r, err := c.Lookup(ctx, "shared", key)
+					if err != nil || state != Completed || string(r.Body) != string(body) {
+						atomic.AddInt32(&failures, 1)
+					}
+				}
+			}(g)
+		}
+		wg.Wait()
+		if failures != 0 {
+			t.Fatalf("unary=%v: %d calls failed", unary, failures)
+		}
+		// A stale token is still FAILED_PRECONDITION, as ErrLeaseLost.
+		if err := c.Complete(context.Background(), "shared", "never-begun", 7, Result{}); !errors.Is(err, ErrLeaseLost) {
+			t.Fatalf("unary=%v: Complete of a key never begun: %v", unary, err)
+		}
+	}
+}
