@@ -153,7 +153,7 @@ class Caller {
     v1::SessionOp op;
     *(op.*op_field)() = request;
     v1::SessionResult result;
-    const grpc::Status status =
+    grpc::Status status =
         session_->Call(&op, absl::FromChrono(context.deadline()), &result);
     if (status.ok()) response->Swap((result.*result_field)());
     return status;

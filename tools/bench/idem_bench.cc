@@ -251,30 +251,36 @@ class BenchSession final
 
   void Send(v1::SessionOp& op, Callback done) {
     v1::SessionRequest* write = nullptr;
-    bool taken = false;
+    Callback refused;  // Set when the stream has ended.
     {
       absl::MutexLock lock(&mu_);
-      if (!ended_) {
-        taken = true;
-        op.set_id(next_id_++);
-        callbacks_.emplace(op.id(), std::move(done));
-        *pending_.add_ops() = op;
-        if (!writing_) {
-          writing_ = true;
-          in_flight_.Swap(&pending_);
-          write = &in_flight_;
-          AddHold();
-        }
+      if (ended_) {
+        refused = std::move(done);
+      } else {
+        Queue(op, std::move(done), &write);
       }
     }
-    if (!taken) {  // The stream has ended.
-      done(grpc::Status(grpc::StatusCode::UNAVAILABLE, "session ended"),
-           nullptr);
+    if (refused) {
+      refused(grpc::Status(grpc::StatusCode::UNAVAILABLE, "session ended"),
+              nullptr);
       return;
     }
     if (write != nullptr) {
       StartWrite(write);
       RemoveHold();
+    }
+  }
+
+  void Queue(v1::SessionOp& op, Callback done, v1::SessionRequest** write)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    op.set_id(next_id_++);
+    callbacks_.emplace(op.id(), std::move(done));
+    *pending_.add_ops() = op;
+    if (!writing_) {
+      writing_ = true;
+      in_flight_.Swap(&pending_);
+      *write = &in_flight_;
+      AddHold();
     }
   }
 
