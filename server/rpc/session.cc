@@ -45,6 +45,7 @@
 #include "server/rpc/idempotency_service.h"
 #include "server/rpc/request_validation.h"
 #include "server/rpc/unary_call.h"
+#include "storage/finish_group.h"
 
 namespace idem::server {
 namespace {
@@ -159,6 +160,8 @@ class IdempotencyService::SessionReactor final
   // (dispatching_); a full window pauses it, and the answer that opens the
   // window resumes it (Decide).
   void Dispatch() {
+    // Answers given while starting (refusals, replays) share a message.
+    storage::FinishGroup group;
     bool read = false;
     for (;;) {
       const v1::SessionOp* next = nullptr;
@@ -388,6 +391,20 @@ class IdempotencyService::SessionReactor final
         pending_.back().bytes += bytes;
         queued_bytes_ += bytes;
       }
+      // Inside a group (a committed batch, a dispatch), more answers are
+      // likely to follow at once: write when the group ends, not now.
+      if (storage::FinishGroup::Open() && !broken_) {
+        if (flush_deferred_) return;
+        flush_deferred_ = true;
+        storage::FinishGroup::Defer([this] {
+          {
+            absl::MutexLock lock(&mu_);
+            flush_deferred_ = false;
+          }
+          Act(Decide());
+        });
+        return;
+      }
       actions = DecideLocked();
     }
     Act(actions);
@@ -410,7 +427,7 @@ class IdempotencyService::SessionReactor final
 
   Actions DecideLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Actions actions;
-    if (!writing_ && !pending_.empty() && !broken_) {
+    if (!writing_ && !pending_.empty() && !broken_ && !flush_deferred_) {
       writing_ = std::move(pending_.front().message);
       writing_bytes_ = pending_.front().bytes;
       pending_.pop_front();
@@ -418,7 +435,8 @@ class IdempotencyService::SessionReactor final
     }
     actions.dispatch = Resume();
     if (!finished_ && outstanding_ == 0 && !dispatching_ && !read_pending_ &&
-        writing_ == nullptr && (broken_ || (reads_done_ && pending_.empty()))) {
+        !flush_deferred_ && writing_ == nullptr &&
+        (broken_ || (reads_done_ && pending_.empty()))) {
       finished_ = true;
       actions.finish = true;
     }
@@ -472,6 +490,9 @@ class IdempotencyService::SessionReactor final
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // A write waits for the end of the current FinishGroup (see Answer); the
+  // stream is not finished before it has run.
+  bool flush_deferred_ ABSL_GUARDED_BY(mu_) = false;
   int outstanding_ ABSL_GUARDED_BY(mu_) = 0;  // Started, not answered.
   int running_ ABSL_GUARDED_BY(mu_) = 0;      // Of those, in the window.
   int heavy_ ABSL_GUARDED_BY(mu_) = 0;        // Of those, Begin or Lookup.

@@ -23,6 +23,7 @@
 #include "rocksdb/options.h"
 #include "rocksdb/table.h"
 #include "rocksdb/write_batch.h"
+#include "storage/finish_group.h"
 #include "storage/key_state_machine.h"
 #include "storage/list_pager.h"
 #include "storage/record_codec.h"
@@ -108,6 +109,10 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
   // crash) instead of refusing to open.
   db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
   db_options.compression = rocksdb::kNoCompression;
+  // Most Begins are for keys never seen: a bloom filter over the memtable's
+  // keys answers those reads without searching the memtable's skip list.
+  db_options.memtable_prefix_bloom_size_ratio = 0.02;
+  db_options.memtable_whole_key_filtering = true;
 
   rocksdb::BlockBasedTableOptions table_options;
   table_options.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
@@ -269,6 +274,7 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
   // to a full disk.
   if (absl::Status space = CheckFreeSpace(batch_bytes); !space.ok()) {
     NoteStorageError(space);
+    FinishGroup group;
     for (PendingOp& op : ops) op.transition->Finish(space);
     return;
   }
@@ -331,7 +337,9 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
     }
     if (!written.ok()) committed = StorageFailure(written, "write");
   }
-  // If the batch failed, every answer in it may rest on a lost change.
+  // If the batch failed, every answer in it may rest on a lost change. One
+  // group: a session gets all its answers from the batch in one message.
+  FinishGroup group;
   for (size_t i = 0; i < ops.size(); ++i) {
     ops[i].transition->Finish(!committed.ok() ? committed : failures[i]);
   }
