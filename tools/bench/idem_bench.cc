@@ -28,10 +28,19 @@
 //                threads share one idem::client::Client, each calling
 //                synchronously (begin, request, replay, lookup)
 //   client-unary the same with ClientOptions::session = false
+//
+// With --server-pid, the CPU time and context switches of the server
+// process (from /proc) and of idem-bench itself (getrusage) over the
+// measured window are reported per op.
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <limits>
@@ -77,6 +86,7 @@ struct Options {
   bool json = false;
   std::string ns = "bench";
   std::string transport = "unary";
+  int server_pid = 0;  // Zero: the server's costs are not measured.
 };
 
 constexpr char kUsage[] =
@@ -85,7 +95,7 @@ constexpr char kUsage[] =
                   [--channels=4] [--warmup=2s] [--duration=10s] [--keys=N]
                   [--body-bytes=200] [--batch-size=100] [--retention=D]
                   [--namespace=bench] [--transport=T]
-                  [--json]
+                  [--server-pid=PID] [--json]
 workloads: ping begin request replay lookup contended batch
 transports: unary session client client-unary
 )";
@@ -122,6 +132,9 @@ bool ParseArgs(int argc, char** argv, Options& o) {
       o.transport = value;
       ok = value == "unary" || value == "session" || value == "client" ||
            value == "client-unary";
+    } else if (name == "server-pid") {
+      ok = absl::SimpleAtoi(value, &o.server_pid) && o.server_pid > 0 &&
+           std::filesystem::exists(absl::StrCat("/proc/", o.server_pid));
     } else if (name == "concurrency") {
       ok = absl::SimpleAtoi(value, &o.concurrency) && o.concurrency > 0;
     } else if (name == "channels") {
@@ -165,13 +178,81 @@ bool ParseArgs(int argc, char** argv, Options& o) {
 }
 
 // What every slot shares: the phase of the run and the results.
+// CPU time and context switches, of this process and of the server.
+struct Usage {
+  double client_cpu_us = 0;
+  double client_switches = 0;
+  double server_cpu_us = 0;
+  double server_switches = 0;
+
+  // Now; the server's part only with `server_pid` (all its threads).
+  static Usage Take(int server_pid) {
+    Usage u;
+    rusage self{};
+    getrusage(RUSAGE_SELF, &self);
+    u.client_cpu_us = Micros(self.ru_utime) + Micros(self.ru_stime);
+    u.client_switches = static_cast<double>(self.ru_nvcsw) +
+                        static_cast<double>(self.ru_nivcsw);
+    if (server_pid == 0) return u;
+    const std::string proc = absl::StrCat("/proc/", server_pid);
+    std::ifstream stat(proc + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    // Fields after the command name (which may hold spaces): state is the
+    // 3rd field, utime and stime the 14th and 15th.
+    const std::vector<std::string> fields =
+        absl::StrSplit(line.substr(line.rfind(')') + 2), ' ');
+    double ticks = 0;
+    if (fields.size() > 13) {
+      int64_t utime = 0, stime = 0;
+      if (absl::SimpleAtoi(fields[11], &utime) &&
+          absl::SimpleAtoi(fields[12], &stime)) {
+        ticks = static_cast<double>(utime + stime);
+      }
+    }
+    u.server_cpu_us = ticks * 1e6 / static_cast<double>(sysconf(_SC_CLK_TCK));
+    std::error_code error;
+    for (const auto& task :
+         std::filesystem::directory_iterator(proc + "/task", error)) {
+      std::ifstream status(task.path() / "status");
+      while (std::getline(status, line)) {
+        if (line.find("ctxt_switches:") == std::string::npos) continue;
+        int64_t n = 0;
+        if (absl::SimpleAtoi(line.substr(line.find(':') + 1), &n)) {
+          u.server_switches += static_cast<double>(n);
+        }
+      }
+    }
+    return u;
+  }
+
+  Usage operator-(const Usage& o) const {
+    return Usage{
+        client_cpu_us - o.client_cpu_us, client_switches - o.client_switches,
+        server_cpu_us - o.server_cpu_us, server_switches - o.server_switches};
+  }
+
+ private:
+  static double Micros(const timeval& t) {
+    return static_cast<double>(t.tv_sec) * 1e6 + static_cast<double>(t.tv_usec);
+  }
+};
+
 class Run {
  public:
   explicit Run(const Options& options) : options_(options) {}
 
   const Options& options() const { return options_; }
-  void StartMeasuring() { measure_from_ = absl::GetCurrentTimeNanos(); }
-  void StopMeasuring() { measure_until_ = absl::GetCurrentTimeNanos(); }
+  void StartMeasuring() {
+    usage_ = Usage::Take(options_.server_pid);
+    measure_from_ = absl::GetCurrentTimeNanos();
+  }
+  void StopMeasuring() {
+    measure_until_ = absl::GetCurrentTimeNanos();
+    usage_ = Usage::Take(options_.server_pid) - usage_;
+  }
+  // After StopMeasuring: what the measured window cost.
+  const Usage& usage() const { return usage_; }
   void Stop() { stopping_ = true; }
   bool stopping() const { return stopping_.load(); }
   absl::Duration measured() const {
@@ -206,6 +287,7 @@ class Run {
 
  private:
   const Options options_;
+  Usage usage_;
   std::atomic<bool> stopping_{false};
   // Unix nanoseconds.
   std::atomic<int64_t> measure_from_{std::numeric_limits<int64_t>::max()};
@@ -777,15 +859,22 @@ int Main(int argc, char** argv) {
   const double p50 = Percentile(all, 0.50), p99 = Percentile(all, 0.99),
                p999 = Percentile(all, 0.999),
                max = all.empty() ? 0 : static_cast<double>(all.back()) / 1e6;
+  // Costs per op (per key for batches) over the measured window.
+  const double counted = std::max(1.0, ops * absl::ToDoubleSeconds(measured));
+  const Usage& usage = run.usage();
   if (o.json) {
     std::cout << absl::StrFormat(
         "{\"workload\":\"%s\",\"transport\":\"%s\",\"concurrency\":%d,"
         "\"channels\":%d,"
         "\"duration_s\":%.3f,\"ops\":%d,\"ops_per_s\":%.1f,\"errors\":%d,"
-        "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f}\n",
+        "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,"
+        "\"client_cpu_us_per_op\":%.2f,\"client_switches_per_op\":%.3f,"
+        "\"server_cpu_us_per_op\":%.2f,\"server_switches_per_op\":%.3f}\n",
         o.workload, o.transport, o.concurrency, o.channels,
         absl::ToDoubleSeconds(measured), all.size(), ops, run.errors(), p50,
-        p99, p999, max);
+        p99, p999, max, usage.client_cpu_us / counted,
+        usage.client_switches / counted, usage.server_cpu_us / counted,
+        usage.server_switches / counted);
   } else {
     std::cout << absl::StrFormat(
         "%-10s %-12s %6d in flight %3d ch  %10.0f ops/s  p50 %7.3f ms  p99 "
@@ -793,6 +882,15 @@ int Main(int argc, char** argv) {
         "p999 %7.3f ms  max %8.3f ms  errors %d\n",
         o.workload, o.transport, o.concurrency, o.channels, ops, p50, p99, p999,
         max, run.errors());
+    std::cout << absl::StrFormat("  per op: client %.1f us CPU, %.2f switches",
+                                 usage.client_cpu_us / counted,
+                                 usage.client_switches / counted);
+    if (o.server_pid != 0) {
+      std::cout << absl::StrFormat("; server %.1f us CPU, %.2f switches",
+                                   usage.server_cpu_us / counted,
+                                   usage.server_switches / counted);
+    }
+    std::cout << "\n";
   }
   if (run.errors() > 0) {
     std::cerr << "idem-bench: first error: " << run.first_error() << "\n";
