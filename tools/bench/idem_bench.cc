@@ -177,7 +177,6 @@ bool ParseArgs(int argc, char** argv, Options& o) {
   return false;
 }
 
-// What every slot shares: the phase of the run and the results.
 // CPU time and context switches, of this process and of the server.
 struct Usage {
   double client_cpu_us = 0;
@@ -238,6 +237,7 @@ struct Usage {
   }
 };
 
+// What every slot shares: the phase of the run and the results.
 class Run {
  public:
   explicit Run(const Options& options) : options_(options) {}
