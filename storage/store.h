@@ -45,6 +45,18 @@ struct Result {
   friend bool operator==(const Result&, const Result&) = default;
 };
 
+// What PeekBegin learnt about a key when Begin must write, carried to
+// BeginAsync in the command so that the store need not read the key again.
+// Only the store whose PeekBegin filled it reads it, and only to skip a read
+// it can prove would find the same; the default says nothing.
+struct PeekHint {
+  // The store object that filled it: any other ignores it.
+  uint64_t store_instance = 0;
+  // Nonzero: the key had no record once every change of that store up to
+  // this version was in.
+  uint64_t absent_as_of = 0;
+};
+
 struct BeginCommand {
   KeyId id;
   // Compared byte for byte; empty only matches empty.
@@ -57,6 +69,8 @@ struct BeginCommand {
   // (Redis Cluster) gives up then instead of at its own timeout. Also in
   // the other commands below.
   absl::Time deadline = absl::InfiniteFuture();
+  // From PeekBegin (see PeekHint).
+  PeekHint hint = {};
 };
 
 enum class BeginOutcome { kAcquired, kCompleted, kInProgress, kMismatch };
@@ -247,9 +261,11 @@ class Store {
   // by another attempt, or used with another fingerprint); nullopt when
   // Begin must write (acquire), and always from a store that cannot answer
   // without a network round trip (Redis Cluster). Lets a server answer
-  // replays without waiting behind writers.
+  // replays without waiting behind writers. When it answers nullopt it sets
+  // `*hint` (if not null) to what it learnt, for the caller to pass on in
+  // the BeginAsync command.
   virtual std::optional<absl::StatusOr<BeginResult>> PeekBegin(
-      const BeginCommand& command) = 0;
+      const BeginCommand& command, PeekHint* hint) = 0;
   virtual absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) = 0;
   // Live keys of one namespace in key order, a page at a time. A page may
   // hold fewer than page_size keys (filters stop a scan early).

@@ -25,8 +25,8 @@ template <typename Reply, typename DecideFn, typename DoneFn>
 class StateMachineTransition final : public Transition {
  public:
   StateMachineTransition(KeyId id, absl::Time deadline, size_t payload_bytes,
-                         DecideFn decide, DoneFn done)
-      : Transition(std::move(id), deadline, payload_bytes),
+                         PeekHint hint, DecideFn decide, DoneFn done)
+      : Transition(std::move(id), deadline, payload_bytes, hint),
         decide_(std::move(decide)),
         done_(std::move(done)) {}
 
@@ -72,9 +72,9 @@ class StateMachineTransition final : public Transition {
 template <typename Reply, typename DecideFn, typename DoneFn>
 std::unique_ptr<Transition> Make(const KeyId& id, absl::Time deadline,
                                  size_t payload_bytes, DecideFn decide,
-                                 DoneFn done) {
+                                 DoneFn done, PeekHint hint = {}) {
   return std::make_unique<StateMachineTransition<Reply, DecideFn, DoneFn>>(
-      id, deadline, payload_bytes, std::move(decide), std::move(done));
+      id, deadline, payload_bytes, hint, std::move(decide), std::move(done));
 }
 
 size_t ResultBytes(const Result& result) {
@@ -126,7 +126,7 @@ std::unique_ptr<Transition> BeginTransition(const BeginCommand& command,
                 absl::FunctionRef<uint64_t()> next_token) {
         return DecideBegin(current, command, now, next_token);
       },
-      std::move(done));
+      std::move(done), command.hint);
 }
 
 std::unique_ptr<Transition> CompleteTransition(const CompleteCommand& command,

@@ -59,6 +59,9 @@ class Transition {
   // Bytes the change carries (result, fingerprint, checkpoint), for queue
   // bounds.
   size_t payload_bytes() const { return payload_bytes_; }
+  // What a peek learnt of the key before a Begin (see PeekHint); the
+  // default for every other change.
+  const PeekHint& hint() const { return hint_; }
 
   // Decides on `current` (nullptr: no record) at the store's `now`. An
   // error is the caller's answer (a lost lease, a different result): the
@@ -75,15 +78,18 @@ class Transition {
   virtual void Finish(const absl::Status& failure) = 0;
 
  protected:
-  Transition(KeyId id, absl::Time deadline, size_t payload_bytes)
+  Transition(KeyId id, absl::Time deadline, size_t payload_bytes,
+             PeekHint hint = {})
       : id_(std::move(id)),
         deadline_(deadline),
-        payload_bytes_(payload_bytes) {}
+        payload_bytes_(payload_bytes),
+        hint_(hint) {}
 
  private:
   KeyId id_;
   absl::Time deadline_;
   size_t payload_bytes_;
+  PeekHint hint_;
 };
 
 // One Transition per change operation of the Store interface.

@@ -32,7 +32,7 @@ class MemoryStore final : public TransitionStore {
   MemoryStore(Data* data, const Clock* clock) : data_(data), clock_(clock) {}
 
   std::optional<absl::StatusOr<BeginResult>> PeekBegin(
-      const BeginCommand&) override {
+      const BeginCommand&, PeekHint*) override {
     return std::nullopt;
   }
   absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) override {

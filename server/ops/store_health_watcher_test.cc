@@ -34,7 +34,7 @@ class HealthOnlyStore final : public storage::TransitionStore {
     return health_;
   }
   std::optional<absl::StatusOr<storage::BeginResult>> PeekBegin(
-      const storage::BeginCommand&) override {
+      const storage::BeginCommand&, storage::PeekHint*) override {
     return std::nullopt;
   }
   absl::StatusOr<storage::KeySnapshot> Lookup(const storage::KeyId&) override {

@@ -39,8 +39,10 @@ class IdempotencyService::BeginWaiter {
   // thread continues once the acquisition is durable.
   void Attempt(bool may_park) {
     const uint64_t epoch = service_->waits_->Epoch(wait_key_);
+    storage::PeekHint hint;
     std::optional<absl::StatusOr<storage::BeginResult>> peeked =
-        service_->store_->PeekBegin(command_);
+        service_->store_->PeekBegin(command_, &hint);
+    command_.hint = hint;
     if (peeked.has_value()) {
       Handle(*std::move(peeked), epoch, may_park);
       return;
@@ -134,7 +136,7 @@ class IdempotencyService::BeginWaiter {
   }
 
   IdempotencyService* const service_;
-  const storage::BeginCommand command_;
+  storage::BeginCommand command_;  // Its hint changes with each attempt.
   const std::string wait_key_;
   const absl::Time wait_until_;
   v1::BeginResponse* const response_;
@@ -208,8 +210,10 @@ void IdempotencyService::DoBegin(ValidBegin begin, absl::Time wait_until,
         ->Attempt(/*may_park=*/true);
     return;
   }
+  storage::PeekHint hint;
   std::optional<absl::StatusOr<storage::BeginResult>> peeked =
-      store_->PeekBegin(begin.command);
+      store_->PeekBegin(begin.command, &hint);
+  begin.command.hint = hint;
   if (peeked.has_value()) {
     if (!peeked->ok()) {
       done(peeked->status(), "");

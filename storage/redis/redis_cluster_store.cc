@@ -605,7 +605,8 @@ void RedisClusterStore::BeginAsync(const BeginCommand& command,
 }
 
 std::optional<absl::StatusOr<BeginResult>> RedisClusterStore::PeekBegin(
-    const BeginCommand&) {
+    const BeginCommand&, PeekHint* hint) {
+  if (hint != nullptr) *hint = {};
   return std::nullopt;
 }
 

@@ -116,7 +116,7 @@ class RedisClusterStore final : public TransitionStore {
   // Always nullopt: answering needs a round trip to Redis, which must not
   // happen on the caller's (gRPC's) thread; BeginAsync answers instead.
   std::optional<absl::StatusOr<BeginResult>> PeekBegin(
-      const BeginCommand& command) override;
+      const BeginCommand& command, PeekHint* hint) override;
   absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) override;
   // Scans every master for the namespace's keys and sorts them: the cost of
   // a page grows with the namespace (an operator's tool).

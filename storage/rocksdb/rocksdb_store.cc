@@ -85,6 +85,12 @@ const rocksdb::Status& ClosedStatus() {
   return *closed;
 }
 
+// Numbers the stores of this process, for their PeekHints.
+uint64_t NextInstance() {
+  static std::atomic<uint64_t> last{0};
+  return last.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
@@ -152,6 +158,8 @@ RocksDbStore::RocksDbStore(const RocksDbStoreOptions& options,
       db_options_(std::make_unique<const rocksdb::Options>(db_options)),
       filter_(std::move(filter)),
       db_(db),
+      instance_(NextInstance()),
+      recent_(options.recent_records, options.recent_record_bytes),
       free_space_floor_(options.min_free_disk_bytes) {}
 
 RocksDbStore::~RocksDbStore() {
@@ -278,21 +286,29 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
     for (PendingOp& op : ops) op.transition->Finish(space);
     return;
   }
-  // The records as the operations decided so far leave them; nullopt:
-  // absent (deleted, or never stored).
-  absl::flat_hash_map<std::string, std::optional<Record>> latest;
+  // recent_ holds the records as the operations decided so far leave them,
+  // until the write fails.
+  const uint64_t version = written_version_.load(std::memory_order_relaxed) + 1;
+  recent_.StartBatch(version);
   std::vector<absl::Status> failures(ops.size());
   rocksdb::WriteBatch batch;
   for (size_t i = 0; i < ops.size(); ++i) {
     PendingOp& op = ops[i];
-    auto it = latest.find(op.db_key);
-    if (it == latest.end()) {
-      absl::StatusOr<std::optional<Record>> stored = ReadRecord(op.db_key);
+    const RecentRecords::Entry* entry = recent_.Find(op.db_key);
+    const PeekHint& hint = op.transition->hint();
+    if (entry == nullptr && hint.store_instance == instance_ &&
+        recent_.AbsentStill(hint.absent_as_of)) {
+      entry = recent_.Remember(op.db_key, std::nullopt, 0);
+    } else if (entry == nullptr) {
+      size_t bytes = 0;
+      absl::StatusOr<std::optional<Record>> stored =
+          ReadRecord(op.db_key, &bytes);
+      writer_reads_.fetch_add(1, std::memory_order_relaxed);
       if (!stored.ok()) {
         failures[i] = stored.status();
         continue;
       }
-      it = latest.emplace(op.db_key, *std::move(stored)).first;
+      entry = recent_.Remember(op.db_key, *std::move(stored), bytes);
     }
     // The state machine cannot fail on a token; remember a storage error.
     absl::Status token_error;
@@ -304,7 +320,8 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
       }
       return *token;
     };
-    const Record* current = it->second.has_value() ? &*it->second : nullptr;
+    const Record* current =
+        entry->record.has_value() ? &*entry->record : nullptr;
     absl::StatusOr<Change> change =
         op.transition->Decide(current, options_.clock->Now(), next_token);
     if (!token_error.ok()) {
@@ -313,13 +330,15 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
     }
     if (!change.ok()) continue;  // Refused: Finish gives the refusal.
     switch (change->kind) {
-      case Change::Kind::kPut:
-        batch.Put(op.db_key, EncodeRecord(change->record));
-        it->second = std::move(change->record);
+      case Change::Kind::kPut: {
+        const std::string value = EncodeRecord(change->record);
+        batch.Put(op.db_key, value);
+        recent_.Remember(op.db_key, std::move(change->record), value.size());
         break;
+      }
       case Change::Kind::kDelete:
         batch.Delete(op.db_key);
-        it->second.reset();
+        recent_.Remember(op.db_key, std::nullopt, 0);
         break;
       case Change::Kind::kNone:
         break;
@@ -337,6 +356,9 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
     }
     if (!written.ok()) committed = StorageFailure(written, "write");
   }
+  // RocksDB may or may not hold a failed batch's changes: read them again.
+  if (!committed.ok()) recent_.Forget(version);
+  written_version_.store(version, std::memory_order_release);
   // If the batch failed, every answer in it may rest on a lost change. One
   // group: a session gets all its answers from the batch in one message.
   FinishGroup group;
@@ -346,7 +368,7 @@ void RocksDbStore::CommitBatch(std::vector<PendingOp>& ops) {
 }
 
 absl::StatusOr<std::optional<Record>> RocksDbStore::ReadRecord(
-    const std::string& db_key) {
+    const std::string& db_key, size_t* encoded_bytes) {
   std::string value;
   rocksdb::Status got;
   {
@@ -356,17 +378,24 @@ absl::StatusOr<std::optional<Record>> RocksDbStore::ReadRecord(
   }
   if (got.IsNotFound()) return std::nullopt;
   if (!got.ok()) return StorageFailure(got, "read");
+  if (encoded_bytes != nullptr) *encoded_bytes = value.size();
   absl::StatusOr<Record> record = DecodeRecord(value);
   if (!record.ok()) return record.status();
   return *std::move(record);
 }
 
 std::optional<absl::StatusOr<BeginResult>> RocksDbStore::PeekBegin(
-    const BeginCommand& command) {
+    const BeginCommand& command, PeekHint* hint) {
+  if (hint != nullptr) *hint = {};
+  // Read before the record: the record is at least this recent.
+  const uint64_t version = written_version_.load(std::memory_order_acquire);
   absl::StatusOr<std::optional<Record>> record =
       ReadRecord(EncodeKey(command.id));
   if (!record.ok()) return record.status();
-  if (!record->has_value()) return std::nullopt;  // Begin acquires: a write.
+  if (!record->has_value()) {  // Begin acquires: a write.
+    if (hint != nullptr) *hint = {instance_, version};
+    return std::nullopt;
+  }
   bool wants_token = false;
   Decision<BeginResult> decision =
       DecideBegin(&**record, command, options_.clock->Now(), [&] {

@@ -6,6 +6,9 @@
 // batch as one WriteBatch and, with `sync_writes` (the default), one WAL
 // fsync, then reports every outcome. Callers never wait for the disk on
 // their own thread, and all changes queued during one fsync share the next.
+// The writer remembers the records it touched last (RecentRecords), so that
+// the Complete after a Begin does not read RocksDB again, and a Begin whose
+// peek found the key absent, unchanged since, does not read it at all.
 // Reads (Lookup, PeekBegin, List) go to RocksDB directly and see only
 // committed changes. Expired
 // records are dropped by a compaction filter; `periodic_compaction` makes
@@ -38,6 +41,7 @@
 #include "absl/time/time.h"
 #include "storage/clock.h"
 #include "storage/record.pb.h"
+#include "storage/rocksdb/recent_records.h"
 #include "storage/store.h"
 #include "storage/transition.h"
 
@@ -71,6 +75,10 @@ struct RocksDbStoreOptions {
   // memtable flushes and compactions, and never a half-written WAL record.
   size_t min_free_disk_bytes = size_t{256} << 20;
   size_t write_buffer_bytes = size_t{32} << 20;
+  // How much the writer remembers of the records it touched last (twice
+  // this at most: see RecentRecords).
+  size_t recent_records = 16384;
+  size_t recent_record_bytes = size_t{16} << 20;
   // Not owned; must outlive the store.
   const Clock* clock = Clock::Real();
 };
@@ -89,7 +97,7 @@ class RocksDbStore final : public TransitionStore {
   RocksDbStore& operator=(const RocksDbStore&) = delete;
 
   std::optional<absl::StatusOr<BeginResult>> PeekBegin(
-      const BeginCommand& command) override;
+      const BeginCommand& command, PeekHint* hint) override;
   absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) override;
   absl::StatusOr<ListPage> List(const ListQuery& query) override;
   absl::StatusOr<std::map<std::string, StateCounts>> CountKeys(
@@ -102,6 +110,11 @@ class RocksDbStore final : public TransitionStore {
   // What the maintenance thread does each tick: flushes the memtable and
   // makes RocksDB look for files due for periodic compaction.
   absl::Status NudgeCompaction();
+  // Records the writer thread has read from RocksDB so far: what its
+  // memory of recent records and the peek hints did not save.
+  uint64_t writer_reads() const {
+    return writer_reads_.load(std::memory_order_relaxed);
+  }
 
  private:
   static constexpr uint64_t kTokenBlock = uint64_t{1} << 16;
@@ -132,7 +145,9 @@ class RocksDbStore final : public TransitionStore {
   }
   // The stored record of `db_key`; nullopt when there is none. DATA_LOSS
   // when it cannot be decoded, UNAVAILABLE when RocksDB fails.
-  absl::StatusOr<std::optional<Record>> ReadRecord(const std::string& db_key);
+  // `encoded_bytes`, if not null, receives the stored size.
+  absl::StatusOr<std::optional<Record>> ReadRecord(
+      const std::string& db_key, size_t* encoded_bytes = nullptr);
   absl::Status LoadTokenCounter();
   absl::StatusOr<uint64_t> NextToken();
   // UNAVAILABLE when writing `bytes` would leave less than
@@ -172,7 +187,15 @@ class RocksDbStore final : public TransitionStore {
   bool closing_ ABSL_GUARDED_BY(queue_mu_) = false;
   std::thread writer_;
 
+  // Tells this store's PeekHints from another's.
+  const uint64_t instance_;
+  // Batches the writer has written (or tried to), plus one: a peek that
+  // reads this before its read knows the record as of that version.
+  std::atomic<uint64_t> written_version_{1};
+  std::atomic<uint64_t> writer_reads_{0};
+
   // Used by the writer thread only.
+  RecentRecords recent_;
   uint64_t next_token_ = 1;
   // Tokens up to and including this value may be handed out.
   uint64_t reserved_token_ = 0;

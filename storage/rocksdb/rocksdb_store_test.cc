@@ -191,6 +191,55 @@ TEST_F(RocksDbStoreTest, AFullWriteQueueRefusesChangesInsteadOfGrowing) {
   EXPECT_EQ(acquired.load() + refused.load(), kOps);
 }
 
+BeginCommand NewKey(const std::string& key, const std::string& owner = "") {
+  return {{"reads", key}, "fp", owner, absl::Seconds(30), absl::Hours(1)};
+}
+
+// The path of a request on a new key, as the server drives it: one read
+// (the peek) from Begin to Complete, none by the writer.
+TEST_F(RocksDbStoreTest, TheWriterReadsNothingANewKeysPeekAlreadyRead) {
+  std::unique_ptr<RocksDbStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  for (int i = 0; i < 50; ++i) {
+    BeginCommand begin = NewKey("k" + std::to_string(i));
+    ASSERT_FALSE(store->PeekBegin(begin, &begin.hint).has_value());
+    ASSERT_OK_AND_ASSIGN(BeginResult begun, store->Begin(begin));
+    ASSERT_EQ(begun.outcome, BeginOutcome::kAcquired);
+    ASSERT_OK(store->Complete(
+        {begin.id, begun.token, Result{200, "ok", {}}, std::nullopt}));
+  }
+  EXPECT_EQ(store->writer_reads(), 0u);
+  // Without a hint the writer reads the key once, then remembers it.
+  ASSERT_OK_AND_ASSIGN(BeginResult begun, store->Begin(NewKey("unpeeked")));
+  ASSERT_OK(store->Complete({NewKey("unpeeked").id, begun.token,
+                             Result{200, "ok", {}}, std::nullopt}));
+  EXPECT_EQ(store->writer_reads(), 1u);
+  ASSERT_OK_AND_ASSIGN(KeySnapshot seen, store->Lookup(NewKey("k7").id));
+  EXPECT_EQ(seen.state, KeyState::kCompleted);
+}
+
+// The writer remembers a bounded number of keys; a hint older than what it
+// still remembers must send it back to RocksDB.
+TEST_F(RocksDbStoreTest, AHintOlderThanTheWritersMemoryIsNotTrusted) {
+  RocksDbStoreOptions options;
+  options.path = dir_.Sub("db");
+  options.clock = &clock_;
+  options.recent_records = 4;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RocksDbStore> store,
+                       RocksDbStore::Open(options));
+  BeginCommand late = NewKey("k", "owner-b");
+  ASSERT_FALSE(store->PeekBegin(late, &late.hint).has_value());
+  ASSERT_OK_AND_ASSIGN(BeginResult first, store->Begin(NewKey("k", "a")));
+  ASSERT_EQ(first.outcome, BeginOutcome::kAcquired);
+  for (int i = 0; i < 20; ++i) {  // One batch each: the memory turns over.
+    ASSERT_OK(store->Begin(NewKey("other-" + std::to_string(i))));
+  }
+  const uint64_t reads = store->writer_reads();
+  ASSERT_OK_AND_ASSIGN(BeginResult busy, store->Begin(late));
+  EXPECT_EQ(busy.outcome, BeginOutcome::kInProgress);
+  EXPECT_EQ(store->writer_reads(), reads + 1);
+}
+
 TEST_F(RocksDbStoreTest, SecondOpenOfTheSameDirectoryFails) {
   std::unique_ptr<RocksDbStore> store = Open();
   ASSERT_NE(store, nullptr);

@@ -403,37 +403,66 @@ TEST_P(StoreConformanceTest, TheLastPageHasNoNextPageToken) {
 }
 
 TEST_P(StoreConformanceTest, PeekBeginAnswersOnlyWhatNeedsNoWrite) {
-  EXPECT_FALSE(store().PeekBegin(BeginOf("k1")).has_value());  // Absent.
+  EXPECT_FALSE(
+      store().PeekBegin(BeginOf("k1"), nullptr).has_value());  // Absent.
   BeginCommand holder = BeginOf("k1", "fp", "owner-a");
   ASSERT_OK_AND_ASSIGN(BeginResult begun, store().Begin(holder));
   if (!GetParam().peeks) {
     // Never answers, so never answers wrongly; Begin does the work.
-    EXPECT_FALSE(store().PeekBegin(BeginOf("k1")).has_value());
-    EXPECT_FALSE(store().PeekBegin(BeginOf("k1", "other")).has_value());
+    EXPECT_FALSE(store().PeekBegin(BeginOf("k1"), nullptr).has_value());
+    EXPECT_FALSE(
+        store().PeekBegin(BeginOf("k1", "other"), nullptr).has_value());
     return;
   }
   std::optional<absl::StatusOr<BeginResult>> busy =
-      store().PeekBegin(BeginOf("k1"));
+      store().PeekBegin(BeginOf("k1"), nullptr);
   ASSERT_TRUE(busy.has_value());
   ASSERT_OK(*busy);
   EXPECT_EQ((*busy)->outcome, BeginOutcome::kInProgress);
-  EXPECT_FALSE(store().PeekBegin(holder).has_value());  // Same owner: writes.
+  EXPECT_FALSE(
+      store().PeekBegin(holder, nullptr).has_value());  // Same owner: writes.
   std::optional<absl::StatusOr<BeginResult>> other =
-      store().PeekBegin(BeginOf("k1", "other"));
+      store().PeekBegin(BeginOf("k1", "other"), nullptr);
   ASSERT_TRUE(other.has_value());
   EXPECT_EQ((**other).outcome, BeginOutcome::kMismatch);
   ASSERT_OK(store().Complete(
       {{"payments", "k1"}, begun.token, Created(), std::nullopt}));
   std::optional<absl::StatusOr<BeginResult>> replay =
-      store().PeekBegin(BeginOf("k1"));
+      store().PeekBegin(BeginOf("k1"), nullptr);
   ASSERT_TRUE(replay.has_value());
   EXPECT_EQ((**replay).outcome, BeginOutcome::kCompleted);
   EXPECT_EQ((**replay).result, Created());
   clock_.Advance(absl::Hours(25));  // Expired: acquiring writes.
-  EXPECT_FALSE(store().PeekBegin(BeginOf("k1")).has_value());
+  EXPECT_FALSE(store().PeekBegin(BeginOf("k1"), nullptr).has_value());
   // Peeking never changed anything.
   ASSERT_OK_AND_ASSIGN(KeySnapshot seen, store().Lookup({"payments", "k1"}));
   EXPECT_EQ(seen.state, KeyState::kAbsent);
+}
+
+// A hint says what a peek saw; by the time its Begin runs, another may
+// have changed the key. A store must never act on a stale one.
+TEST_P(StoreConformanceTest, StalePeekHintsAreNeverTrusted) {
+  BeginCommand late = BeginOf("k1", "fp", "owner-b");
+  EXPECT_FALSE(store().PeekBegin(late, &late.hint).has_value());  // Absent.
+  ASSERT_OK_AND_ASSIGN(BeginResult first,
+                       store().Begin(BeginOf("k1", "fp", "owner-a")));
+  ASSERT_EQ(first.outcome, BeginOutcome::kAcquired);
+  ASSERT_OK_AND_ASSIGN(BeginResult busy, store().Begin(late));
+  EXPECT_EQ(busy.outcome, BeginOutcome::kInProgress);
+
+  ASSERT_OK(store().Complete(
+      {{"payments", "k1"}, first.token, Created(), std::nullopt}));
+  ASSERT_OK_AND_ASSIGN(BeginResult replay, store().Begin(late));
+  EXPECT_EQ(replay.outcome, BeginOutcome::kCompleted);
+  EXPECT_EQ(replay.result, Created());
+
+  // Across a restart, and with another fingerprint.
+  BeginCommand other = BeginOf("k2", "fp-2");
+  EXPECT_FALSE(store().PeekBegin(other, &other.hint).has_value());
+  ASSERT_OK(store().Begin(BeginOf("k2")));
+  harness_->Reopen();
+  ASSERT_OK_AND_ASSIGN(BeginResult mismatch, store().Begin(other));
+  EXPECT_EQ(mismatch.outcome, BeginOutcome::kMismatch);
 }
 
 TEST_P(StoreConformanceTest, NamespacesNeverInteract) {
