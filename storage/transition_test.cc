@@ -31,8 +31,8 @@ class MemoryStore final : public TransitionStore {
 
   MemoryStore(Data* data, const Clock* clock) : data_(data), clock_(clock) {}
 
-  std::optional<absl::StatusOr<BeginResult>> PeekBegin(
-      const BeginCommand&, PeekHint*) override {
+  std::optional<absl::StatusOr<BeginResult>> PeekBegin(const BeginCommand&,
+                                                       PeekHint*) override {
     return std::nullopt;
   }
   absl::StatusOr<KeySnapshot> Lookup(const KeyId& id) override {
