@@ -35,7 +35,7 @@ fi
 if [ "${IDEM_SKIP_SANITIZERS:-0}" != 1 ]; then
   sanitize="-fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
   CC=clang CXX=clang++ cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug \
-    -DIDEM_WERROR=ON -DIDEM_FUZZ=ON -DIDEM_FUZZ_SECONDS="${IDEM_FUZZ_SECONDS:-30}" \
+    -DIDEM_WERROR=ON -DIDEM_FUZZ=ON -DIDEM_JEMALLOC=OFF -DIDEM_FUZZ_SECONDS="${IDEM_FUZZ_SECONDS:-30}" \
     -DCMAKE_CXX_FLAGS="$sanitize" \
     -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
   cmake --build build-sanitize -j"$(nproc)"
