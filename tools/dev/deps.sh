@@ -20,6 +20,12 @@ packages=(
   golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc
   "$@"
 )
+# The Node.js client: Debian's nodejs (18) and npm, unless a Node.js is
+# there already (NodeSource's 20 carries its own npm, which Debian's npm
+# package would conflict with).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

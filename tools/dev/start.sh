@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: installs what is missing, builds everything the
 # docs then use (idem-server, idemctl, the C++ example, the Python stubs, the
-# Go client and its programs; not the tests, which tools/dev/test.sh builds),
+# Go client and its programs, the Node.js package; not the tests, which tools/dev/test.sh builds),
 # and starts idem-server on its embedded RocksDB store in ./idem-data,
 # listening on 127.0.0.1:50051. Flags after the script name go to the
 # server, e.g.
@@ -12,5 +12,5 @@ cd "$(dirname "$0")/../.."
 tools/dev/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" --target idem-server idemctl \
-  create_order_example idem_python_stubs idem_go
+  create_order_example idem_python_stubs idem_go idem_node
 exec build/server/idem-server "$@"
