@@ -1,0 +1,360 @@
+// Express middleware (4.x and 5.x): requests with an Idempotency-Key run
+// their handler at most once per key and caller; retries get the recorded
+// response back with Idempotent-Replayed: true.
+//
+//   import { idempotency } from "@idem/client/express";
+//   app.use(express.json());
+//   app.use(idempotency({ target: "127.0.0.1:50051", namespace: "orders" }));
+//
+// Mount it after the body parsers: it fingerprints what they parsed (a
+// Buffer or string as is, an object as JSON with sorted keys). Where no
+// parser read the body, it reads it itself (up to maxBodyBytes, 413 beyond)
+// and hands it on as a Buffer in req.body, as express.raw() would.
+//
+// The response is held until it is whole (res.end): then it is recorded
+// (Complete), or the key released for a 5xx or a request marked not
+// executed, and only then sent. Whatever the app does afterwards (a
+// 'finish' listener, next(err) after the response) cannot change what was
+// recorded or run the handler again. docs/http-middleware.md is the manual.
+import type { IncomingMessage, ServerResponse } from "node:http";
+
+import { IdemError } from "./errors";
+import {
+  type HttpAnswer,
+  type HttpRequestInfo,
+  type IdempotencyOptions,
+  KeyProblem,
+  type Settings,
+  bodyTooLarge,
+  fieldValues,
+  missingKey,
+  parseIdempotencyKey,
+  problem,
+  replayed,
+  requestFingerprint,
+  retryAfter,
+  scopedKey,
+  settings,
+  storedHeaders,
+} from "./http";
+
+export {
+  DEFAULT_DOCS_URL,
+  KeyProblem,
+  authorizationCaller,
+  parseIdempotencyKey,
+  scopedKey,
+  type HttpRequestInfo,
+  type IdempotencyOptions,
+} from "./http";
+
+/** The parts of Express's request this middleware uses. */
+export type Request = IncomingMessage & {
+  body?: unknown;
+  originalUrl?: string;
+  _body?: boolean;
+};
+export type Response = ServerResponse;
+export type NextFunction = (error?: unknown) => void;
+
+export interface IdempotencyMiddleware {
+  (req: Request, res: Response, next: NextFunction): void;
+  /** Closes the IdemClient the middleware made (not one passed in). */
+  close(): void;
+}
+
+const ATTEMPT = Symbol.for("idem.attempt");
+
+interface Attempt {
+  notExecuted: boolean;
+}
+
+/**
+ * Says that this request was rejected before its handler ran (a validation
+ * error), so that the middleware releases the key instead of recording the
+ * response: the corrected request may reuse the key. Call it before the
+ * response ends. False when the request holds no key.
+ */
+export function markNotExecuted(req: Request): boolean {
+  const attempt = (req as unknown as Record<symbol, Attempt | undefined>)[ATTEMPT];
+  if (attempt === undefined) return false;
+  attempt.notExecuted = true;
+  return true;
+}
+
+function send(res: Response, answer: HttpAnswer): void {
+  if (res.headersSent || res.writableEnded) return;
+  for (const name of res.getHeaderNames()) res.removeHeader(name);
+  const grouped = new Map<string, string[]>();
+  for (const [name, value] of answer.headers) {
+    const values = grouped.get(name.toLowerCase()) ?? [];
+    values.push(value);
+    grouped.set(name.toLowerCase(), values);
+  }
+  for (const [name, values] of grouped) res.setHeader(name, values.length === 1 ? values[0] : values);
+  res.setHeader("content-length", String(answer.body.length));
+  res.statusCode = answer.status;
+  res.end(answer.body);
+}
+
+/** The body as received, up to `limit` bytes; null beyond it, or if the client went away. */
+function readBody(req: Request, limit: number): Promise<Buffer | "too-large" | null> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let done = false;
+    const finish = (value: Buffer | "too-large" | null) => {
+      if (done) return;
+      done = true;
+      req.off("data", onData);
+      req.off("end", onEnd);
+      req.off("error", onClose);
+      req.off("close", onClose);
+      resolve(value);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.pause();
+        finish("too-large");
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = () => finish(Buffer.concat(chunks));
+    const onClose = () => finish(null);
+    req.on("data", onData);
+    req.once("end", onEnd);
+    req.once("error", onClose);
+    req.once("close", onClose);
+  });
+}
+
+function headerPairs(res: Response): [string, string][] {
+  const pairs: [string, string][] = [];
+  for (const [name, value] of Object.entries(res.getHeaders())) {
+    if (value === undefined) continue;
+    for (const one of Array.isArray(value) ? value : [value]) pairs.push([name, String(one)]);
+  }
+  return pairs;
+}
+
+type Chunk = string | Uint8Array;
+
+function toBuffer(chunk: unknown, encoding: unknown): Buffer | undefined {
+  if (chunk === undefined || chunk === null || typeof chunk === "function") return undefined;
+  if (typeof chunk === "string") {
+    return Buffer.from(chunk, typeof encoding === "string" ? (encoding as BufferEncoding) : "utf8");
+  }
+  if (chunk instanceof Uint8Array) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  throw new TypeError("a response chunk must be a string, Buffer or Uint8Array");
+}
+
+export function idempotency(options: IdempotencyOptions = {}): IdempotencyMiddleware {
+  const s: Settings = settings(options);
+
+  const middleware = (req: Request, res: Response, next: NextFunction): void => {
+    if (!s.methods.has((req.method ?? "").toUpperCase())) {
+      next();
+      return;
+    }
+    handle(s, req, res, next).catch(next);
+  };
+  return Object.assign(middleware, {
+    close: () => {
+      if (s.ownsClient) s.client.close();
+    },
+  });
+}
+
+async function handle(s: Settings, req: Request, res: Response, next: NextFunction): Promise<void> {
+  let key: string | undefined;
+  try {
+    key = parseIdempotencyKey(fieldValues(req.rawHeaders, s.header));
+  } catch (error) {
+    if (!(error instanceof KeyProblem)) throw error;
+    send(res, problem(s.docsUrl, 400, error.title, error.detail));
+    return;
+  }
+  if (key === undefined) {
+    if (s.requireKey) send(res, missingKey(s));
+    else next();
+    return;
+  }
+  const method = (req.method ?? "").toUpperCase();
+  const target = req.originalUrl ?? req.url ?? "/";
+  const info: HttpRequestInfo = { method, target, headers: req.headers };
+  const idemKey = s.keyFunc !== undefined ? s.keyFunc(info, key) : scopedKey(s.caller(info), key);
+
+  // What the handler will see as the body, and what identifies the request.
+  let body: unknown = req.body;
+  if (!req._body && !req.readableEnded) {
+    // No parser read it: read it here, and keep later parsers off the
+    // drained stream (body-parser skips a request whose _body is set).
+    const read = await readBody(req, s.maxBodyBytes);
+    if (read === null) return; // The client went away mid-body.
+    if (read === "too-large") {
+      res.setHeader("connection", "close");
+      send(res, bodyTooLarge(s));
+      return;
+    }
+    if (req.body === undefined) req.body = read;
+    req._body = true;
+    body = read;
+  }
+  const size =
+    typeof body === "string" ? Buffer.byteLength(body) : body instanceof Uint8Array ? body.byteLength : 0;
+  if (size > s.maxBodyBytes) {
+    send(res, bodyTooLarge(s));
+    return;
+  }
+
+  let begun;
+  try {
+    begun = await s.client.begin(s.namespace, idemKey, {
+      fingerprint: requestFingerprint(method, target, body),
+      leaseMs: s.leaseMs,
+      retentionMs: s.retentionMs,
+      waitMs: s.waitMs,
+    });
+  } catch (error) {
+    if (!(error instanceof IdemError)) throw error;
+    if (error.code === 3 || error.code === 8) {
+      // INVALID_ARGUMENT, RESOURCE_EXHAUSTED: the key the server refused.
+      send(res, problem(s.docsUrl, 400, "Idempotency-Key is invalid", `unusable idempotency key: ${error.message}`));
+    } else {
+      send(res, problem(s.docsUrl, 503, "Idempotency store unavailable", "the idempotency store is unavailable; retry later"));
+    }
+    return;
+  }
+  switch (begun.outcome) {
+    case "COMPLETED":
+      send(res, replayed(begun.result!));
+      return;
+    case "IN_PROGRESS":
+      send(
+        res,
+        problem(
+          s.docsUrl,
+          409,
+          "A request is outstanding for this Idempotency-Key",
+          "a request with this idempotency key is being processed; retry after the time in Retry-After",
+          [["retry-after", retryAfter(begun.leaseExpiresAt)]],
+        ),
+      );
+      return;
+    case "MISMATCH":
+      send(
+        res,
+        problem(
+          s.docsUrl,
+          422,
+          "Idempotency-Key is already used",
+          "this idempotency key was already used with a different request (method, target or body)",
+        ),
+      );
+      return;
+    default:
+      break;
+  }
+  hold(s, req, res, idemKey, begun.token);
+  next();
+}
+
+/**
+ * Holds the response of the request that acquired `idemKey` until it is
+ * whole, then records it (or releases the key) and sends it.
+ */
+function hold(s: Settings, req: Request, res: Response, idemKey: string, token: bigint): void {
+  const attempt: Attempt = { notExecuted: false };
+  (req as unknown as Record<symbol, Attempt>)[ATTEMPT] = attempt;
+  const heartbeat = setInterval(() => {
+    s.client.extend(s.namespace, idemKey, token, s.leaseMs).catch(() => {
+      // Completing will tell whether the lease held.
+    });
+  }, s.leaseMs / 3);
+
+  const original = {
+    write: res.write,
+    end: res.end,
+    writeHead: res.writeHead,
+    flushHeaders: res.flushHeaders,
+  };
+  const chunks: Buffer[] = [];
+  let settled = false;
+
+  res.writeHead = function writeHead(this: Response, status: number, ...rest: unknown[]) {
+    if (settled) return this;
+    this.statusCode = status;
+    const headers = rest.find((arg) => typeof arg === "object" && arg !== null);
+    if (Array.isArray(headers)) {
+      for (let i = 0; i + 1 < headers.length; i += 2) this.setHeader(String(headers[i]), String(headers[i + 1]));
+    } else if (headers !== undefined) {
+      for (const [name, value] of Object.entries(headers as Record<string, unknown>)) {
+        if (value !== undefined) this.setHeader(name, value as string | string[]);
+      }
+    }
+    return this;
+  } as Response["writeHead"];
+  res.flushHeaders = () => {};
+  res.write = function write(this: Response, chunk: Chunk, ...rest: unknown[]): boolean {
+    if (settled) return false;
+    const buffer = toBuffer(chunk, rest[0]);
+    if (buffer !== undefined) chunks.push(buffer);
+    const callback = rest.find((arg) => typeof arg === "function") as (() => void) | undefined;
+    if (callback !== undefined) process.nextTick(callback);
+    return true;
+  } as Response["write"];
+  res.end = function end(this: Response, ...args: unknown[]): Response {
+    if (settled) return this; // Nothing may follow the end.
+    settled = true;
+    const first = args[0];
+    const buffer = typeof first === "function" ? undefined : toBuffer(first, args[1]);
+    if (buffer !== undefined) chunks.push(buffer);
+    const callback = args.find((arg) => typeof arg === "function") as (() => void) | undefined;
+    clearInterval(heartbeat);
+    void settle(this, callback);
+    return this;
+  } as Response["end"];
+
+  const flush = (response: Response, answer: HttpAnswer, callback?: () => void) => {
+    response.write = original.write;
+    response.end = original.end;
+    response.writeHead = original.writeHead;
+    response.flushHeaders = original.flushHeaders;
+    send(response, answer);
+    if (callback !== undefined) response.once("finish", callback);
+  };
+
+  const settle = async (response: Response, callback?: () => void) => {
+    const status = response.statusCode;
+    const headers = headerPairs(response);
+    const body = Buffer.concat(chunks);
+    if (attempt.notExecuted || (status >= 500 && s.releaseOn5xx)) {
+      await s.client.release(s.namespace, idemKey, token).catch(() => {
+        // The lease lapses by itself.
+      });
+    } else {
+      try {
+        await s.client.complete(
+          s.namespace,
+          idemKey,
+          token,
+          { code: status, body, metadata: { "http-headers": storedHeaders(headers) } },
+          { retentionMs: s.retentionMs },
+        );
+      } catch (error) {
+        // The work is done but its result is not stored: say so rather than
+        // pretend, so that the caller does not retry blindly.
+        const message = error instanceof Error ? error.message : String(error);
+        flush(
+          response,
+          problem(s.docsUrl, 503, "Result not recorded", `the request ran but its result could not be stored: ${message}`),
+          callback,
+        );
+        return;
+      }
+    }
+    flush(response, { status, headers, body }, callback);
+  };
+}
