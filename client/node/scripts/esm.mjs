@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const require = createRequire(import.meta.url);
-const entries = ["index", "express"];
+const entries = ["index", "express", "fastify", "nestjs"];
 mkdirSync(join(root, "dist", "esm"), { recursive: true });
 for (const entry of entries) {
   const names = Object.keys(require(join(root, "dist", `${entry}.js`))).filter(

@@ -82,7 +82,8 @@ export function markNotExecuted(req: Request): boolean {
   return true;
 }
 
-function send(res: Response, answer: HttpAnswer): void {
+/** Gives `answer` as the whole response. */
+export function send(res: Response, answer: HttpAnswer): void {
   if (res.headersSent || res.writableEnded) return;
   for (const name of res.getHeaderNames()) res.removeHeader(name);
   const grouped = new Map<string, string[]>();
@@ -158,7 +159,11 @@ export function idempotency(options: IdempotencyOptions = {}): IdempotencyMiddle
       next();
       return;
     }
-    handle(s, req, res, next).catch(next);
+    start(s, req, res, send)
+      .then((step) => {
+        if (step !== "answered") next();
+      })
+      .catch(next);
   };
   return Object.assign(middleware, {
     close: () => {
@@ -167,19 +172,33 @@ export function idempotency(options: IdempotencyOptions = {}): IdempotencyMiddle
   });
 }
 
-async function handle(s: Settings, req: Request, res: Response, next: NextFunction): Promise<void> {
+/**
+ * What start() did: "pass" (no key: run the handler as if the middleware
+ * were not there), "answered" (a replay or a problem was given through
+ * `answer`), "acquired" (the key is held: run the handler; its response is
+ * held, recorded and sent by hold()).
+ */
+export type Step = "pass" | "answered" | "acquired";
+
+/** The request side shared by the Express middleware and the NestJS interceptor. */
+export async function start(
+  s: Settings,
+  req: Request,
+  res: Response,
+  send: (res: Response, answer: HttpAnswer) => void,
+): Promise<Step> {
   let key: string | undefined;
   try {
     key = parseIdempotencyKey(fieldValues(req.rawHeaders, s.header));
   } catch (error) {
     if (!(error instanceof KeyProblem)) throw error;
     send(res, problem(s.docsUrl, 400, error.title, error.detail));
-    return;
+    return "answered";
   }
   if (key === undefined) {
-    if (s.requireKey) send(res, missingKey(s));
-    else next();
-    return;
+    if (!s.requireKey) return "pass";
+    send(res, missingKey(s));
+    return "answered";
   }
   const method = (req.method ?? "").toUpperCase();
   const target = req.originalUrl ?? req.url ?? "/";
@@ -192,11 +211,11 @@ async function handle(s: Settings, req: Request, res: Response, next: NextFuncti
     // No parser read it: read it here, and keep later parsers off the
     // drained stream (body-parser skips a request whose _body is set).
     const read = await readBody(req, s.maxBodyBytes);
-    if (read === null) return; // The client went away mid-body.
+    if (read === null) return "answered"; // The client went away mid-body.
     if (read === "too-large") {
       res.setHeader("connection", "close");
       send(res, bodyTooLarge(s));
-      return;
+      return "answered";
     }
     if (req.body === undefined) req.body = read;
     req._body = true;
@@ -206,7 +225,7 @@ async function handle(s: Settings, req: Request, res: Response, next: NextFuncti
     typeof body === "string" ? Buffer.byteLength(body) : body instanceof Uint8Array ? body.byteLength : 0;
   if (size > s.maxBodyBytes) {
     send(res, bodyTooLarge(s));
-    return;
+    return "answered";
   }
 
   let begun;
@@ -225,12 +244,12 @@ async function handle(s: Settings, req: Request, res: Response, next: NextFuncti
     } else {
       send(res, problem(s.docsUrl, 503, "Idempotency store unavailable", "the idempotency store is unavailable; retry later"));
     }
-    return;
+    return "answered";
   }
   switch (begun.outcome) {
     case "COMPLETED":
       send(res, replayed(begun.result!));
-      return;
+      return "answered";
     case "IN_PROGRESS":
       send(
         res,
@@ -242,7 +261,7 @@ async function handle(s: Settings, req: Request, res: Response, next: NextFuncti
           [["retry-after", retryAfter(begun.leaseExpiresAt)]],
         ),
       );
-      return;
+      return "answered";
     case "MISMATCH":
       send(
         res,
@@ -253,12 +272,12 @@ async function handle(s: Settings, req: Request, res: Response, next: NextFuncti
           "this idempotency key was already used with a different request (method, target or body)",
         ),
       );
-      return;
+      return "answered";
     default:
       break;
   }
   hold(s, req, res, idemKey, begun.token);
-  next();
+  return "acquired";
 }
 
 /**

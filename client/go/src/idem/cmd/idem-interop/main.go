@@ -2,6 +2,8 @@
 //
 //	idem-interop -server=H:P -op=complete -ns=N -key=K -token=T -body=B
 //	idem-interop -server=H:P -op=lookup -ns=N -key=K      (prints the body)
+//	idem-interop -server=H:P -op=begin -ns=N -key=K -fingerprint=HEX
+//	                                   (prints the outcome, and a replay's code and body)
 //	idem-interop -op=fingerprint PART...                   (prints hex)
 package main
 
@@ -23,6 +25,7 @@ func main() {
 	token := flag.Uint64("token", 0, "fencing token (complete)")
 	body := flag.String("body", "", "result body (complete)")
 	code := flag.Int("code", 200, "result code (complete)")
+	fingerprint := flag.String("fingerprint", "", "request fingerprint in hex (begin)")
 	flag.Parse()
 
 	if *op == "fingerprint" {
@@ -43,6 +46,19 @@ func main() {
 	switch *op {
 	case "complete":
 		err = client.Complete(ctx, *ns, *key, *token, idem.Result{Code: int32(*code), Body: []byte(*body)})
+	case "begin":
+		var fp []byte
+		if fp, err = hex.DecodeString(*fingerprint); err != nil {
+			break
+		}
+		var begun *idem.Begun
+		begun, err = client.Begin(ctx, *ns, *key, fp, idem.BeginOptions{})
+		if err == nil {
+			fmt.Println(begun.Outcome)
+			if begun.Result != nil {
+				fmt.Printf("%d %s\n", begun.Result.Code, begun.Result.Body)
+			}
+		}
 	case "lookup":
 		var state string
 		var res *idem.Result
