@@ -18,24 +18,19 @@
 // recorded or run the handler again. docs/http-middleware.md is the manual.
 import type { IncomingMessage, ServerResponse } from "node:http";
 
-import { IdemError } from "./errors";
 import {
   type HttpAnswer,
   type HttpRequestInfo,
   type IdempotencyOptions,
-  KeyProblem,
   type Settings,
+  beginStep,
   bodyTooLarge,
-  fieldValues,
-  missingKey,
-  parseIdempotencyKey,
-  problem,
-  replayed,
-  requestFingerprint,
-  retryAfter,
-  scopedKey,
+  groupedHeaders,
+  headerPairs,
+  heartbeat,
+  keyStep,
   settings,
-  storedHeaders,
+  settleStep,
 } from "./http";
 
 export {
@@ -86,13 +81,9 @@ export function markNotExecuted(req: Request): boolean {
 export function send(res: Response, answer: HttpAnswer): void {
   if (res.headersSent || res.writableEnded) return;
   for (const name of res.getHeaderNames()) res.removeHeader(name);
-  const grouped = new Map<string, string[]>();
-  for (const [name, value] of answer.headers) {
-    const values = grouped.get(name.toLowerCase()) ?? [];
-    values.push(value);
-    grouped.set(name.toLowerCase(), values);
+  for (const [name, values] of groupedHeaders(answer.headers)) {
+    res.setHeader(name, values.length === 1 ? values[0] : values);
   }
-  for (const [name, values] of grouped) res.setHeader(name, values.length === 1 ? values[0] : values);
   res.setHeader("content-length", String(answer.body.length));
   res.statusCode = answer.status;
   res.end(answer.body);
@@ -129,15 +120,6 @@ function readBody(req: Request, limit: number): Promise<Buffer | "too-large" | n
     req.once("error", onClose);
     req.once("close", onClose);
   });
-}
-
-function headerPairs(res: Response): [string, string][] {
-  const pairs: [string, string][] = [];
-  for (const [name, value] of Object.entries(res.getHeaders())) {
-    if (value === undefined) continue;
-    for (const one of Array.isArray(value) ? value : [value]) pairs.push([name, String(one)]);
-  }
-  return pairs;
 }
 
 type Chunk = string | Uint8Array;
@@ -187,23 +169,14 @@ export async function start(
   res: Response,
   send: (res: Response, answer: HttpAnswer) => void,
 ): Promise<Step> {
-  let key: string | undefined;
-  try {
-    key = parseIdempotencyKey(fieldValues(req.rawHeaders, s.header));
-  } catch (error) {
-    if (!(error instanceof KeyProblem)) throw error;
-    send(res, problem(s.docsUrl, 400, error.title, error.detail));
-    return "answered";
-  }
-  if (key === undefined) {
-    if (!s.requireKey) return "pass";
-    send(res, missingKey(s));
-    return "answered";
-  }
   const method = (req.method ?? "").toUpperCase();
-  const target = req.originalUrl ?? req.url ?? "/";
-  const info: HttpRequestInfo = { method, target, headers: req.headers };
-  const idemKey = s.keyFunc !== undefined ? s.keyFunc(info, key) : scopedKey(s.caller(info), key);
+  const info: HttpRequestInfo = { method, target: req.originalUrl ?? req.url ?? "/", headers: req.headers };
+  const keyed = keyStep(s, info, req.rawHeaders);
+  if (keyed.kind === "pass") return "pass";
+  if (keyed.kind === "answer") {
+    send(res, keyed.answer);
+    return "answered";
+  }
 
   // What the handler will see as the body, and what identifies the request.
   let body: unknown = req.body;
@@ -221,62 +194,12 @@ export async function start(
     req._body = true;
     body = read;
   }
-  const size =
-    typeof body === "string" ? Buffer.byteLength(body) : body instanceof Uint8Array ? body.byteLength : 0;
-  if (size > s.maxBodyBytes) {
-    send(res, bodyTooLarge(s));
+  const begun = await beginStep(s, keyed.idemKey, info, body);
+  if (begun.kind === "answer") {
+    send(res, begun.answer);
     return "answered";
   }
-
-  let begun;
-  try {
-    begun = await s.client.begin(s.namespace, idemKey, {
-      fingerprint: requestFingerprint(method, target, body),
-      leaseMs: s.leaseMs,
-      retentionMs: s.retentionMs,
-      waitMs: s.waitMs,
-    });
-  } catch (error) {
-    if (!(error instanceof IdemError)) throw error;
-    if (error.code === 3 || error.code === 8) {
-      // INVALID_ARGUMENT, RESOURCE_EXHAUSTED: the key the server refused.
-      send(res, problem(s.docsUrl, 400, "Idempotency-Key is invalid", `unusable idempotency key: ${error.message}`));
-    } else {
-      send(res, problem(s.docsUrl, 503, "Idempotency store unavailable", "the idempotency store is unavailable; retry later"));
-    }
-    return "answered";
-  }
-  switch (begun.outcome) {
-    case "COMPLETED":
-      send(res, replayed(begun.result!));
-      return "answered";
-    case "IN_PROGRESS":
-      send(
-        res,
-        problem(
-          s.docsUrl,
-          409,
-          "A request is outstanding for this Idempotency-Key",
-          "a request with this idempotency key is being processed; retry after the time in Retry-After",
-          [["retry-after", retryAfter(begun.leaseExpiresAt)]],
-        ),
-      );
-      return "answered";
-    case "MISMATCH":
-      send(
-        res,
-        problem(
-          s.docsUrl,
-          422,
-          "Idempotency-Key is already used",
-          "this idempotency key was already used with a different request (method, target or body)",
-        ),
-      );
-      return "answered";
-    default:
-      break;
-  }
-  hold(s, req, res, idemKey, begun.token);
+  hold(s, req, res, keyed.idemKey, begun.token);
   return "acquired";
 }
 
@@ -287,11 +210,7 @@ export async function start(
 function hold(s: Settings, req: Request, res: Response, idemKey: string, token: bigint): void {
   const attempt: Attempt = { notExecuted: false };
   (req as unknown as Record<symbol, Attempt>)[ATTEMPT] = attempt;
-  const heartbeat = setInterval(() => {
-    s.client.extend(s.namespace, idemKey, token, s.leaseMs).catch(() => {
-      // Completing will tell whether the lease held.
-    });
-  }, s.leaseMs / 3);
+  const beating = heartbeat(s, idemKey, token);
 
   const original = {
     write: res.write,
@@ -331,7 +250,7 @@ function hold(s: Settings, req: Request, res: Response, idemKey: string, token: 
     const buffer = typeof first === "function" ? undefined : toBuffer(first, args[1]);
     if (buffer !== undefined) chunks.push(buffer);
     const callback = args.find((arg) => typeof arg === "function") as (() => void) | undefined;
-    clearInterval(heartbeat);
+    clearInterval(beating);
     void settle(this, callback);
     return this;
   } as Response["end"];
@@ -346,34 +265,11 @@ function hold(s: Settings, req: Request, res: Response, idemKey: string, token: 
   };
 
   const settle = async (response: Response, callback?: () => void) => {
-    const status = response.statusCode;
-    const headers = headerPairs(response);
-    const body = Buffer.concat(chunks);
-    if (attempt.notExecuted || (status >= 500 && s.releaseOn5xx)) {
-      await s.client.release(s.namespace, idemKey, token).catch(() => {
-        // The lease lapses by itself.
-      });
-    } else {
-      try {
-        await s.client.complete(
-          s.namespace,
-          idemKey,
-          token,
-          { code: status, body, metadata: { "http-headers": storedHeaders(headers) } },
-          { retentionMs: s.retentionMs },
-        );
-      } catch (error) {
-        // The work is done but its result is not stored: say so rather than
-        // pretend, so that the caller does not retry blindly.
-        const message = error instanceof Error ? error.message : String(error);
-        flush(
-          response,
-          problem(s.docsUrl, 503, "Result not recorded", `the request ran but its result could not be stored: ${message}`),
-          callback,
-        );
-        return;
-      }
-    }
-    flush(response, { status, headers, body }, callback);
+    const whole: HttpAnswer = {
+      status: response.statusCode,
+      headers: headerPairs(response.getHeaders()),
+      body: Buffer.concat(chunks),
+    };
+    flush(response, await settleStep(s, idemKey, token, attempt.notExecuted, whole), callback);
   };
 }

@@ -13,24 +13,18 @@
 // cannot change it or run the handler again.
 import type { Readable } from "node:stream";
 
-import { IdemError } from "./errors";
 import {
   type HttpAnswer,
   type HttpRequestInfo,
   type IdempotencyOptions,
-  KeyProblem,
   type Settings,
-  bodyTooLarge,
-  fieldValues,
-  missingKey,
-  parseIdempotencyKey,
-  problem,
-  replayed,
-  requestFingerprint,
-  retryAfter,
-  scopedKey,
+  beginStep,
+  groupedHeaders,
+  headerPairs,
+  heartbeat,
+  keyStep,
   settings,
-  storedHeaders,
+  settleStep,
 } from "./http";
 
 export type { IdempotencyOptions } from "./http";
@@ -80,14 +74,10 @@ export function markNotExecuted(request: FastifyRequestLike): boolean {
 }
 
 function give(reply: FastifyReplyLike, answer: HttpAnswer): FastifyReplyLike {
-  const grouped = new Map<string, string[]>();
-  for (const [name, value] of answer.headers) {
-    const values = grouped.get(name.toLowerCase()) ?? [];
-    values.push(value);
-    grouped.set(name.toLowerCase(), values);
-  }
   reply.code(answer.status);
-  for (const [name, values] of grouped) reply.header(name, values.length === 1 ? values[0] : values);
+  for (const [name, values] of groupedHeaders(answer.headers)) {
+    reply.header(name, values.length === 1 ? values[0] : values);
+  }
   return reply.send(answer.body);
 }
 
@@ -105,85 +95,21 @@ async function payloadBytes(payload: unknown): Promise<Buffer> {
   return Buffer.from(String(payload), "utf8");
 }
 
-function headerPairs(reply: FastifyReplyLike): [string, string][] {
-  const pairs: [string, string][] = [];
-  for (const [name, value] of Object.entries(reply.getHeaders())) {
-    if (value === undefined) continue;
-    for (const one of Array.isArray(value) ? value : [value]) pairs.push([name, String(one)]);
-  }
-  return pairs;
-}
-
 async function preHandler(s: Settings, request: FastifyRequestLike, reply: FastifyReplyLike): Promise<unknown> {
   const method = request.method.toUpperCase();
   if (!s.methods.has(method)) return undefined;
-  let key: string | undefined;
-  try {
-    key = parseIdempotencyKey(fieldValues(request.raw.rawHeaders, s.header));
-  } catch (error) {
-    if (!(error instanceof KeyProblem)) throw error;
-    return give(reply, problem(s.docsUrl, 400, error.title, error.detail));
-  }
-  if (key === undefined) return s.requireKey ? give(reply, missingKey(s)) : undefined;
   const info: HttpRequestInfo = { method, target: request.url, headers: request.headers };
-  const idemKey = s.keyFunc !== undefined ? s.keyFunc(info, key) : scopedKey(s.caller(info), key);
-  const body = request.body;
-  const size =
-    typeof body === "string" ? Buffer.byteLength(body) : body instanceof Uint8Array ? body.byteLength : 0;
-  if (size > s.maxBodyBytes) return give(reply, bodyTooLarge(s));
-  let begun;
-  try {
-    begun = await s.client.begin(s.namespace, idemKey, {
-      fingerprint: requestFingerprint(method, request.url, body),
-      leaseMs: s.leaseMs,
-      retentionMs: s.retentionMs,
-      waitMs: s.waitMs,
-    });
-  } catch (error) {
-    if (!(error instanceof IdemError)) throw error;
-    if (error.code === 3 || error.code === 8) {
-      return give(reply, problem(s.docsUrl, 400, "Idempotency-Key is invalid", `unusable idempotency key: ${error.message}`));
-    }
-    return give(reply, problem(s.docsUrl, 503, "Idempotency store unavailable", "the idempotency store is unavailable; retry later"));
-  }
-  switch (begun.outcome) {
-    case "COMPLETED":
-      return give(reply, replayed(begun.result!));
-    case "IN_PROGRESS":
-      return give(
-        reply,
-        problem(
-          s.docsUrl,
-          409,
-          "A request is outstanding for this Idempotency-Key",
-          "a request with this idempotency key is being processed; retry after the time in Retry-After",
-          [["retry-after", retryAfter(begun.leaseExpiresAt)]],
-        ),
-      );
-    case "MISMATCH":
-      return give(
-        reply,
-        problem(
-          s.docsUrl,
-          422,
-          "Idempotency-Key is already used",
-          "this idempotency key was already used with a different request (method, target or body)",
-        ),
-      );
-    default:
-      break;
-  }
-  const token = begun.token;
+  const keyed = keyStep(s, info, request.raw.rawHeaders);
+  if (keyed.kind === "pass") return undefined;
+  if (keyed.kind === "answer") return give(reply, keyed.answer);
+  const begun = await beginStep(s, keyed.idemKey, info, request.body);
+  if (begun.kind === "answer") return give(reply, begun.answer);
   (request as WithAttempt)[ATTEMPT] = {
-    key: idemKey,
-    token,
+    key: keyed.idemKey,
+    token: begun.token,
     notExecuted: false,
     settled: false,
-    heartbeat: setInterval(() => {
-      s.client.extend(s.namespace, idemKey, token, s.leaseMs).catch(() => {
-        // Completing will tell whether the lease held.
-      });
-    }, s.leaseMs / 3),
+    heartbeat: heartbeat(s, keyed.idemKey, begun.token),
   };
   return undefined;
 }
@@ -198,37 +124,14 @@ async function onSend(
   if (attempt === undefined || attempt.settled) return payload;
   attempt.settled = true;
   clearInterval(attempt.heartbeat);
-  const body = await payloadBytes(payload);
-  const status = reply.statusCode;
-  if (attempt.notExecuted || (status >= 500 && s.releaseOn5xx)) {
-    await s.client.release(s.namespace, attempt.key, attempt.token).catch(() => {
-      // The lease lapses by itself.
-    });
-    return body;
-  }
-  try {
-    await s.client.complete(
-      s.namespace,
-      attempt.key,
-      attempt.token,
-      { code: status, body, metadata: { "http-headers": storedHeaders(headerPairs(reply)) } },
-      { retentionMs: s.retentionMs },
-    );
-  } catch (error) {
-    // The work is done but its result is not stored: say so.
-    const message = error instanceof Error ? error.message : String(error);
-    const answer = problem(
-      s.docsUrl,
-      503,
-      "Result not recorded",
-      `the request ran but its result could not be stored: ${message}`,
-    );
-    for (const name of Object.keys(reply.getHeaders())) reply.removeHeader(name);
-    reply.code(503);
-    for (const [name, value] of answer.headers) reply.header(name, value);
-    return answer.body;
-  }
-  return body;
+  const whole: HttpAnswer = { status: reply.statusCode, headers: headerPairs(reply.getHeaders()), body: await payloadBytes(payload) };
+  const answer = await settleStep(s, attempt.key, attempt.token, attempt.notExecuted, whole);
+  if (answer === whole) return whole.body;
+  // Not recorded: the problem replaces the response.
+  for (const name of Object.keys(reply.getHeaders())) reply.removeHeader(name);
+  reply.code(answer.status);
+  for (const [name, value] of answer.headers) reply.header(name, value);
+  return answer.body;
 }
 
 /** The plugin: register it with the options (IdempotencyOptions). */

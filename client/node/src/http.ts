@@ -7,6 +7,7 @@ import { createHash } from "node:crypto";
 
 import { IdemClient, type ClientOptions, type Result } from "./client";
 import { sortedJson } from "./consumer";
+import { IdemError } from "./errors";
 import { fingerprintParts } from "./fingerprint";
 
 export const DEFAULT_DOCS_URL =
@@ -350,7 +351,142 @@ export function replayed(result: Result): HttpAnswer {
   };
 }
 
+/** A response's headers as name/value pairs, one per value. */
+export function headerPairs(headers: Record<string, unknown>): [string, string][] {
+  const pairs: [string, string][] = [];
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined) continue;
+    for (const one of Array.isArray(value) ? value : [value]) pairs.push([name, String(one)]);
+  }
+  return pairs;
+}
+
 /** The headers of a response as stored with it. */
 export function storedHeaders(headers: [string, string][]): string {
   return JSON.stringify(headers.filter(([name]) => !NOT_STORED.has(name.toLowerCase())));
+}
+
+/** The answer's headers, repeated names gathered (set-cookie). */
+export function groupedHeaders(headers: [string, string][]): Map<string, string[]> {
+  const grouped = new Map<string, string[]>();
+  for (const [name, value] of headers) {
+    const values = grouped.get(name.toLowerCase()) ?? [];
+    values.push(value);
+    grouped.set(name.toLowerCase(), values);
+  }
+  return grouped;
+}
+
+// --- The steps every adapter takes ------------------------------------------------
+
+/** What the key header says: pass the request on untouched, answer it now, or use this Idem key. */
+export type KeyStep = { kind: "pass" } | { kind: "answer"; answer: HttpAnswer } | { kind: "key"; idemKey: string };
+
+export function keyStep(s: Settings, info: HttpRequestInfo, rawHeaders: string[]): KeyStep {
+  let key: string | undefined;
+  try {
+    key = parseIdempotencyKey(fieldValues(rawHeaders, s.header));
+  } catch (error) {
+    if (!(error instanceof KeyProblem)) throw error;
+    return { kind: "answer", answer: problem(s.docsUrl, 400, error.title, error.detail) };
+  }
+  if (key === undefined) return s.requireKey ? { kind: "answer", answer: missingKey(s) } : { kind: "pass" };
+  return { kind: "key", idemKey: s.keyFunc !== undefined ? s.keyFunc(info, key) : scopedKey(s.caller(info), key) };
+}
+
+/** Begin's verdict: an answer to give (replay, 409, 422, 413, 400, 503), or the token of the key acquired. */
+export type BeginStep = { kind: "answer"; answer: HttpAnswer } | { kind: "acquired"; token: bigint };
+
+export async function beginStep(s: Settings, idemKey: string, info: HttpRequestInfo, body: unknown): Promise<BeginStep> {
+  const size =
+    typeof body === "string" ? Buffer.byteLength(body) : body instanceof Uint8Array ? body.byteLength : 0;
+  if (size > s.maxBodyBytes) return { kind: "answer", answer: bodyTooLarge(s) };
+  let begun;
+  try {
+    begun = await s.client.begin(s.namespace, idemKey, {
+      fingerprint: requestFingerprint(info.method, info.target, body),
+      leaseMs: s.leaseMs,
+      retentionMs: s.retentionMs,
+      waitMs: s.waitMs,
+    });
+  } catch (error) {
+    if (!(error instanceof IdemError)) throw error;
+    // INVALID_ARGUMENT, RESOURCE_EXHAUSTED: the key the server refused.
+    const answer =
+      error.code === 3 || error.code === 8
+        ? problem(s.docsUrl, 400, "Idempotency-Key is invalid", `unusable idempotency key: ${error.message}`)
+        : problem(s.docsUrl, 503, "Idempotency store unavailable", "the idempotency store is unavailable; retry later");
+    return { kind: "answer", answer };
+  }
+  switch (begun.outcome) {
+    case "ACQUIRED":
+      return { kind: "acquired", token: begun.token };
+    case "COMPLETED":
+      return { kind: "answer", answer: replayed(begun.result as Result) };
+    case "IN_PROGRESS":
+      return {
+        kind: "answer",
+        answer: problem(
+          s.docsUrl,
+          409,
+          "A request is outstanding for this Idempotency-Key",
+          "a request with this idempotency key is being processed; retry after the time in Retry-After",
+          [["retry-after", retryAfter(begun.leaseExpiresAt)]],
+        ),
+      };
+    default:
+      return {
+        kind: "answer",
+        answer: problem(
+          s.docsUrl,
+          422,
+          "Idempotency-Key is already used",
+          "this idempotency key was already used with a different request (method, target or body)",
+        ),
+      };
+  }
+}
+
+/** Extends the lease every third of it until cleared. */
+export function heartbeat(s: Settings, idemKey: string, token: bigint): NodeJS.Timeout {
+  return setInterval(() => {
+    s.client.extend(s.namespace, idemKey, token, s.leaseMs).catch(() => {
+      // Completing will tell whether the lease held.
+    });
+  }, s.leaseMs / 3);
+}
+
+/**
+ * Settles the key with the handler's whole response: records it (Complete),
+ * or releases the key for a 5xx or a request marked not executed. Returns
+ * what to send: the response itself, or a 503 problem when it could not be
+ * recorded (the work is done but a retry would not find it: say so rather
+ * than pretend).
+ */
+export async function settleStep(
+  s: Settings,
+  idemKey: string,
+  token: bigint,
+  notExecuted: boolean,
+  response: HttpAnswer,
+): Promise<HttpAnswer> {
+  if (notExecuted || (response.status >= 500 && s.releaseOn5xx)) {
+    await s.client.release(s.namespace, idemKey, token).catch(() => {
+      // The lease lapses by itself.
+    });
+    return response;
+  }
+  try {
+    await s.client.complete(
+      s.namespace,
+      idemKey,
+      token,
+      { code: response.status, body: response.body, metadata: { [HEADERS_KEY]: storedHeaders(response.headers) } },
+      { retentionMs: s.retentionMs },
+    );
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    return problem(s.docsUrl, 503, "Result not recorded", `the request ran but its result could not be stored: ${message}`);
+  }
+  return response;
 }

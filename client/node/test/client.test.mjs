@@ -18,21 +18,15 @@ import {
   idempotentConsumer,
 } from "@idem/client";
 
+import { newKey, serverForTests } from "../testing/fixtures.mjs";
 import { Server } from "../testing/server.mjs";
 
-let unique = 0;
-const newKey = (name) => `${name}-${process.pid}-${++unique}`;
 
 describe("IdemClient against idem-server", () => {
-  const server = new Server();
+  const fixture = serverForTests();
   let client;
-
-  before(async () => {
-    client = new IdemClient({ target: await server.start() });
-  });
-  after(async () => {
-    client.close();
-    await server.stop();
+  before(() => {
+    client = fixture.client;
   });
 
   test("begin, lookup, extend, checkpoint, release, complete, replay", async () => {

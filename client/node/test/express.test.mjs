@@ -5,25 +5,14 @@ import { createRequire } from "node:module";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { IdemClient } from "@idem/client";
 import { idempotency, markNotExecuted } from "@idem/client/express";
 
 import { request, listen } from "../testing/http.mjs";
-import { Server } from "../testing/server.mjs";
+import { newKey as freshKey, serverForTests } from "../testing/fixtures.mjs";
 
 const require = createRequire(import.meta.url);
-let unique = 0;
-const newKey = (name) => `"${name}-${process.pid}-${++unique}"`;
-
-const server = new Server();
-let client;
-before(async () => {
-  client = new IdemClient({ target: await server.start() });
-});
-after(async () => {
-  client.close();
-  await server.stop();
-});
+const newKey = (name) => freshKey(name, { quoted: true });
+const fixture = serverForTests();
 
 for (const flavour of ["express4", "express"]) {
   describe(flavour, () => {
@@ -42,9 +31,9 @@ for (const flavour of ["express4", "express"]) {
       app = express();
       app.use("/json", express.json());
       // One middleware per prefix: a request goes through exactly one.
-      app.use("/strict", idempotency({ client, namespace: `strict-${flavour}`, requireKey: true }));
-      app.use("/waiting", idempotency({ client, namespace: `wait-${flavour}`, waitMs: 5000 }));
-      const plain = idempotency({ client, namespace: `http-${flavour}` });
+      app.use("/strict", idempotency({ client: fixture.client, namespace: `strict-${flavour}`, requireKey: true }));
+      app.use("/waiting", idempotency({ client: fixture.client, namespace: `wait-${flavour}`, waitMs: 5000 }));
+      const plain = idempotency({ client: fixture.client, namespace: `http-${flavour}` });
       app.use((req, res, next) =>
         req.path.startsWith("/strict/") || req.path.startsWith("/waiting/") ? next() : plain(req, res, next),
       );
@@ -96,6 +85,10 @@ for (const flavour of ["express4", "express"]) {
       app.post("/strict/x", (req, res) => res.send("strict ok"));
       app.get("/orders", (req, res) => res.send(`get ${count("get")}`));
       app.use((error, req, res, next) => {
+        if (res.headersSent) {
+          next(error); // After the response: Express's default handler.
+          return;
+        }
         res.status(500).send("server error");
       });
       http = await listen(app);
@@ -248,9 +241,9 @@ for (const flavour of ["express4", "express"]) {
 }
 
 test("options that make no sense are refused", () => {
-  assert.throws(() => idempotency({ client, leaseMs: 10 }), /leaseMs/);
-  assert.throws(() => idempotency({ client, waitMs: -1 }), /waitMs/);
-  assert.throws(() => idempotency({ client, header: "bad header" }), /header/);
-  assert.throws(() => idempotency({ client, caller: () => "", keyFunc: () => "" }), /caller or keyFunc/);
-  assert.throws(() => idempotency({ client, target: "x:1" }), /not both/);
+  assert.throws(() => idempotency({ client: fixture.client, leaseMs: 10 }), /leaseMs/);
+  assert.throws(() => idempotency({ client: fixture.client, waitMs: -1 }), /waitMs/);
+  assert.throws(() => idempotency({ client: fixture.client, header: "bad header" }), /header/);
+  assert.throws(() => idempotency({ client: fixture.client, caller: () => "", keyFunc: () => "" }), /caller or keyFunc/);
+  assert.throws(() => idempotency({ client: fixture.client, target: "x:1" }), /not both/);
 });

@@ -6,26 +6,15 @@ import { Readable } from "node:stream";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { IdemClient } from "@idem/client";
 import { idempotency, markNotExecuted } from "@idem/client/fastify";
 
 import { request } from "../testing/http.mjs";
-import { Server } from "../testing/server.mjs";
+import { newKey as freshKey, serverForTests } from "../testing/fixtures.mjs";
 
 const require = createRequire(import.meta.url);
 const nodeMajor = Number(process.versions.node.split(".")[0]);
-let unique = 0;
-const newKey = (name) => `"${name}-${process.pid}-${++unique}"`;
-
-const server = new Server();
-let client;
-before(async () => {
-  client = new IdemClient({ target: await server.start() });
-});
-after(async () => {
-  client.close();
-  await server.stop();
-});
+const newKey = (name) => freshKey(name, { quoted: true });
+const fixture = serverForTests();
 
 for (const flavour of ["fastify4", "fastify"]) {
   const skip = flavour === "fastify" && nodeMajor < 20 ? "Fastify 5 needs Node.js 20+" : false;
@@ -42,7 +31,7 @@ for (const flavour of ["fastify4", "fastify"]) {
     before(async () => {
       const Fastify = require(flavour);
       app = Fastify();
-      await app.register(idempotency, { client, namespace: `fastify-${flavour}` });
+      await app.register(idempotency, { client: fixture.client, namespace: `fastify-${flavour}` });
       app.post("/orders", async (req, reply) => {
         const n = count("orders");
         reply.code(201).header("x-order", `o-${n}`);

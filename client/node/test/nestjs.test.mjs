@@ -8,19 +8,17 @@ import { createRequire } from "node:module";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { IdemClient } from "@idem/client";
 import { IdempotencyInterceptor, markNotExecuted } from "@idem/client/nestjs";
 
 import { request } from "../testing/http.mjs";
-import { Server } from "../testing/server.mjs";
+import { newKey as freshKey, serverForTests } from "../testing/fixtures.mjs";
 
 const require = createRequire(import.meta.url);
 const { Body, Controller, HttpCode, Module, Post, Req, Res, UseInterceptors, BadRequestException } =
   require("@nestjs/common");
 const { NestFactory } = require("@nestjs/core");
 
-let unique = 0;
-const newKey = (name) => `"${name}-${process.pid}-${++unique}"`;
+const newKey = (name) => freshKey(name, { quoted: true });
 const counts = new Map();
 const count = (name) => {
   counts.set(name, (counts.get(name) ?? 0) + 1);
@@ -60,19 +58,18 @@ function decorate(target, name, decorators, params = []) {
   Object.defineProperty(target.prototype, name, descriptor);
 }
 
-const server = new Server();
-let client;
+const fixture = serverForTests();
 let app;
 let port;
 
 before(async () => {
-  client = new IdemClient({ target: await server.start() });
+  await fixture.ready;
   decorate(OrdersController, "create", [Post()], [Body()]);
   decorate(OrdersController, "slow", [Post("slow"), HttpCode(200)]);
   decorate(OrdersController, "fails", [Post("fails")]);
   decorate(OrdersController, "validate", [Post("validate")], [Body(), Req()]);
   Controller("orders")(OrdersController);
-  UseInterceptors(new IdempotencyInterceptor({ client, namespace: "nest" }))(OrdersController);
+  UseInterceptors(new IdempotencyInterceptor({ client: fixture.client, namespace: "nest" }))(OrdersController);
   class AppModule {}
   Module({ controllers: [OrdersController] })(AppModule);
   app = await NestFactory.create(AppModule, { logger: false });
@@ -80,11 +77,7 @@ before(async () => {
   port = app.getHttpServer().address().port;
 });
 
-after(async () => {
-  await app.close();
-  client.close();
-  await server.stop();
-});
+after(() => app.close());
 
 test("NestJS: replay, 422 and 409; the route runs once", async () => {
   const key = newKey("nest");
