@@ -29,6 +29,7 @@ import {
   headerPairs,
   heartbeat,
   keyStep,
+  problem,
   settings,
   settleStep,
 } from "./http";
@@ -251,7 +252,12 @@ function hold(s: Settings, req: Request, res: Response, idemKey: string, token: 
     if (buffer !== undefined) chunks.push(buffer);
     const callback = args.find((arg) => typeof arg === "function") as (() => void) | undefined;
     clearInterval(beating);
-    void settle(this, callback);
+    settle(this, callback).catch((error: unknown) => {
+      // Never an unhandled rejection (it would end the process): the
+      // caller learns the result was not recorded.
+      const message = error instanceof Error ? error.message : String(error);
+      flush(this, problem(s.docsUrl, 503, "Result not recorded", `the response could not be recorded: ${message}`), callback);
+    });
     return this;
   } as Response["end"];
 
