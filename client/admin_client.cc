@@ -127,6 +127,9 @@ absl::StatusOr<StoreReport> AdminClient::Stats(absl::string_view name_space) {
   report.estimated_keys = response.estimated_keys();
   report.disk_bytes = response.disk_bytes();
   report.expired_dropped = response.expired_dropped();
+  if (response.has_expired_backlog()) {
+    report.expired_backlog = response.expired_backlog();
+  }
   return report;
 }
 

@@ -1,5 +1,6 @@
 #include "server/config.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "absl/status/status.h"
@@ -11,11 +12,21 @@
 #include "absl/strings/str_split.h"
 #include "server/ops/address.h"
 #include "server/ops/log.h"
+#include "storage/postgres/pg_connection.h"
 
 namespace idem::server {
 namespace {
 
 constexpr absl::string_view kRedisScheme = "redis-cluster://";
+constexpr absl::string_view kPostgresSchemes[] = {"postgresql://",
+                                                  "postgres://"};
+
+bool HasPostgresScheme(absl::string_view store) {
+  for (absl::string_view scheme : kPostgresSchemes) {
+    if (absl::StartsWith(store, scheme)) return true;
+  }
+  return false;
+}
 
 absl::Status Bad(const std::string& flag, const std::string& value,
                  absl::string_view why) {
@@ -285,19 +296,33 @@ std::vector<Setting> MakeSettings() {
                     &ServerConfig::policy, true),
       Setting{
           "store", "IDEM_STORE",
-          "where keys live: rocksdb (embedded, in --data-dir) or "
-          "redis-cluster://HOST:PORT[,HOST:PORT...] (stateless "
-          "replicas sharing a Redis Cluster)",
-          [](const ServerConfig& c) { return c.store; },
+          "where keys live: rocksdb (embedded, in --data-dir), "
+          "redis-cluster://HOST:PORT[,HOST:PORT...] (stateless replicas "
+          "sharing a Redis Cluster) or postgresql://USER@HOST:PORT/DB?... "
+          "(stateless replicas sharing a PostgreSQL database; a libpq URI)",
+          [](const ServerConfig& c) { return StoreForLog(c); },
           [](const std::string& v, ServerConfig& c) {
             if (v == "rocksdb") {
               c.store = v;
               return absl::OkStatus();
             }
+            if (HasPostgresScheme(v)) {
+              // Never echoed: the URI may carry a password.
+              absl::StatusOr<std::string> described =
+                  storage::DescribeConninfo(v);
+              if (!described.ok()) {
+                return absl::InvalidArgumentError(absl::StrCat(
+                    "invalid --store (PostgreSQL): ",
+                    described.status().message()));
+              }
+              c.store = v;
+              return absl::OkStatus();
+            }
             if (!absl::StartsWith(v, kRedisScheme)) {
               return Bad("store", v,
-                         "expected rocksdb or "
-                         "redis-cluster://HOST:PORT[,HOST:PORT...]");
+                         "expected rocksdb, "
+                         "redis-cluster://HOST:PORT[,HOST:PORT...] or "
+                         "postgresql://USER@HOST:PORT/DATABASE");
             }
             // Credentials in the URL would be logged with the
             // configuration: refused, and never echoed.
@@ -375,6 +400,56 @@ std::vector<Setting> MakeSettings() {
                   "acknowledged results (work runs twice) and tokens go "
                   "backwards",
                   &ServerConfig::redis_accept_loss_on_restart),
+      StringSetting("postgres-password-file", "IDEM_POSTGRES_PASSWORD_FILE",
+                    "PostgreSQL: file holding the password (one line); "
+                    "empty: the URI's, PGPASSFILE's or none",
+                    &ServerConfig::postgres_password_file, true),
+      Setting{"postgres-schema", "IDEM_POSTGRES_SCHEMA",
+              "PostgreSQL: the schema Idem's tables live in (created and "
+              "migrated at start); replicas that share keys share it",
+              [](const ServerConfig& c) { return c.postgres_schema; },
+              [](const std::string& v, ServerConfig& c) {
+                const bool valid =
+                    !v.empty() && v.size() <= 63 &&
+                    (absl::ascii_islower(static_cast<unsigned char>(v[0])) ||
+                     v[0] == '_') &&
+                    std::all_of(v.begin(), v.end(), [](char ch) {
+                      return absl::ascii_islower(
+                                 static_cast<unsigned char>(ch)) ||
+                             absl::ascii_isdigit(
+                                 static_cast<unsigned char>(ch)) ||
+                             ch == '_';
+                    });
+                if (!valid) {
+                  return Bad("postgres-schema", v,
+                             "must be a lower-case SQL name: a-z, 0-9 and _, "
+                             "not starting with a digit, at most 63 "
+                             "characters");
+                }
+                c.postgres_schema = v;
+                return absl::OkStatus();
+              }},
+      SizeSetting(
+          "postgres-connections", "IDEM_POSTGRES_CONNECTIONS",
+          "PostgreSQL: writer connections (each applies batches of changes "
+          "in one transaction); reads use up to as many more, plus one "
+          "listening and one for maintenance",
+          [](ServerConfig& c) -> size_t& { return c.postgres_connections; }, 1,
+          256),
+      DurationSetting(
+          "postgres-timeout", "IDEM_POSTGRES_TIMEOUT",
+          "PostgreSQL: bounds every connection attempt and statement "
+          "(statement_timeout); a call that exceeds it fails UNAVAILABLE",
+          [](ServerConfig& c) -> absl::Duration& {
+            return c.postgres_timeout;
+          },
+          absl::Milliseconds(100), absl::Minutes(5)),
+      DurationSetting(
+          "postgres-poll", "IDEM_POSTGRES_POLL",
+          "PostgreSQL: a waiting Begin looks at its key at least this "
+          "often, should another replica's NOTIFY be missed",
+          [](ServerConfig& c) -> absl::Duration& { return c.postgres_poll; },
+          absl::Milliseconds(100), absl::Minutes(5)),
   };
 }
 
@@ -435,6 +510,18 @@ std::vector<std::string> RedisSeeds(const ServerConfig& config) {
   if (!absl::StartsWith(config.store, kRedisScheme)) return {};
   // Each node was checked by --store's setter.
   return absl::StrSplit(config.store.substr(kRedisScheme.size()), ',');
+}
+
+bool IsPostgres(const ServerConfig& config) {
+  return HasPostgresScheme(config.store);
+}
+
+std::string StoreForLog(const ServerConfig& config) {
+  if (!IsPostgres(config)) return config.store;
+  absl::StatusOr<std::string> described =
+      storage::DescribeConninfo(config.store);
+  return described.ok() ? absl::StrCat("postgresql(", *described, ")")
+                        : "postgresql(unparsable)";
 }
 
 const std::vector<Setting>& Settings() {

@@ -44,8 +44,10 @@ struct ServerConfig {
   absl::Duration tls_refresh = absl::Seconds(1);
   // Authorization policy (see server/auth/auth_policy.h); empty: open.
   std::string policy;
-  // "rocksdb" (embedded, in --data-dir) or
-  // "redis-cluster://HOST:PORT[,HOST:PORT...]" (stateless replicas).
+  // "rocksdb" (embedded, in --data-dir),
+  // "redis-cluster://HOST:PORT[,HOST:PORT...]" or a libpq connection URI
+  // "postgresql://..." (stateless replicas). May hold a password: log
+  // StoreForLog(), never this.
   std::string store = "rocksdb";
   // Redis Cluster mode only (see storage/redis/redis_cluster_store.h).
   size_t redis_wait_replicas = 0;
@@ -65,11 +67,28 @@ struct ServerConfig {
   // storage/redis/redis_cluster_store.h): their restart loses acknowledged
   // data.
   bool redis_accept_loss_on_restart = false;
+  // PostgreSQL mode only (see storage/postgres/postgres_store.h).
+  // The password, if not in the URI or PGPASSFILE, is read from this file.
+  std::string postgres_password_file;
+  std::string postgres_schema = "idem";
+  size_t postgres_connections = 8;
+  // Bounds every connection attempt and statement.
+  absl::Duration postgres_timeout = absl::Seconds(10);
+  // As redis_poll: parked Begins look at their key at least this often.
+  absl::Duration postgres_poll = absl::Seconds(1);
   Limits limits;
 };
 
 // The Redis nodes of a "redis-cluster://..." --store; empty for RocksDB.
 std::vector<std::string> RedisSeeds(const ServerConfig& config);
+
+// Whether --store names a PostgreSQL database ("postgresql://" or
+// "postgres://").
+bool IsPostgres(const ServerConfig& config);
+
+// --store as it may be logged: a PostgreSQL connection string's password
+// is masked.
+std::string StoreForLog(const ServerConfig& config);
 
 // One configurable setting.
 struct Setting {

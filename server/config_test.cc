@@ -59,6 +59,32 @@ TEST(ConfigTest, StoreIsRocksDbByDefaultOrARedisClusterNodeList) {
   EXPECT_EQ(config->redis_poll, absl::Seconds(1));
 }
 
+TEST(ConfigTest, APostgresUriIsAcceptedAndItsPasswordNeverShown) {
+  absl::StatusOr<ServerConfig> config =
+      Parse({"--store=postgresql://idem:s3cret@db.internal:5433/orders"
+             "?sslmode=require",
+             "--postgres-connections=16", "--postgres-schema=idem_eu"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(IsPostgres(*config));
+  EXPECT_TRUE(RedisSeeds(*config).empty());
+  EXPECT_EQ(config->postgres_connections, 16u);
+  EXPECT_EQ(config->postgres_schema, "idem_eu");
+  EXPECT_EQ(config->postgres_poll, absl::Seconds(1));
+  const std::string logged = Describe(*config);
+  EXPECT_EQ(logged.find("s3cret"), std::string::npos) << logged;
+  EXPECT_NE(logged.find("host=db.internal"), std::string::npos) << logged;
+  EXPECT_NE(logged.find("port=5433"), std::string::npos) << logged;
+  EXPECT_NE(logged.find("password=****"), std::string::npos) << logged;
+  EXPECT_EQ(StoreForLog(*config).find("s3cret"), std::string::npos);
+  // The short scheme too; a bad URI's error does not echo it.
+  EXPECT_TRUE(Parse({"--store=postgres://idem@localhost/idem"}).ok());
+  absl::StatusOr<ServerConfig> bad =
+      Parse({"--store=postgresql://u:s3cret@h:port/db"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message().find("s3cret"), std::string::npos)
+      << bad.status();
+}
+
 TEST(ConfigTest, BadSettingsFailWithOneLineNamingThem) {
   struct Case {
     std::vector<std::string> args;
@@ -79,6 +105,14 @@ TEST(ConfigTest, BadSettingsFailWithOneLineNamingThem) {
       {{"--store=redis-cluster://h:99999"}, {}, "--store"},
       {{"--redis-wait-replicas=17"}, {}, "--redis-wait-replicas"},
       {{"--redis-poll=1ms"}, {}, "--redis-poll"},
+      {{"--store=postgresql://h:notaport/db"}, {}, "--store (PostgreSQL)"},
+      {{"--store=postgres://h/db?nosuchoption=1"}, {}, "--store (PostgreSQL)"},
+      {{"--postgres-schema=Idem"}, {}, "--postgres-schema"},
+      {{"--postgres-schema=1st"}, {}, "--postgres-schema"},
+      {{"--postgres-schema=a;drop"}, {}, "--postgres-schema"},
+      {{"--postgres-connections=0"}, {}, "--postgres-connections"},
+      {{"--postgres-timeout=1ms"}, {}, "--postgres-timeout"},
+      {{"--postgres-poll=forever"}, {}, "--postgres-poll"},
       {{}, {{"IDEM_DEFAULT_LEASE", "0s"}}, "$IDEM_DEFAULT_LEASE"},
       {{"--default-lease=2h"}, {}, "exceeds --max-lease"},
       {{"--max-retention=1h"}, {}, "exceeds --max-retention"},

@@ -10,23 +10,66 @@
 #include "absl/time/time.h"
 #include "server/ops/log.h"
 #include "server/ops/read_file.h"
+#include "storage/postgres/postgres_store.h"
 #include "storage/redis/redis_cluster_store.h"
 #include "storage/rocksdb/rocksdb_store.h"
 
 namespace idem::server {
 
+namespace {
+
+constexpr char kRocksDbSettings[] =
+    "--data-dir, --sync-writes, --periodic-compaction, --block-cache-bytes, "
+    "--min-free-disk-bytes, --max-pending-write-bytes (RocksDB settings)";
+
+absl::StatusOr<std::unique_ptr<storage::Store>> OpenPostgres(
+    const ServerConfig& config) {
+  Log(LogLevel::kInfo, "store",
+      {{"kind", "postgresql"},
+       {"connection", StoreForLog(config)},
+       {"schema", config.postgres_schema},
+       {"connections", absl::StrCat(config.postgres_connections)},
+       {"ignored", kRocksDbSettings}});
+  storage::PostgresStoreOptions options;
+  options.connection.conninfo = config.store;
+  options.connection.timeout = config.postgres_timeout;
+  if (!config.postgres_password_file.empty()) {
+    absl::StatusOr<std::string> password =
+        ReadFile(config.postgres_password_file, "PostgreSQL password");
+    if (!password.ok()) return password.status();
+    // One line; the newline an editor or `echo` leaves is not part of it.
+    options.connection.password =
+        std::string(absl::StripTrailingAsciiWhitespace(*password));
+    if (options.connection.password.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the PostgreSQL password file ",
+                       config.postgres_password_file, " is empty"));
+    }
+  }
+  options.schema = config.postgres_schema;
+  options.connections = static_cast<int>(config.postgres_connections);
+  options.max_pending = config.max_pending_writes;
+  absl::StatusOr<std::unique_ptr<storage::PostgresStore>> opened =
+      storage::PostgresStore::Open(std::move(options));
+  if (!opened.ok()) return opened.status();
+  for (const std::string& note : (*opened)->durability_notes()) {
+    Log(LogLevel::kWarning, "store", {{"durability", note}});
+  }
+  return std::unique_ptr<storage::Store>(*std::move(opened));
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<storage::Store>> OpenStore(
     const ServerConfig& config) {
+  if (IsPostgres(config)) return OpenPostgres(config);
   const std::vector<std::string> seeds = RedisSeeds(config);
   if (!seeds.empty()) {
     Log(LogLevel::kInfo, "store",
         {{"kind", "redis-cluster"},
          {"nodes", absl::StrJoin(seeds, ",")},
          {"wait_replicas", absl::StrCat(config.redis_wait_replicas)},
-         {"ignored",
-          "--data-dir, --sync-writes, --periodic-compaction, "
-          "--block-cache-bytes, --min-free-disk-bytes, "
-          "--max-pending-write-bytes (RocksDB settings)"}});
+         {"ignored", kRocksDbSettings}});
     if (config.redis_wait_replicas == 0) {
       Log(LogLevel::kWarning, "store",
           {{"durability",

@@ -152,18 +152,25 @@ absl::Status Server::OpenStore() {
       server::OpenStore(config_);
   if (!store.ok()) {
     Log(LogLevel::kError, "store_open_failed",
-        {{"store", config_.store},
+        {{"store", StoreForLog(config_)},
          {"data_dir", config_.data_dir},
          {"error", std::string(store.status().message())}});
     return absl::UnavailableError(store.status().message());
   }
   store_ = *std::move(store);
   store_open_time_ = absl::Now() - open_start;
-  // Other replicas' Completes and Releases wake the calls parked here.
-  store_->WatchChanges(
-      [this](const storage::KeyId& id) { waits_.Notify(WaitKey(id)); });
+  // Other replicas' Completes and Releases wake the calls parked here; an
+  // empty id (announcements may have been missed) wakes them all.
+  store_->WatchChanges([this](const storage::KeyId& id) {
+    if (id.name_space.empty() && id.key.empty()) {
+      waits_.NotifyAll();
+    } else {
+      waits_.Notify(WaitKey(id));
+    }
+  });
   Limits limits = config_.limits;
   if (!RedisSeeds(config_).empty()) limits.wait_recheck = config_.redis_poll;
+  if (IsPostgres(config_)) limits.wait_recheck = config_.postgres_poll;
   idempotency_ = std::make_unique<IdempotencyService>(
       store_.get(), &waits_, &observer_, authorizer_.get(), limits);
   admin_ = std::make_unique<AdminService>(store_.get(), &waits_, &admin_scans_,

@@ -209,7 +209,11 @@ struct StoreStats {
   // the store was opened. A key whose versions sit in different files (its
   // Begin flushed before its Complete) counts once per version, so this is
   // at least, not exactly, the number of expired keys dropped.
+  // (PostgreSQL: rows its reaper deleted, by this process.)
   uint64_t expired_dropped = 0;
+  // Expired records still stored, waiting for the reaper (PostgreSQL);
+  // nullopt for stores that drop them as they go.
+  std::optional<uint64_t> expired_backlog;
   // Stores over a sharded cluster (Redis); nullopt elsewhere.
   std::optional<SlotMigrationStats> slot_migrations;
 };
@@ -286,8 +290,10 @@ class Store {
   // Calls `on_change` (on a thread of the store; it must not block) with
   // keys that another process sharing this store completed, released or
   // deleted, so that calls parked on them here look again. May miss some
-  // (callers keep a fallback poll). Stores that only this process writes
-  // never call it.
+  // (callers keep a fallback poll); a KeyId with an empty key says that
+  // some may have been missed just now (a lost subscription): look at
+  // every parked call again. Stores that only this process writes never
+  // call it.
   virtual void WatchChanges(
       const std::function<void(const KeyId&)>& /*on_change*/) {}
 };

@@ -145,6 +145,14 @@ std::string Metrics::Render(const Gauges& gauges) const {
       "a storage error until it recovers.\n# TYPE idem_storage_healthy "
       "gauge\nidem_storage_healthy ",
       gauges.storage_healthy ? 1 : 0, "\n");
+  if (gauges.store.expired_backlog.has_value()) {
+    absl::StrAppend(
+        &out,
+        "# HELP idem_expired_backlog Expired records still stored, waiting "
+        "for the reaper (at most 1000000 counted).\n# TYPE "
+        "idem_expired_backlog gauge\nidem_expired_backlog ",
+        *gauges.store.expired_backlog, "\n");
+  }
   if (gauges.store.slot_migrations.has_value()) {
     absl::StrAppend(
         &out,

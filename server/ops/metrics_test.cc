@@ -15,6 +15,7 @@ TEST(MetricsTest, RendersCountersAndCumulativeHistograms) {
   stats.estimated_keys = 100;
   stats.disk_bytes = 4096;
   stats.expired_dropped = 3;
+  stats.expired_backlog = 5;
   const std::string text = metrics.Render({7, stats});
   // Long lines are split into adjacent literals on purpose.
   // NOLINTBEGIN(bugprone-suspicious-missing-comma)
@@ -33,6 +34,7 @@ TEST(MetricsTest, RendersCountersAndCumulativeHistograms) {
       "idem_keys_stored 100\n",
       "idem_disk_bytes 4096\n",
       "idem_expired_dropped_total 3\n",
+      "idem_expired_backlog 5\n",
   };
   // NOLINTEND(bugprone-suspicious-missing-comma)
   for (const char* line : kLines) {

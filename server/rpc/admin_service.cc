@@ -157,6 +157,9 @@ grpc::ServerUnaryReactor* AdminService::Stats(
           response->set_estimated_keys(totals.estimated_keys);
           response->set_disk_bytes(totals.disk_bytes);
           response->set_expired_dropped(totals.expired_dropped);
+          if (totals.expired_backlog.has_value()) {
+            response->set_expired_backlog(*totals.expired_backlog);
+          }
           call.Answer(absl::OkStatus());
         });
       });

@@ -94,6 +94,15 @@ void WaitQueue::Notify(const std::string& key) {
   }
 }
 
+void WaitQueue::NotifyAll() {
+  absl::MutexLock lock(&mu_);
+  for (uint64_t& epoch : epochs_) ++epoch;
+  while (!timers_.empty()) {
+    Handle waiter = timers_.begin()->second;
+    FireLocked(waiter, Wake::kKeyChanged);
+  }
+}
+
 void WaitQueue::Cancel(const Handle& handle) {
   if (handle == nullptr) return;
   absl::MutexLock lock(&mu_);

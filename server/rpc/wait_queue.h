@@ -2,7 +2,8 @@
 // call: one worker thread serves every parked call.
 //
 // A parked call is woken exactly once, with the reason:
-//  - kKeyChanged: Notify() was called for its key (a Complete or Release), or
+//  - kKeyChanged: Notify() was called for its key (a Complete or Release) or
+//                 NotifyAll() for every key, or
 //    the key changed between the caller's read and its Park();
 //  - kRecheck:    its recheck time came (the holder's lease lapses, or the
 //    wait ends);
@@ -59,6 +60,9 @@ class WaitQueue {
   Handle Park(const std::string& key, uint64_t epoch, absl::Time recheck_at,
               Callback wake, size_t max_parked = SIZE_MAX);
   void Notify(const std::string& key);
+  // Notify() for every key: wakes every parked call with kKeyChanged (the
+  // store may have missed announcements, e.g. while it reconnected).
+  void NotifyAll();
   // Wakes the call with kCancelled unless it was already woken.
   void Cancel(const Handle& handle);
   // Wakes every parked call with kShutdown; later Park()s wake at once.

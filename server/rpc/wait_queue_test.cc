@@ -57,6 +57,24 @@ TEST(WaitQueueTest, ANotifyBetweenReadAndParkIsNotMissed) {
   EXPECT_EQ(queue.parked(), 0u);
 }
 
+TEST(WaitQueueTest, NotifyAllWakesEveryKeyAndCallsReadingMeanwhile) {
+  Recorder a, b, late;
+  WaitQueue queue;
+  queue.Park("k", queue.Epoch("k"), kFar, a.callback());
+  queue.Park("other", queue.Epoch("other"), kFar, b.callback());
+  const uint64_t epoch = queue.Epoch("third");
+  queue.NotifyAll();
+  ASSERT_TRUE(a.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  ASSERT_TRUE(b.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(a.reason, Wake::kKeyChanged);
+  EXPECT_EQ(b.reason, Wake::kKeyChanged);
+  // A call that read before NotifyAll() and parks after is woken too.
+  queue.Park("third", epoch, kFar, late.callback());
+  ASSERT_TRUE(late.woken.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(late.reason, Wake::kKeyChanged);
+  EXPECT_EQ(queue.parked(), 0u);
+}
+
 TEST(WaitQueueTest, RecheckTimeWakesTheWaiter) {
   WaitQueue queue;
   absl::SleepFor(absl::Milliseconds(20));  // The worker is asleep by now.

@@ -7,6 +7,7 @@
 //   idem-chaos --duration=60s                       # the CI run
 //   idem-chaos --duration=30m --history=h.jsonl     # a soak, history kept
 //   idem-chaos --check=h.jsonl                      # re-check a history
+//   idem-chaos --postgres                           # replicas over PostgreSQL
 //
 // Exit code: 0 no violation, 1 violations (or no progress), 2 harness error.
 #include <signal.h>
@@ -36,6 +37,7 @@
 #include "grpcpp/security/credentials.h"
 #include "idem/v1/idempotency.grpc.pb.h"
 #include "tests/faults/history_checker.h"
+#include "tests/testing/local_postgres.h"
 #include "tests/testing/local_redis_cluster.h"
 #include "tests/testing/server_process.h"
 
@@ -63,6 +65,14 @@ ABSL_FLAG(bool, redis_cluster, false,
           "run the server as a stateless replica over a local Redis Cluster "
           "(3 masters, 3 replicas, started here; --redis-wait-replicas=1) "
           "instead of on RocksDB");
+ABSL_FLAG(bool, postgres, false,
+          "run two stateless replicas over a local PostgreSQL 15 (started "
+          "here); clients split between them, and one fault in "
+          "--postgres_crash_one_in is an immediate restart of PostgreSQL "
+          "instead of a replica's kill -9");
+ABSL_FLAG(int, postgres_crash_one_in, 3,
+          "with --postgres: one fault in N crashes (SIGQUIT) and restarts "
+          "the database");
 
 namespace idem::faults {
 namespace {
@@ -333,8 +343,15 @@ struct Counters {
 
 class Chaos {
  public:
-  Chaos(testing::ServerProcess& server, uint32_t seed)
-      : server_(server), seed_(seed), start_(absl::Now()) {}
+  // Clients split between `servers` (replicas of one store); with
+  // `database`, restarting it is one of the faults.
+  Chaos(std::vector<testing::ServerProcess*> servers,
+        testing::LocalPostgres* database, uint32_t seed)
+      : servers_(std::move(servers)),
+        server_(*servers_.front()),
+        database_(database),
+        seed_(seed),
+        start_(absl::Now()) {}
 
   absl::Status Run(absl::Duration duration) {
     const absl::Time end = start_ + duration;
@@ -357,15 +374,18 @@ class Chaos {
     for (std::thread& t : clients) t.join();
     if (!status.ok()) return status;
     // A last crash, then every key is read back.
-    server_.Kill();
-    ++counters_.kills;
-    if (absl::Status s = server_.Start(); !s.ok()) return s;
+    for (testing::ServerProcess* server : servers_) {
+      server->Kill();
+      ++counters_.kills;
+      if (absl::Status s = server->Start(); !s.ok()) return s;
+    }
     Sweep();
     return absl::OkStatus();
   }
 
   const History& history() const { return history_; }
   const Counters& counters() const { return counters_; }
+  int64_t database_restarts() const { return database_restarts_; }
 
  private:
   std::string KeyAt(absl::Time now, int index) const {
@@ -383,8 +403,9 @@ class Chaos {
     auto chance = [&rng](double p) {
       return std::bernoulli_distribution(p)(rng);
     };
-    Caller caller(server_.address(), client, history_, session_.get(),
-                  channels_.get());
+    Caller caller(servers_[static_cast<size_t>(client) % servers_.size()]
+                      ->address(),
+                  client, history_, session_.get(), channels_.get());
     for (int attempt = 0; !stop_ && absl::Now() < end; ++attempt) {
       const std::string key =
           KeyAt(absl::Now(), std::uniform_int_distribution<int>(
@@ -438,10 +459,27 @@ class Chaos {
         absl::SleepFor(absl::GetFlag(FLAGS_pause_for));
         server_.Signal(SIGCONT);
         ++counters_.pauses;
+      } else if (database_ != nullptr &&
+                 std::uniform_int_distribution<int>(
+                     1, absl::GetFlag(FLAGS_postgres_crash_one_in))(rng) ==
+                     1) {
+        // An immediate shutdown: no checkpoint, crash recovery on start.
+        database_->Crash();
+        absl::SleepFor(absl::Milliseconds(
+            std::uniform_int_distribution<int>(0, 1000)(rng)));
+        if (absl::Status s = database_->Restart(); !s.ok()) {
+          return absl::InternalError(
+              absl::StrCat("PostgreSQL did not restart: ", s.message()));
+        }
+        ++database_restarts_;
+        Sweep();
       } else {
-        server_.Kill();
+        testing::ServerProcess& victim =
+            *servers_[std::uniform_int_distribution<size_t>(
+                0, servers_.size() - 1)(rng)];
+        victim.Kill();
         ++counters_.kills;
-        if (absl::Status s = server_.Start(); !s.ok()) {
+        if (absl::Status s = victim.Start(); !s.ok()) {
           return absl::InternalError(absl::StrCat(
               "idem-server did not restart after kill -9: ", s.message()));
         }
@@ -464,7 +502,11 @@ class Chaos {
     ++counters_.sweeps;
   }
 
+  const std::vector<testing::ServerProcess*> servers_;
+  // The first replica: the session's, the pauses' and the sweeps'.
   testing::ServerProcess& server_;
+  testing::LocalPostgres* const database_;
+  int64_t database_restarts_ = 0;
   const uint32_t seed_;
   const absl::Time start_;
   std::atomic<bool> stop_{false};
@@ -548,17 +590,43 @@ int Main(int argc, char** argv) {
                     "--redis-wait-replicas=1"};
     std::printf("idem-chaos: over Redis Cluster %s\n", redis->Seeds().c_str());
   }
-  testing::ServerProcess server(server_flags);
-  if (absl::Status s = server.Start(); !s.ok()) {
-    std::fprintf(stderr, "%s\n", s.ToString().c_str());
-    return 2;
+  std::unique_ptr<testing::LocalPostgres> postgres;
+  int replicas = 1;
+  if (absl::GetFlag(FLAGS_postgres)) {
+    absl::StatusOr<std::unique_ptr<testing::LocalPostgres>> started =
+        testing::LocalPostgres::Start();
+    if (!started.ok()) {
+      std::fprintf(stderr, "%s\n", started.status().ToString().c_str());
+      return 2;
+    }
+    postgres = *std::move(started);
+    // A short statement timeout: calls during a database restart fail fast.
+    server_flags = {"--store=" + postgres->uri(), "--postgres-timeout=3s"};
+    replicas = 2;
+    std::printf("idem-chaos: 2 replicas over PostgreSQL %s\n",
+                postgres->uri().c_str());
   }
-  Chaos chaos(server, seed);
+  std::vector<std::unique_ptr<testing::ServerProcess>> servers;
+  std::vector<testing::ServerProcess*> server_pointers;
+  for (int i = 0; i < replicas; ++i) {
+    servers.push_back(std::make_unique<testing::ServerProcess>(server_flags));
+    if (absl::Status s = servers.back()->Start(); !s.ok()) {
+      std::fprintf(stderr, "%s\n", s.ToString().c_str());
+      return 2;
+    }
+    server_pointers.push_back(servers.back().get());
+  }
+  Chaos chaos(server_pointers, postgres.get(), seed);
   const absl::Status run = chaos.Run(duration);
-  server.Kill();
+  for (const auto& server : servers) server->Kill();
   if (!run.ok()) {
-    std::fprintf(stderr, "%s\nserver log:\n%s\n", run.ToString().c_str(),
-                 server.log().c_str());
+    std::fprintf(stderr, "%s\n", run.ToString().c_str());
+    for (const auto& server : servers) {
+      std::fprintf(stderr, "server log:\n%s\n", server->log().c_str());
+    }
+    if (postgres != nullptr) {
+      std::fprintf(stderr, "postgres log:\n%s\n", postgres->log().c_str());
+    }
     return 2;
   }
 
@@ -576,6 +644,10 @@ int Main(int argc, char** argv) {
       static_cast<long long>(chaos.counters().pauses.load()),
       absl::FormatDuration(absl::GetFlag(FLAGS_pause_for)).c_str(),
       static_cast<long long>(chaos.counters().sweeps.load()));
+  if (postgres != nullptr) {
+    std::printf("faults: %lld immediate restarts of PostgreSQL\n",
+                static_cast<long long>(chaos.database_restarts()));
+  }
   const HistoryReport report = CheckHistory(history);
   int exit_code = PrintReport(report);
   // A run that did nothing proves nothing.

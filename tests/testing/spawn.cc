@@ -1,6 +1,7 @@
 #include "tests/testing/spawn.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -27,8 +28,9 @@ class Spawner {
 
   // Starts argv[0] with stdout and stderr appended to `log_path`; -1 if
   // fork failed.
-  pid_t Spawn(std::vector<std::string> args, const std::string& log_path) {
-    Request request{std::move(args), log_path};
+  pid_t Spawn(std::vector<std::string> args, const std::string& log_path,
+              uid_t uid, gid_t gid) {
+    Request request{std::move(args), log_path, uid, gid};
     absl::MutexLock lock(&mu_);
     queue_.push_back(&request);
     mu_.Await(absl::Condition(&request.done));
@@ -39,6 +41,8 @@ class Spawner {
   struct Request {
     std::vector<std::string> args;
     std::string log_path;
+    uid_t uid;
+    gid_t gid;
     pid_t pid = -1;
     bool done = false;
   };
@@ -71,6 +75,12 @@ class Spawner {
     const pid_t parent = getpid();
     const pid_t pid = fork();
     if (pid == 0) {
+      // A change of user clears the parent-death signal: change first.
+      if (request.gid != getgid() &&
+          (setgroups(0, nullptr) != 0 || setgid(request.gid) != 0)) {
+        _exit(125);
+      }
+      if (request.uid != getuid() && setuid(request.uid) != 0) _exit(125);
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(126);  // The test died meanwhile.
       int log_fd =
@@ -92,7 +102,12 @@ class Spawner {
 }  // namespace
 
 pid_t SpawnProcess(std::vector<std::string> args, const std::string& log_path) {
-  return Spawner::Get().Spawn(std::move(args), log_path);
+  return Spawner::Get().Spawn(std::move(args), log_path, getuid(), getgid());
+}
+
+pid_t SpawnProcessAs(std::vector<std::string> args, const std::string& log_path,
+                     uid_t uid, gid_t gid) {
+  return Spawner::Get().Spawn(std::move(args), log_path, uid, gid);
 }
 
 }  // namespace idem::testing

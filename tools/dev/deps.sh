@@ -10,6 +10,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libyaml-cpp-dev openssl
   # hiredis: the Redis Cluster store (--store=redis-cluster://).
   libhiredis-dev
+  # libpq: the PostgreSQL store (--store=postgresql://).
+  libpq-dev
   # idem-server's allocator.
   libjemalloc-dev
   # The Python client (Debian's interpreter /usr/bin/python3) and its tests.

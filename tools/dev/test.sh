@@ -9,9 +9,11 @@ cd "$(dirname "$0")/../.."
 # clang and its runtimes build the sanitizer
 # and libFuzzer pass below; the Redis Cluster tests start Debian's
 # redis-server (its package also installs, on a systemd host, a default
-# Redis service on 127.0.0.1:6379 that the tests do not use).
+# Redis service on 127.0.0.1:6379 that the tests do not use), and the
+# PostgreSQL tests initialise Debian's PostgreSQL 15 in temp dirs (its
+# package's default cluster is not used either).
 tools/dev/deps.sh clang-format clang-tidy python3-yaml clang libclang-rt-14-dev \
-  redis-server redis-tools
+  redis-server redis-tools postgresql-15
 
 sources=$(git ls-files '*.cc' '*.h' 2>/dev/null || true)
 if [ -n "$sources" ]; then

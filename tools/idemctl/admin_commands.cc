@@ -150,15 +150,16 @@ int Stats(const Invocation& in) {
               .String("completed", absl::StrCat(n.completed))
               .str());
     }
-    std::cout
-        << JsonObject()
-               .Raw("namespaces",
-                    absl::StrCat("[", absl::StrJoin(namespaces, ","), "]"))
-               .String("estimated_keys", absl::StrCat(report->estimated_keys))
-               .String("disk_bytes", absl::StrCat(report->disk_bytes))
-               .String("expired_dropped", absl::StrCat(report->expired_dropped))
-               .str()
-        << "\n";
+    JsonObject json;
+    json.Raw("namespaces",
+             absl::StrCat("[", absl::StrJoin(namespaces, ","), "]"))
+        .String("estimated_keys", absl::StrCat(report->estimated_keys))
+        .String("disk_bytes", absl::StrCat(report->disk_bytes))
+        .String("expired_dropped", absl::StrCat(report->expired_dropped));
+    if (report->expired_backlog.has_value()) {
+      json.String("expired_backlog", absl::StrCat(*report->expired_backlog));
+    }
+    std::cout << json.str() << "\n";
     return kOk;
   }
   std::cout << "namespace\tin_progress\tlease_lapsed\tcompleted\n";
@@ -169,6 +170,9 @@ int Stats(const Invocation& in) {
   std::cout << "estimated_keys: " << report->estimated_keys << "\n"
             << "disk_bytes: " << report->disk_bytes << "\n"
             << "expired_dropped: " << report->expired_dropped << "\n";
+  if (report->expired_backlog.has_value()) {
+    std::cout << "expired_backlog: " << *report->expired_backlog << "\n";
+  }
   return kOk;
 }
 

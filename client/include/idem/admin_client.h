@@ -61,6 +61,9 @@ struct StoreReport {
   uint64_t estimated_keys = 0;
   uint64_t disk_bytes = 0;
   uint64_t expired_dropped = 0;
+  // Expired records waiting for removal, where the store tells
+  // (PostgreSQL).
+  std::optional<uint64_t> expired_backlog;
 };
 
 class AdminClient {
