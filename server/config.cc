@@ -410,7 +410,7 @@ std::vector<Setting> MakeSettings() {
               [](const ServerConfig& c) { return c.postgres_schema; },
               [](const std::string& v, ServerConfig& c) {
                 const bool valid =
-                    !v.empty() && v.size() <= 63 &&
+                    !v.empty() && v.size() <= 48 &&
                     (absl::ascii_islower(static_cast<unsigned char>(v[0])) ||
                      v[0] == '_') &&
                     std::all_of(v.begin(), v.end(), [](char ch) {
@@ -423,7 +423,7 @@ std::vector<Setting> MakeSettings() {
                 if (!valid) {
                   return Bad("postgres-schema", v,
                              "must be a lower-case SQL name: a-z, 0-9 and _, "
-                             "not starting with a digit, at most 63 "
+                             "not starting with a digit, at most 48 "
                              "characters");
                 }
                 c.postgres_schema = v;

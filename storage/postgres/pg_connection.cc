@@ -178,6 +178,10 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Connect(
     return absl::UnavailableError(absl::StrCat(
         "could not connect to PostgreSQL: ", Trimmed(PQerrorMessage(conn))));
   }
+  // NOTICEs (an IF NOT EXISTS that skipped, a cascade) are not errors; libpq
+  // would print them on stderr.
+  PQsetNoticeProcessor(
+      conn, [](void* /*arg*/, const char* /*message*/) {}, nullptr);
   // Every statement is bounded on the server too, so that no lock is held
   // by a client that went away, and no call waits forever on a lock.
   const std::string timeout_ms =
@@ -295,14 +299,14 @@ absl::StatusOr<std::vector<PgResult>> PgConnection::Run(
       formats.push_back(p.binary ? 1 : 0);
     }
     const int count = static_cast<int>(s.params.size());
-    const std::string sql(s.sql);
+    const std::string& sql = s.sql;
     int sent = 0;
     if (s.name.empty()) {
       sent = PQsendQueryParams(conn_, sql.c_str(), count, nullptr,
                                values.data(), lengths.data(), formats.data(),
                                /*resultFormat=*/1);
     } else {
-      const std::string name(s.name);
+      const std::string& name = s.name;
       if (!prepared_.contains(name)) {
         if (PQsendPrepare(conn_, name.c_str(), sql.c_str(), count, nullptr) ==
             0) {

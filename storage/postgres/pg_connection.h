@@ -79,8 +79,8 @@ struct PgParam {
 
 struct PgStatement {
   // Nonempty: prepared once per connection under this name, then reused.
-  absl::string_view name;
-  absl::string_view sql;
+  std::string name;
+  std::string sql;
   std::vector<PgParam> params;
 };
 

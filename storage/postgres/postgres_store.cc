@@ -54,6 +54,11 @@ constexpr char kDbNow[] =
 // Back-off after a failed connection attempt: calls fail fast meanwhile.
 constexpr absl::Duration kConnectBackoff = absl::Milliseconds(200);
 
+// A statement that exceeds the timeout is cancelled by the server
+// (statement_timeout) and fails cleanly, the connection still usable; the
+// client gives up this much later, for a server that does not answer at all.
+constexpr absl::Duration kClientGrace = absl::Milliseconds(500);
+
 // Batches that lost a deadlock (with the reaper) or a serialization race
 // are tried again this many times.
 constexpr int kMaxAttempts = 4;
@@ -384,8 +389,10 @@ void PostgresStore::ApplyBatch(std::unique_ptr<PgConnection>& connection,
     // Lost before COMMIT was sent (a connection the database dropped while
     // it was idle, as on its restart): nothing was written, so try again on
     // a new one. After, the outcome is unknown: the callers hear so.
-    const bool retry = sqlstate == "40P01" || sqlstate == "40001" ||
-                       (!connection->ok() && !commit_sent);
+    // Never past the timeout in all: a database that hangs is not retried.
+    const bool retry = (sqlstate == "40P01" || sqlstate == "40001" ||
+                        (!connection->ok() && !commit_sent)) &&
+                       absl::Now() - now < options_.connection.timeout;
     if (!retry) break;
   }
   for (size_t i = 0; i < live.size(); ++i) {
@@ -398,7 +405,8 @@ absl::Status PostgresStore::TryBatch(
     std::vector<std::unique_ptr<Transition>>& batch, bool* commit_sent,
     std::vector<absl::Status>* failures) {
   failures->assign(batch.size(), absl::OkStatus());
-  const absl::Time deadline = absl::Now() + options_.connection.timeout;
+  const absl::Time deadline =
+      absl::Now() + options_.connection.timeout + kClientGrace;
 
   // The keys of the batch, each once.
   struct KeyEntry {
@@ -731,7 +739,10 @@ absl::StatusOr<std::map<std::string, StateCounts>> PostgresStore::CountKeys(
 }
 
 StoreStats PostgresStore::Stats() {
+  // Fresh when the database answers; the last pass's figures when not.
+  absl::StatusOr<std::vector<PgResult>> figures = Read({StatsStatement()});
   absl::MutexLock lock(&mu_);
+  if (figures.ok()) KeepStatsLocked(figures->front());
   StoreStats stats = stats_;
   stats.expired_dropped = expired_dropped_;
   return stats;
@@ -863,25 +874,40 @@ void PostgresStore::RunMaintenance() {
     if (deleted->affected() < options_.reap_batch) break;
   }
 
-  // Cheap figures: the planner's row estimate, the table's size, and the
-  // expired rows still there (counted up to a million).
   absl::StatusOr<PgResult> figures = connection.RunOne(
-      {"idem_stats",
-       absl::StrCat(
-           "SELECT greatest(reltuples, 0)::int8, pg_total_relation_size(c.oid), "
-           "(SELECT count(*) FROM (SELECT 1 FROM ",
-           Table("records"), " WHERE expires_at_us <= coalesce($1::int8, ",
-           kDbNow, ") LIMIT 1000000) e) FROM pg_class c WHERE c.oid = '",
-           Table("records"), "'::regclass"),
-       {now}},
-      absl::Now() + options_.connection.timeout);
+      StatsStatement(), absl::Now() + options_.connection.timeout);
   absl::MutexLock lock(&mu_);
   expired_dropped_ += reaped;
-  if (figures.ok() && figures->rows() == 1) {
-    stats_.estimated_keys = static_cast<uint64_t>(figures->integer(0, 0));
-    stats_.disk_bytes = static_cast<uint64_t>(figures->integer(0, 1));
-    stats_.expired_backlog = static_cast<uint64_t>(figures->integer(0, 2));
-  }
+  if (figures.ok()) KeepStatsLocked(*figures);
+}
+
+PgStatement PostgresStore::StatsStatement() const {
+  // Cheap figures: rows (counted up to a million, the planner's estimate
+  // beyond), the table's size with its indexes, and the expired rows still
+  // there (counted up to a million).
+  const std::optional<int64_t> now =
+      options_.clock != nullptr
+          ? std::optional<int64_t>(absl::ToUnixMicros(options_.clock->Now()))
+          : std::nullopt;
+  return {"idem_stats",
+          absl::StrCat(
+              "SELECT CASE WHEN c.reltuples < 1000000 THEN (SELECT count(*) "
+              "FROM (SELECT 1 FROM ",
+              Table("records"),
+              " LIMIT 1000000) n) ELSE c.reltuples::int8 END, "
+              "pg_total_relation_size(c.oid), (SELECT count(*) FROM (SELECT 1 "
+              "FROM ",
+              Table("records"), " WHERE expires_at_us <= coalesce($1::int8, ",
+              kDbNow, ") LIMIT 1000000) e) FROM pg_class c WHERE c.oid = '",
+              Table("records"), "'::regclass"),
+          {now.has_value() ? PgParam::Int(*now) : PgParam::Null()}};
+}
+
+void PostgresStore::KeepStatsLocked(const PgResult& figures) {
+  if (figures.rows() != 1) return;
+  stats_.estimated_keys = static_cast<uint64_t>(figures.integer(0, 0));
+  stats_.disk_bytes = static_cast<uint64_t>(figures.integer(0, 1));
+  stats_.expired_backlog = static_cast<uint64_t>(figures.integer(0, 2));
 }
 
 absl::Status PostgresStore::DropSchema() {

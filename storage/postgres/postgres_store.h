@@ -116,7 +116,8 @@ class PostgresStore final : public TransitionStore {
   absl::StatusOr<ListPage> List(const ListQuery& query) override;
   absl::StatusOr<std::map<std::string, StateCounts>> CountKeys(
       const std::string& name_space) override;
-  // From the last maintenance pass (no round trip).
+  // One round trip on a pooled connection (bounded by the timeout); the
+  // last maintenance pass's figures if the database does not answer.
   StoreStats Stats() override;
   absl::Status Health() override;
   // Other replicas' changes (LISTEN). After the listening connection was
@@ -177,6 +178,10 @@ class PostgresStore final : public TransitionStore {
 
   void ListenLoop();
   void MaintenanceLoop();
+  // The figures Stats() reports, and keeping them.
+  PgStatement StatsStatement() const;
+  void KeepStatsLocked(const PgResult& figures)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records a connection-level failure (or a success) for Health().
   void SetHealth(const absl::Status& status);
 

@@ -305,8 +305,11 @@ TEST(PostgresStoreTest, AStatementTimeoutBoundsACallOnALockedTable) {
   PostgresStoreOptions options = Options(Shared().uri(), nullptr);
   options.connection.timeout = absl::Milliseconds(800);
   std::unique_ptr<PostgresStore> store = OpenOrDie(options);
+  // The locker's own session may idle in its transaction for longer.
+  PgConnectOptions locker_options = options.connection;
+  locker_options.timeout = absl::Seconds(30);
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<PgConnection> locker,
-                       PgConnection::Connect(options.connection));
+                       PgConnection::Connect(locker_options));
   ASSERT_OK(locker
                 ->Run({{"", "BEGIN", {}},
                        {"",

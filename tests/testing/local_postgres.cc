@@ -106,10 +106,9 @@ absl::StatusOr<std::unique_ptr<LocalPostgres>> LocalPostgres::Start(
                    "max_wal_senders=4",
                    "fsync=on",
                    "synchronous_commit=on"};
-  if (options.synchronous_standby) {
-    pg->settings_.push_back(
-        absl::StrCat("synchronous_standby_names=", kStandbyName));
-  }
+  // Named once the standby streams (StartStandby): before, every commit
+  // (CREATE DATABASE's too) would wait for it.
+  pg->synchronous_standby_ = options.synchronous_standby;
   for (const std::string& s : options.settings) pg->settings_.push_back(s);
   if (absl::Status started = pg->StartServer(); !started.ok()) return started;
   CommandResult created =
@@ -165,7 +164,19 @@ absl::StatusOr<std::unique_ptr<LocalPostgres>> LocalPostgres::StartStandby(
         primary.Sql(absl::StrCat("SELECT sync_state FROM pg_stat_replication "
                                  "WHERE application_name = '",
                                  kStandbyName, "'"));
-    if (state.ok() && (*state == "sync" || *state == "async")) return pg;
+    if (state.ok() && *state == (primary.synchronous_standby_ ? "sync"
+                                                              : "async")) {
+      return pg;
+    }
+    if (state.ok() && *state == "async" && primary.synchronous_standby_) {
+      absl::Status named =
+          primary
+              .Sql(absl::StrCat("ALTER SYSTEM SET synchronous_standby_names = '",
+                                kStandbyName, "'"))
+              .status();
+      if (named.ok()) named = primary.Sql("SELECT pg_reload_conf()").status();
+      if (!named.ok()) return named;
+    }
     absl::SleepFor(absl::Milliseconds(100));
   }
   return absl::DeadlineExceededError("the standby did not start streaming");

@@ -84,6 +84,7 @@ class LocalPostgres {
   gid_t gid_ = 0;
   int port_ = 0;
   std::vector<std::string> settings_;
+  bool synchronous_standby_ = false;
   pid_t pid_ = -1;
 };
 
