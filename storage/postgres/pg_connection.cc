@@ -9,6 +9,8 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
@@ -139,14 +141,28 @@ absl::StatusOr<std::string> DescribeConninfo(const std::string& conninfo) {
         absl::StrCat("not a libpq connection string: ", why));
   }
   std::string described;
+  absl::Status valid;
   for (const PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
     if (o->val == nullptr) continue;
+    // libpq checks ports only when it connects: a typo would surface as an
+    // unreachable database at every start.
+    if (std::strcmp(o->keyword, "port") == 0) {
+      for (absl::string_view port : absl::StrSplit(o->val, ',')) {
+        int number = 0;
+        if (!port.empty() && (!absl::SimpleAtoi(port, &number) ||
+                              number < 1 || number > 65535)) {
+          valid = absl::InvalidArgumentError(absl::StrCat(
+              "port \"", port, "\" is not a number from 1 to 65535"));
+        }
+      }
+    }
     const bool secret = std::strcmp(o->keyword, "password") == 0 ||
                         std::strchr(o->dispchar, '*') != nullptr;
     absl::StrAppend(&described, described.empty() ? "" : " ", o->keyword,
                     "=", secret ? "****" : o->val);
   }
   PQconninfoFree(parsed);
+  if (!valid.ok()) return valid;
   return described;
 }
 
