@@ -311,9 +311,9 @@ std::vector<Setting> MakeSettings() {
               absl::StatusOr<std::string> described =
                   storage::DescribeConninfo(v);
               if (!described.ok()) {
-                return absl::InvalidArgumentError(absl::StrCat(
-                    "invalid --store (PostgreSQL): ",
-                    described.status().message()));
+                return absl::InvalidArgumentError(
+                    absl::StrCat("invalid --store (PostgreSQL): ",
+                                 described.status().message()));
               }
               c.store = v;
               return absl::OkStatus();
@@ -404,31 +404,30 @@ std::vector<Setting> MakeSettings() {
                     "PostgreSQL: file holding the password (one line); "
                     "empty: the URI's, PGPASSFILE's or none",
                     &ServerConfig::postgres_password_file, true),
-      Setting{"postgres-schema", "IDEM_POSTGRES_SCHEMA",
-              "PostgreSQL: the schema Idem's tables live in (created and "
-              "migrated at start); replicas that share keys share it",
-              [](const ServerConfig& c) { return c.postgres_schema; },
-              [](const std::string& v, ServerConfig& c) {
-                const bool valid =
-                    !v.empty() && v.size() <= 48 &&
-                    (absl::ascii_islower(static_cast<unsigned char>(v[0])) ||
-                     v[0] == '_') &&
-                    std::all_of(v.begin(), v.end(), [](char ch) {
-                      return absl::ascii_islower(
-                                 static_cast<unsigned char>(ch)) ||
-                             absl::ascii_isdigit(
-                                 static_cast<unsigned char>(ch)) ||
-                             ch == '_';
-                    });
-                if (!valid) {
-                  return Bad("postgres-schema", v,
-                             "must be a lower-case SQL name: a-z, 0-9 and _, "
-                             "not starting with a digit, at most 48 "
-                             "characters");
-                }
-                c.postgres_schema = v;
-                return absl::OkStatus();
-              }},
+      Setting{
+          "postgres-schema", "IDEM_POSTGRES_SCHEMA",
+          "PostgreSQL: the schema Idem's tables live in (created and "
+          "migrated at start); replicas that share keys share it",
+          [](const ServerConfig& c) { return c.postgres_schema; },
+          [](const std::string& v, ServerConfig& c) {
+            const bool valid =
+                !v.empty() && v.size() <= 48 &&
+                (absl::ascii_islower(static_cast<unsigned char>(v[0])) ||
+                 v[0] == '_') &&
+                std::all_of(v.begin(), v.end(), [](char ch) {
+                  return absl::ascii_islower(static_cast<unsigned char>(ch)) ||
+                         absl::ascii_isdigit(static_cast<unsigned char>(ch)) ||
+                         ch == '_';
+                });
+            if (!valid) {
+              return Bad("postgres-schema", v,
+                         "must be a lower-case SQL name: a-z, 0-9 and _, "
+                         "not starting with a digit, at most 48 "
+                         "characters");
+            }
+            c.postgres_schema = v;
+            return absl::OkStatus();
+          }},
       SizeSetting(
           "postgres-connections", "IDEM_POSTGRES_CONNECTIONS",
           "PostgreSQL: writer connections (each applies batches of changes "
@@ -440,9 +439,7 @@ std::vector<Setting> MakeSettings() {
           "postgres-timeout", "IDEM_POSTGRES_TIMEOUT",
           "PostgreSQL: bounds every connection attempt and statement "
           "(statement_timeout); a call that exceeds it fails UNAVAILABLE",
-          [](ServerConfig& c) -> absl::Duration& {
-            return c.postgres_timeout;
-          },
+          [](ServerConfig& c) -> absl::Duration& { return c.postgres_timeout; },
           absl::Milliseconds(100), absl::Minutes(5)),
       DurationSetting(
           "postgres-poll", "IDEM_POSTGRES_POLL",

@@ -10,8 +10,8 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 
 namespace idem::storage {
@@ -97,7 +97,9 @@ PgResult& PgResult::operator=(PgResult&& other) noexcept {
   return *this;
 }
 
-int PgResult::rows() const { return result_ == nullptr ? 0 : PQntuples(result_); }
+int PgResult::rows() const {
+  return result_ == nullptr ? 0 : PQntuples(result_);
+}
 
 uint64_t PgResult::affected() const {
   if (result_ == nullptr) return 0;
@@ -149,8 +151,8 @@ absl::StatusOr<std::string> DescribeConninfo(const std::string& conninfo) {
     if (std::strcmp(o->keyword, "port") == 0) {
       for (absl::string_view port : absl::StrSplit(o->val, ',')) {
         int number = 0;
-        if (!port.empty() && (!absl::SimpleAtoi(port, &number) ||
-                              number < 1 || number > 65535)) {
+        if (!port.empty() && (!absl::SimpleAtoi(port, &number) || number < 1 ||
+                              number > 65535)) {
           valid = absl::InvalidArgumentError(absl::StrCat(
               "port \"", port, "\" is not a number from 1 to 65535"));
         }
@@ -158,8 +160,8 @@ absl::StatusOr<std::string> DescribeConninfo(const std::string& conninfo) {
     }
     const bool secret = std::strcmp(o->keyword, "password") == 0 ||
                         std::strchr(o->dispchar, '*') != nullptr;
-    absl::StrAppend(&described, described.empty() ? "" : " ", o->keyword,
-                    "=", secret ? "****" : o->val);
+    absl::StrAppend(&described, described.empty() ? "" : " ", o->keyword, "=",
+                    secret ? "****" : o->val);
   }
   PQconninfoFree(parsed);
   if (!valid.ok()) return valid;
@@ -170,9 +172,9 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Connect(
     const PgConnectOptions& options) {
   // The connection string first: keywords after it override what it says,
   // and fallback_application_name yields to its application_name.
-  const std::string connect_timeout = absl::StrCat(
-      std::max<int64_t>(2, absl::ToInt64Seconds(options.timeout + absl::Seconds(1) -
-                                                absl::Nanoseconds(1))));
+  const std::string connect_timeout = absl::StrCat(std::max<int64_t>(
+      2, absl::ToInt64Seconds(options.timeout + absl::Seconds(1) -
+                              absl::Nanoseconds(1))));
   std::vector<const char*> keys = {"dbname", "fallback_application_name",
                                    "connect_timeout"};
   std::vector<const char*> values = {options.conninfo.c_str(),
@@ -187,7 +189,8 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Connect(
   pg_conn* conn = PQconnectdbParams(keys.data(), values.data(),
                                     /*expand_dbname=*/1);
   if (conn == nullptr) {
-    return absl::ResourceExhaustedError("libpq could not allocate a connection");
+    return absl::ResourceExhaustedError(
+        "libpq could not allocate a connection");
   }
   std::unique_ptr<PgConnection> connection(new PgConnection(conn));
   if (PQstatus(conn) != CONNECTION_OK) {
@@ -200,11 +203,11 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Connect(
       conn, [](void* /*arg*/, const char* /*message*/) {}, nullptr);
   // Every statement is bounded on the server too, so that no lock is held
   // by a client that went away, and no call waits forever on a lock.
-  const std::string timeout_ms =
-      absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(options.timeout)));
-  const std::string settings = absl::StrCat(
-      "SET statement_timeout = ", timeout_ms,
-      "; SET idle_in_transaction_session_timeout = ", timeout_ms);
+  const std::string timeout_ms = absl::StrCat(
+      std::max<int64_t>(1, absl::ToInt64Milliseconds(options.timeout)));
+  const std::string settings =
+      absl::StrCat("SET statement_timeout = ", timeout_ms,
+                   "; SET idle_in_transaction_session_timeout = ", timeout_ms);
   pg_result* set = PQexec(conn, settings.c_str());
   const bool set_ok = PQresultStatus(set) == PGRES_COMMAND_OK;
   const std::string set_error = Trimmed(PQresultErrorMessage(set));
@@ -241,9 +244,9 @@ std::string PgConnection::peer() const {
 absl::Status PgConnection::Broken(absl::string_view what) {
   broken_ = true;
   const std::string detail = Trimmed(PQerrorMessage(conn_));
-  return absl::UnavailableError(absl::StrCat(
-      "PostgreSQL connection to ", peer(), " lost (", what, ")",
-      detail.empty() ? "" : ": ", detail));
+  return absl::UnavailableError(
+      absl::StrCat("PostgreSQL connection to ", peer(), " lost (", what, ")",
+                   detail.empty() ? "" : ": ", detail));
 }
 
 absl::Status PgConnection::WaitSocket(bool write, absl::Time deadline) {
@@ -256,12 +259,14 @@ absl::Status PgConnection::WaitSocket(bool write, absl::Time deadline) {
       return absl::DeadlineExceededError("timed out");
     }
     const int timeout_ms = static_cast<int>(std::min<int64_t>(
-        absl::ToInt64Milliseconds(left + absl::Milliseconds(1) - absl::Nanoseconds(1)),
+        absl::ToInt64Milliseconds(left + absl::Milliseconds(1) -
+                                  absl::Nanoseconds(1)),
         60'000));
     const int ready = poll(&fd, 1, timeout_ms);
     if (ready > 0) return absl::OkStatus();
     if (ready < 0 && errno != EINTR) {
-      return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
+      return absl::UnavailableError(
+          absl::StrCat("poll: ", std::strerror(errno)));
     }
   }
 }

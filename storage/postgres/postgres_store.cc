@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <random>
-#include "absl/strings/string_view.h"
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -12,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "storage/key_state_machine.h"
 #include "storage/list_pager.h"
@@ -89,14 +89,14 @@ bool IsHex(absl::string_view text) {
 
 std::string ReplicaId() {
   std::random_device random;
-  return absl::StrCat(absl::Hex(
-      (uint64_t{random()} << 32) | random(), absl::kZeroPad16));
+  return absl::StrCat(
+      absl::Hex((uint64_t{random()} << 32) | random(), absl::kZeroPad16));
 }
 
 absl::Status DataLoss(const KeyId& id, const absl::Status& decode) {
-  return absl::DataLossError(absl::StrCat(
-      "the stored record of key ", id.key, " in namespace ", id.name_space,
-      " cannot be read: ", decode.message()));
+  return absl::DataLossError(
+      absl::StrCat("the stored record of key ", id.key, " in namespace ",
+                   id.name_space, " cannot be read: ", decode.message()));
 }
 
 }  // namespace
@@ -109,9 +109,11 @@ PostgresStore::PostgresStore(PostgresStoreOptions options)
 absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
     PostgresStoreOptions options) {
   if (options.schema.empty() || options.schema.size() > 48 ||
-      !std::all_of(options.schema.begin(), options.schema.end(), [](char c) {
-        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
-      }) ||
+      !std::all_of(options.schema.begin(), options.schema.end(),
+                   [](char c) {
+                     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                            c == '_';
+                   }) ||
       (options.schema[0] >= '0' && options.schema[0] <= '9')) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the PostgreSQL schema name \"", options.schema,
@@ -161,8 +163,8 @@ std::string PostgresStore::Table(absl::string_view name) const {
 
 absl::Status PostgresStore::Migrate(PgConnection& connection) {
   const absl::Time deadline = absl::Now() + options_.connection.timeout;
-  absl::StatusOr<PgResult> standby = connection.RunOne(
-      {"", "SELECT pg_is_in_recovery()::int4", {}}, deadline);
+  absl::StatusOr<PgResult> standby =
+      connection.RunOne({"", "SELECT pg_is_in_recovery()::int4", {}}, deadline);
   if (!standby.ok()) return standby.status();
   if (standby->integer(0, 0) != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -194,8 +196,8 @@ absl::Status PostgresStore::Migrate(PgConnection& connection) {
     const int64_t version = (*started)[3].integer(0, 0);
     if (version > kSchemaVersion) {
       status = absl::FailedPreconditionError(absl::StrCat(
-          "the PostgreSQL schema ", options_.schema, " is at version ",
-          version, ", newer than this idem-server knows (", kSchemaVersion,
+          "the PostgreSQL schema ", options_.schema, " is at version ", version,
+          ", newer than this idem-server knows (", kSchemaVersion,
           "): run a newer idem-server"));
     }
     for (int64_t v = version + 1; status.ok() && v <= kSchemaVersion; ++v) {
@@ -205,8 +207,7 @@ absl::Status PostgresStore::Migrate(PgConnection& connection) {
         sql.push_back(absl::StrReplaceAll(statement, {{"{S}", schema}}));
       }
       sql.push_back(absl::StrCat("INSERT INTO ", schema,
-                                 ".schema_version (version) VALUES (", v,
-                                 ")"));
+                                 ".schema_version (version) VALUES (", v, ")"));
       sql.emplace_back("COMMIT");
       std::vector<PgStatement> statements;
       statements.reserve(sql.size());
@@ -224,52 +225,52 @@ absl::Status PostgresStore::Migrate(PgConnection& connection) {
   }
   if (connection.ok()) {
     connection
-        .RunOne({"", absl::StrCat("SELECT pg_advisory_unlock(", lock_id, ")"),
-                 {}},
-                deadline)
+        .RunOne(
+            {"", absl::StrCat("SELECT pg_advisory_unlock(", lock_id, ")"), {}},
+            deadline)
         .IgnoreError();
   }
   return status;
 }
 
 absl::Status PostgresStore::ReadSettings(PgConnection& connection) {
-  absl::StatusOr<PgResult> settings = connection.RunOne(
-      {"",
-       "SELECT current_setting('synchronous_commit'), "
-       "current_setting('fsync'), "
-       "current_setting('synchronous_standby_names'), "
-       "current_setting('full_page_writes')",
-       {}},
-      absl::Now() + options_.connection.timeout);
+  absl::StatusOr<PgResult> settings =
+      connection.RunOne({"",
+                         "SELECT current_setting('synchronous_commit'), "
+                         "current_setting('fsync'), "
+                         "current_setting('synchronous_standby_names'), "
+                         "current_setting('full_page_writes')",
+                         {}},
+                        absl::Now() + options_.connection.timeout);
   if (!settings.ok()) return settings.status();
   const std::string synchronous_commit(settings->bytes(0, 0));
   const std::string fsync(settings->bytes(0, 1));
   const std::string standbys(settings->bytes(0, 2));
   const std::string full_page_writes(settings->bytes(0, 3));
   if (fsync != "on") {
-    durability_notes_.push_back(
+    durability_notes_.emplace_back(
         "fsync=off on the PostgreSQL server: a crash of its machine can lose "
         "acknowledged results and corrupt the database");
   }
   if (full_page_writes != "on") {
-    durability_notes_.push_back(
+    durability_notes_.emplace_back(
         "full_page_writes=off on the PostgreSQL server: a power loss can "
         "leave torn pages that lose acknowledged results");
   }
   if (synchronous_commit == "off") {
-    durability_notes_.push_back(
+    durability_notes_.emplace_back(
         "synchronous_commit=off: a change is answered before PostgreSQL "
         "flushed it; a crash of the database loses the last moments of "
         "acknowledged results (up to 3 x wal_writer_delay)");
   } else if (standbys.empty() || synchronous_commit == "local") {
-    durability_notes_.push_back(absl::StrCat(
+    durability_notes_.emplace_back(absl::StrCat(
         standbys.empty() ? "no synchronous standby (synchronous_standby_names "
                            "is empty)"
                          : "synchronous_commit=local",
         ": a change is on the primary's disk when answered, but a failover "
         "to a standby that had not received it loses it (docs/postgresql.md)"));
   } else if (synchronous_commit == "remote_write") {
-    durability_notes_.push_back(
+    durability_notes_.emplace_back(
         "synchronous_commit=remote_write: the standby has a change in memory, "
         "not on disk, when it is answered; losing the primary and the "
         "standby's machine together loses it");
@@ -379,8 +380,9 @@ void PostgresStore::ApplyBatch(std::unique_ptr<PgConnection>& connection,
     }
     const std::string sqlstate = connection->sqlstate();
     if (connection->ok()) {
-      connection->RunOne({"", "ROLLBACK", {}},
-                         absl::Now() + options_.connection.timeout)
+      connection
+          ->RunOne({"", "ROLLBACK", {}},
+                   absl::Now() + options_.connection.timeout)
           .IgnoreError();
     }
     // A read-only server (a demoted primary) or a lost connection: the
@@ -401,9 +403,8 @@ void PostgresStore::ApplyBatch(std::unique_ptr<PgConnection>& connection,
 }
 
 absl::Status PostgresStore::TryBatch(
-    PgConnection& connection,
-    std::vector<std::unique_ptr<Transition>>& batch, bool* commit_sent,
-    std::vector<absl::Status>* failures) {
+    PgConnection& connection, std::vector<std::unique_ptr<Transition>>& batch,
+    bool* commit_sent, std::vector<absl::Status>* failures) {
   failures->assign(batch.size(), absl::OkStatus());
   const absl::Time deadline =
       absl::Now() + options_.connection.timeout + kClientGrace;
@@ -421,10 +422,10 @@ absl::Status PostgresStore::TryBatch(
   std::vector<size_t> key_of(batch.size());
   for (size_t i = 0; i < batch.size(); ++i) {
     const KeyId& id = batch[i]->id();
-    auto [it, added] = index.try_emplace(
-        std::make_pair(absl::string_view(id.name_space),
-                       absl::string_view(id.key)),
-        keys.size());
+    auto [it, added] =
+        index.try_emplace(std::make_pair(absl::string_view(id.name_space),
+                                         absl::string_view(id.key)),
+                          keys.size());
     if (added) keys.push_back({&id, std::nullopt, absl::OkStatus(), false});
     key_of[i] = it->second;
   }
@@ -506,17 +507,17 @@ absl::Status PostgresStore::TryBatch(
         break;
       case Change::Kind::kPut:
         if (change->record.state() != Record::STATE_IN_PROGRESS) {
-          payloads.push_back(absl::StrCat(replica_id_, ":",
-                                          absl::BytesToHexString(k.id->name_space),
-                                          ":", absl::BytesToHexString(k.id->key)));
+          payloads.push_back(absl::StrCat(
+              replica_id_, ":", absl::BytesToHexString(k.id->name_space), ":",
+              absl::BytesToHexString(k.id->key)));
         }
         k.record = std::move(change->record);
         k.written = true;
         break;
       case Change::Kind::kDelete:
-        payloads.push_back(absl::StrCat(replica_id_, ":",
-                                        absl::BytesToHexString(k.id->name_space),
-                                        ":", absl::BytesToHexString(k.id->key)));
+        payloads.push_back(absl::StrCat(
+            replica_id_, ":", absl::BytesToHexString(k.id->name_space), ":",
+            absl::BytesToHexString(k.id->key)));
         k.record.reset();
         k.written = true;
         break;
@@ -596,9 +597,9 @@ absl::Status PostgresStore::TryBatch(
   if (!written.ok()) {
     return absl::Status(
         written.status().code(),
-        absl::StrCat(written.status().message(),
-                     connection.ok() ? ""
-                                     : " (the change may have been applied)"));
+        absl::StrCat(
+            written.status().message(),
+            connection.ok() ? "" : " (the change may have been applied)"));
   }
   return absl::OkStatus();
 }
@@ -637,8 +638,8 @@ absl::StatusOr<std::vector<PgResult>> PostgresStore::Read(
   for (int attempt = 0; attempt < 2; ++attempt) {
     absl::StatusOr<std::unique_ptr<PgConnection>> reader = TakeReader();
     if (!reader.ok()) return reader.status();
-    absl::StatusOr<std::vector<PgResult>> results = (*reader)->Run(
-        statements, absl::Now() + options_.connection.timeout);
+    absl::StatusOr<std::vector<PgResult>> results =
+        (*reader)->Run(statements, absl::Now() + options_.connection.timeout);
     const bool broken = !(*reader)->ok();
     ReturnReader(*std::move(reader));
     if (results.ok() || !broken) return results;
@@ -651,8 +652,7 @@ absl::StatusOr<KeySnapshot> PostgresStore::Lookup(const KeyId& id) {
   absl::StatusOr<std::vector<PgResult>> read = Read(
       {{"idem_lookup",
         absl::StrCat("SELECT ", kDbNow, ", (SELECT record FROM ",
-                     Table("records"),
-                     " WHERE name_space = $1 AND key = $2)"),
+                     Table("records"), " WHERE name_space = $1 AND key = $2)"),
         {PgParam::Bytes(id.name_space), PgParam::Bytes(id.key)}}});
   if (!read.ok()) return read.status();
   const PgResult& row = read->front();
@@ -665,8 +665,7 @@ absl::StatusOr<KeySnapshot> PostgresStore::Lookup(const KeyId& id) {
 
 absl::Status PostgresStore::Scan(
     const std::string& name_space, const std::string& after_key,
-    const std::function<bool(const KeyId&, const Record*, absl::Time)>&
-        visit) {
+    const std::function<bool(const KeyId&, const Record*, absl::Time)>& visit) {
   // Key order, a chunk per round trip; the state machine (Snapshot) tells
   // expired rows from live ones.
   constexpr int64_t kChunk = 1000;
@@ -676,8 +675,8 @@ absl::Status PostgresStore::Scan(
     if (name_space.empty()) {
       statements.push_back(
           {"idem_scan_all",
-           absl::StrCat("SELECT ", kDbNow,
-                        ", name_space, key, record FROM ", Table("records"),
+           absl::StrCat("SELECT ", kDbNow, ", name_space, key, record FROM ",
+                        Table("records"),
                         " WHERE (name_space, key) > ($1, $2) ORDER BY "
                         "name_space, key LIMIT $3"),
            {PgParam::Bytes(after.name_space), PgParam::Bytes(after.key),
@@ -685,8 +684,8 @@ absl::Status PostgresStore::Scan(
     } else {
       statements.push_back(
           {"idem_scan_namespace",
-           absl::StrCat("SELECT ", kDbNow,
-                        ", name_space, key, record FROM ", Table("records"),
+           absl::StrCat("SELECT ", kDbNow, ", name_space, key, record FROM ",
+                        Table("records"),
                         " WHERE name_space = $1 AND key > $2 ORDER BY key "
                         "LIMIT $3"),
            {PgParam::Bytes(after.name_space), PgParam::Bytes(after.key),
@@ -780,12 +779,11 @@ void PostgresStore::ListenLoop() {
       absl::StatusOr<std::unique_ptr<PgConnection>> made = NewConnection();
       absl::Status listening = made.status();
       if (made.ok()) {
-        listening = (*made)
-                        ->RunOne({"",
-                                  absl::StrCat("LISTEN \"", channel_, "\""),
-                                  {}},
-                                 absl::Now() + options_.connection.timeout)
-                        .status();
+        listening =
+            (*made)
+                ->RunOne({"", absl::StrCat("LISTEN \"", channel_, "\""), {}},
+                         absl::Now() + options_.connection.timeout)
+                .status();
       }
       if (!listening.ok()) {
         if (WaitUntilStopping(absl::Milliseconds(500))) return;
@@ -804,8 +802,7 @@ void PostgresStore::ListenLoop() {
       listened_before = true;
     }
     absl::StatusOr<std::vector<std::string>> payloads =
-        connection->WaitForNotifications(absl::Now() +
-                                         absl::Milliseconds(250));
+        connection->WaitForNotifications(absl::Now() + absl::Milliseconds(250));
     if (!payloads.ok() || payloads->empty()) continue;
     std::function<void(const KeyId&)> on_change;
     {
@@ -839,9 +836,10 @@ void PostgresStore::RunMaintenance() {
     maintenance_connection_ = *std::move(made);
   }
   PgConnection& connection = *maintenance_connection_;
-  const PgParam now = options_.clock != nullptr
-                          ? PgParam::Int(absl::ToUnixMicros(options_.clock->Now()))
-                          : PgParam::Null();
+  const PgParam now =
+      options_.clock != nullptr
+          ? PgParam::Int(absl::ToUnixMicros(options_.clock->Now()))
+          : PgParam::Null();
 
   // The health probe: a durable write, as a change would make.
   absl::StatusOr<PgResult> probed = connection.RunOne(
@@ -864,8 +862,8 @@ void PostgresStore::RunMaintenance() {
         {"idem_reap",
          absl::StrCat("DELETE FROM ", Table("records"),
                       " WHERE ctid = ANY(ARRAY(SELECT ctid FROM ",
-                      Table("records"), " WHERE expires_at_us <= coalesce($1::int8, ",
-                      kDbNow,
+                      Table("records"),
+                      " WHERE expires_at_us <= coalesce($1::int8, ", kDbNow,
                       ") LIMIT $2 FOR UPDATE SKIP LOCKED))"),
          {now, PgParam::Int(static_cast<int64_t>(options_.reap_batch))}},
         absl::Now() + options_.connection.timeout);
@@ -912,8 +910,8 @@ void PostgresStore::KeepStatsLocked(const PgResult& figures) {
 
 absl::Status PostgresStore::DropSchema() {
   absl::StatusOr<std::vector<PgResult>> dropped = Read(
-      {{"", absl::StrCat("DROP SCHEMA IF EXISTS \"", options_.schema,
-                         "\" CASCADE"),
+      {{"",
+        absl::StrCat("DROP SCHEMA IF EXISTS \"", options_.schema, "\" CASCADE"),
         {}}});
   return dropped.status();
 }

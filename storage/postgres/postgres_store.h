@@ -169,10 +169,9 @@ class PostgresStore final : public TransitionStore {
   // after_key) — one namespace, or all when `name_space` is empty — with
   // the decoded record (null if unreadable) and the database's clock;
   // stops when `visit` returns false.
-  absl::Status Scan(
-      const std::string& name_space, const std::string& after_key,
-      const std::function<bool(const KeyId&, const Record*, absl::Time)>&
-          visit);
+  absl::Status Scan(const std::string& name_space, const std::string& after_key,
+                    const std::function<bool(const KeyId&, const Record*,
+                                             absl::Time)>& visit);
   // Waits up to `timeout`; true once the store is stopping.
   bool WaitUntilStopping(absl::Duration timeout);
 
@@ -194,13 +193,11 @@ class PostgresStore final : public TransitionStore {
   absl::Mutex mu_;
   std::deque<std::unique_ptr<Transition>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<std::unique_ptr<PgConnection>> idle_readers_
-      ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<PgConnection>> idle_readers_ ABSL_GUARDED_BY(mu_);
   std::function<void(const KeyId&)> on_change_ ABSL_GUARDED_BY(mu_);
   absl::Status health_ ABSL_GUARDED_BY(mu_);
   StoreStats stats_ ABSL_GUARDED_BY(mu_);
-  absl::Time last_connect_failure_ ABSL_GUARDED_BY(mu_) =
-      absl::InfinitePast();
+  absl::Time last_connect_failure_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Status last_connect_error_ ABSL_GUARDED_BY(mu_);
   uint64_t expired_dropped_ ABSL_GUARDED_BY(mu_) = 0;
 

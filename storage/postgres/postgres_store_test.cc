@@ -153,8 +153,8 @@ TEST(PostgresStoreTest, ReplicasStartingTogetherMigrateTheSchemaOnce) {
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(opened.load(), 6);
   EXPECT_EQ(*Shared().Sql(absl::StrCat("SELECT string_agg(version::text, ',') "
-                                        "FROM ",
-                                        schema, ".schema_version")),
+                                       "FROM ",
+                                       schema, ".schema_version")),
             "1");
   // Every replica works on the one schema.
   ASSERT_OK_AND_ASSIGN(BeginResult begun, stores[0]->Begin(Begin("k")));
@@ -203,10 +203,9 @@ TEST(PostgresStoreTest, TheReaperDeletesExpiredRowsInBoundedBatches) {
   for (int i = 0; i < 250; ++i) {
     const std::string key = absl::StrCat("k", i);
     ASSERT_OK_AND_ASSIGN(BeginResult begun, store->Begin(Begin(key)));
-    ASSERT_OK(store
-                  ->Complete(Complete(key, begun.token, "r",
-                                      absl::Seconds(10)))
-                  .status());
+    ASSERT_OK(
+        store->Complete(Complete(key, begun.token, "r", absl::Seconds(10)))
+            .status());
     if (i == 0) first_token = begun.token;
   }
   store->RunMaintenance();
@@ -220,8 +219,8 @@ TEST(PostgresStoreTest, TheReaperDeletesExpiredRowsInBoundedBatches) {
   store->RunMaintenance();
   EXPECT_EQ(store->Stats().expired_dropped, 250u);
   EXPECT_EQ(store->Stats().expired_backlog, 0u);
-  EXPECT_EQ(*Shared().Sql(absl::StrCat("SELECT count(*) FROM ",
-                                       options.schema, ".records")),
+  EXPECT_EQ(*Shared().Sql(absl::StrCat("SELECT count(*) FROM ", options.schema,
+                                       ".records")),
             "0");
   // The row is gone, its token is not: the next lease is fenced above it.
   ASSERT_OK_AND_ASSIGN(BeginResult again, store->Begin(Begin("k0")));
@@ -235,9 +234,9 @@ TEST(PostgresStoreTest, TheReaperNeverDeletesALiveRecord) {
   std::unique_ptr<PostgresStore> store =
       OpenOrDie(Options(Shared().uri(), &clock));
   ASSERT_OK_AND_ASSIGN(BeginResult begun, store->Begin(Begin("k")));
-  ASSERT_OK(store->Complete(Complete("k", begun.token, "kept",
-                                     absl::Seconds(10)))
-                .status());
+  ASSERT_OK(
+      store->Complete(Complete("k", begun.token, "kept", absl::Seconds(10)))
+          .status());
   clock.Advance(absl::Seconds(10) - absl::Microseconds(1));
   store->RunMaintenance();
   EXPECT_EQ(store->Stats().expired_dropped, 0u);

@@ -403,9 +403,9 @@ class Chaos {
     auto chance = [&rng](double p) {
       return std::bernoulli_distribution(p)(rng);
     };
-    Caller caller(servers_[static_cast<size_t>(client) % servers_.size()]
-                      ->address(),
-                  client, history_, session_.get(), channels_.get());
+    Caller caller(
+        servers_[static_cast<size_t>(client) % servers_.size()]->address(),
+        client, history_, session_.get(), channels_.get());
     for (int attempt = 0; !stop_ && absl::Now() < end; ++attempt) {
       const std::string key =
           KeyAt(absl::Now(), std::uniform_int_distribution<int>(
@@ -461,8 +461,7 @@ class Chaos {
         ++counters_.pauses;
       } else if (database_ != nullptr &&
                  std::uniform_int_distribution<int>(
-                     1, absl::GetFlag(FLAGS_postgres_crash_one_in))(rng) ==
-                     1) {
+                     1, absl::GetFlag(FLAGS_postgres_crash_one_in))(rng) == 1) {
         // An immediate shutdown: no checkpoint, crash recovery on start.
         database_->Crash();
         absl::SleepFor(absl::Milliseconds(

@@ -205,8 +205,7 @@ TEST_F(PostgresReplicasTest, TwoReplicasShareKeysFenceAndWakeEachOther) {
 }
 
 TEST_F(PostgresReplicasTest, TheDatabaseGoingAwayIsUnavailableUntilItIsBack) {
-  testing::ServerProcess& server =
-      StartReplica({"--postgres-timeout=2s"});
+  testing::ServerProcess& server = StartReplica({"--postgres-timeout=2s"});
   auto stub = server.NewStub();
   httplib::Client http("127.0.0.1", server.metrics_port());
   auto healthz = [&] {
@@ -231,8 +230,7 @@ TEST_F(PostgresReplicasTest, TheDatabaseGoingAwayIsUnavailableUntilItIsBack) {
 
   pg_->Crash();
   BeginResponse during;
-  grpc::Status status =
-      stub->Begin(Context().get(), Begin("during"), &during);
+  grpc::Status status = stub->Begin(Context().get(), Begin("during"), &during);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
       << status.error_message();
   EXPECT_TRUE(await_health(503)) << "health stayed SERVING";
@@ -266,9 +264,9 @@ TEST_F(PostgresReplicasTest, StatsShowTheExpiredBacklogAndMetricsToo) {
 
 TEST_F(PostgresReplicasTest, APasswordInTheUriNeverReachesTheLog) {
   // Trust authentication accepts any password: this shows where it goes.
-  const std::string uri =
-      absl::StrCat("postgresql://idem:s3cret-for-idem-test@127.0.0.1:",
-                   pg_->port(), "/idem");
+  const std::string uri = absl::StrCat(
+      "postgresql://idem:s3cret-for-idem-test@127.0.0.1:", pg_->port(),
+      "/idem");
   testing::ServerProcess& server = StartReplica({}, uri);
   auto stub = server.NewStub();
   BeginResponse begun;
@@ -279,8 +277,8 @@ TEST_F(PostgresReplicasTest, APasswordInTheUriNeverReachesTheLog) {
 }
 
 TEST(PostgresStartTest, AnUnreachableDatabaseStopsTheStartWithAClearError) {
-  testing::ServerProcess server({"--store=postgresql://idem@127.0.0.1:1/idem",
-                                 "--postgres-timeout=1s"});
+  testing::ServerProcess server(
+      {"--store=postgresql://idem@127.0.0.1:1/idem", "--postgres-timeout=1s"});
   absl::Status started = server.Start();
   ASSERT_FALSE(started.ok());
   EXPECT_NE(server.log().find("store_open_failed"), std::string::npos)

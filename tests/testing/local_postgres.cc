@@ -113,11 +113,11 @@ absl::StatusOr<std::unique_ptr<LocalPostgres>> LocalPostgres::Start(
   if (absl::Status started = pg->StartServer(); !started.ok()) return started;
   CommandResult created =
       RunCommand({pg->bin_dir_ + "/psql", "-X", "-q", "-h", "127.0.0.1", "-p",
-                  absl::StrCat(pg->port_), "-U", "idem", "-d", "postgres",
-                  "-c", "CREATE DATABASE idem"});
+                  absl::StrCat(pg->port_), "-U", "idem", "-d", "postgres", "-c",
+                  "CREATE DATABASE idem"});
   if (created.exit_code != 0) {
-    return absl::InternalError(absl::StrCat("CREATE DATABASE failed: ",
-                                            created.err));
+    return absl::InternalError(
+        absl::StrCat("CREATE DATABASE failed: ", created.err));
   }
   return pg;
 }
@@ -133,10 +133,10 @@ absl::StatusOr<std::unique_ptr<LocalPostgres>> LocalPostgres::StartStandby(
     return absl::InternalError("chown of the test directory failed");
   }
   pg->data_dir_ = pg->dir_.Sub("data");
-  const int copied = pg->RunAsOwner(
-      {pg->bin_dir_ + "/pg_basebackup", "-h", "127.0.0.1", "-p",
-       absl::StrCat(primary.port_), "-U", "idem", "-D", pg->data_dir_, "-R",
-       "-X", "stream", "-c", "fast"});
+  const int copied =
+      pg->RunAsOwner({pg->bin_dir_ + "/pg_basebackup", "-h", "127.0.0.1", "-p",
+                      absl::StrCat(primary.port_), "-U", "idem", "-D",
+                      pg->data_dir_, "-R", "-X", "stream", "-c", "fast"});
   if (copied != 0) {
     return absl::InternalError(
         absl::StrCat("pg_basebackup failed (exit ", copied, "): ", pg->log()));
@@ -164,15 +164,16 @@ absl::StatusOr<std::unique_ptr<LocalPostgres>> LocalPostgres::StartStandby(
         primary.Sql(absl::StrCat("SELECT sync_state FROM pg_stat_replication "
                                  "WHERE application_name = '",
                                  kStandbyName, "'"));
-    if (state.ok() && *state == (primary.synchronous_standby_ ? "sync"
-                                                              : "async")) {
+    if (state.ok() &&
+        *state == (primary.synchronous_standby_ ? "sync" : "async")) {
       return pg;
     }
     if (state.ok() && *state == "async" && primary.synchronous_standby_) {
       absl::Status named =
           primary
-              .Sql(absl::StrCat("ALTER SYSTEM SET synchronous_standby_names = '",
-                                kStandbyName, "'"))
+              .Sql(
+                  absl::StrCat("ALTER SYSTEM SET synchronous_standby_names = '",
+                               kStandbyName, "'"))
               .status();
       if (named.ok()) named = primary.Sql("SELECT pg_reload_conf()").status();
       if (!named.ok()) return named;
@@ -220,9 +221,8 @@ absl::Status LocalPostgres::WaitReady(absl::Duration timeout) const {
       return absl::InternalError(
           absl::StrCat("postgres exited at start: ", log()));
     }
-    CommandResult ready =
-        RunCommand({bin_dir_ + "/pg_isready", "-q", "-h", "127.0.0.1", "-p",
-                    absl::StrCat(port_)});
+    CommandResult ready = RunCommand({bin_dir_ + "/pg_isready", "-q", "-h",
+                                      "127.0.0.1", "-p", absl::StrCat(port_)});
     if (ready.exit_code == 0) return absl::OkStatus();
     absl::SleepFor(absl::Milliseconds(50));
   }
@@ -266,10 +266,10 @@ absl::Status LocalPostgres::Promote() {
 }
 
 absl::StatusOr<std::string> LocalPostgres::Sql(const std::string& sql) const {
-  CommandResult result = RunCommand(
-      {bin_dir_ + "/psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-       "-h", "127.0.0.1", "-p", absl::StrCat(port_), "-U", "idem", "-d",
-       "idem", "-c", sql});
+  CommandResult result =
+      RunCommand({bin_dir_ + "/psql", "-X", "-q", "-A", "-t", "-v",
+                  "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
+                  absl::StrCat(port_), "-U", "idem", "-d", "idem", "-c", sql});
   if (result.exit_code != 0) {
     return absl::InternalError(absl::StrCat("psql: ", result.err));
   }
