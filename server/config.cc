@@ -10,9 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "server/open_store.h"
 #include "server/ops/address.h"
 #include "server/ops/log.h"
-#include "storage/postgres/pg_connection.h"
 
 namespace idem::server {
 namespace {
@@ -308,8 +308,7 @@ std::vector<Setting> MakeSettings() {
             }
             if (HasPostgresScheme(v)) {
               // Never echoed: the URI may carry a password.
-              absl::StatusOr<std::string> described =
-                  storage::DescribeConninfo(v);
+              absl::StatusOr<std::string> described = DescribePostgresUri(v);
               if (!described.ok()) {
                 return absl::InvalidArgumentError(
                     absl::StrCat("invalid --store (PostgreSQL): ",
@@ -515,8 +514,7 @@ bool IsPostgres(const ServerConfig& config) {
 
 std::string StoreForLog(const ServerConfig& config) {
   if (!IsPostgres(config)) return config.store;
-  absl::StatusOr<std::string> described =
-      storage::DescribeConninfo(config.store);
+  absl::StatusOr<std::string> described = DescribePostgresUri(config.store);
   return described.ok() ? absl::StrCat("postgresql(", *described, ")")
                         : "postgresql(unparsable)";
 }

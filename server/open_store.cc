@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "server/ops/log.h"
 #include "server/ops/read_file.h"
+#include "storage/postgres/pg_connection.h"
 #include "storage/postgres/postgres_store.h"
 #include "storage/redis/redis_cluster_store.h"
 #include "storage/rocksdb/rocksdb_store.h"
@@ -59,6 +60,10 @@ absl::StatusOr<std::unique_ptr<storage::Store>> OpenPostgres(
 }
 
 }  // namespace
+
+absl::StatusOr<std::string> DescribePostgresUri(const std::string& uri) {
+  return storage::DescribeConninfo(uri);
+}
 
 absl::StatusOr<std::unique_ptr<storage::Store>> OpenStore(
     const ServerConfig& config) {

@@ -6,6 +6,7 @@
 // that a password never reaches the log.
 #include <httplib.h>
 
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -24,6 +25,7 @@
 #include "idem/v1/idempotency.grpc.pb.h"
 #include "tests/testing/local_postgres.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/temp_dir.h"
 
 namespace idem {
 namespace {
@@ -274,6 +276,51 @@ TEST_F(PostgresReplicasTest, APasswordInTheUriNeverReachesTheLog) {
   EXPECT_EQ(server.log().find("s3cret"), std::string::npos) << server.log();
   EXPECT_NE(server.log().find("password=****"), std::string::npos)
       << server.log();
+}
+
+// A database that asks for a password (scram-sha-256): without it, or with
+// a wrong one, the server refuses to start and says why; with the password
+// file it serves, and the password never shows in its log.
+TEST(PostgresAuthTest, APasswordProtectedDatabaseNeedsThePasswordFile) {
+  const std::string password = "s3cret-for-idem-test";
+  testing::LocalPostgres::Options options;
+  options.password = password;
+  absl::StatusOr<std::unique_ptr<testing::LocalPostgres>> pg =
+      testing::LocalPostgres::Start(options);
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  const std::string store = "--store=" + (*pg)->uri();
+  testing::TempDir dir;
+  const std::string right = dir.Sub("right");
+  const std::string wrong = dir.Sub("wrong");
+  std::ofstream(right) << password << "\n";
+  std::ofstream(wrong) << "not-it\n";
+
+  testing::ServerProcess without({store, "--postgres-timeout=2s"});
+  ASSERT_FALSE(without.Start().ok());
+  EXPECT_NE(without.log().find("no password supplied"), std::string::npos)
+      << without.log();
+
+  testing::ServerProcess mistaken(
+      {store, "--postgres-timeout=2s", "--postgres-password-file=" + wrong});
+  ASSERT_FALSE(mistaken.Start().ok());
+  EXPECT_NE(mistaken.log().find("password authentication failed"),
+            std::string::npos)
+      << mistaken.log();
+
+  testing::ServerProcess server({store, "--postgres-password-file=" + right});
+  absl::Status started = server.Start();
+  ASSERT_TRUE(started.ok()) << started << server.log();
+  auto stub = server.NewStub();
+  BeginResponse begun;
+  ASSERT_TRUE(stub->Begin(Context().get(), Begin("a-1"), &begun).ok());
+  ASSERT_EQ(begun.outcome(), BeginResponse::OUTCOME_ACQUIRED);
+  CompleteResponse done;
+  ASSERT_TRUE(stub->Complete(Context().get(),
+                             Complete("a-1", begun.lease().token(), "ok"),
+                             &done)
+                  .ok());
+  EXPECT_EQ(Lookup(*stub, "a-1").result().body(), "ok");
+  EXPECT_EQ(server.log().find(password), std::string::npos);
 }
 
 TEST(PostgresStartTest, AnUnreachableDatabaseStopsTheStartWithAClearError) {

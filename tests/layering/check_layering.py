@@ -20,7 +20,7 @@ import re
 import sys
 import tempfile
 
-BACKENDS = ("rocksdb", "redis")
+BACKENDS = ("rocksdb", "redis", "postgres")
 # Each room of server/ and the rooms it may include (besides itself).
 ROOMS = {"ops": (), "auth": ("ops",), "rpc": ("ops", "auth")}
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
@@ -46,7 +46,8 @@ def violations(root):
                 inc_backend = (inc.parts[1] if len(inc.parts) >= 3 and
                                inc.parts[0] == "storage" and
                                inc.parts[1] in BACKENDS else None)
-                client_lib = inc.parts[0] in ("rocksdb", "hiredis")
+                client_lib = (inc.parts[0] in ("rocksdb", "hiredis") or
+                              included in ("libpq-fe.h", "libpq-int.h"))
                 own = backend_of(rel)
                 if top == "storage" and own is None and (inc_backend or
                                                          client_lib):

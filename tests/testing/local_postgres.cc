@@ -89,9 +89,25 @@ absl::StatusOr<std::unique_ptr<LocalPostgres>> LocalPostgres::Start(
     }
   }
   pg->data_dir_ = pg->dir_.Sub("data");
-  const int initdb = pg->RunAsOwner(
-      {pg->bin_dir_ + "/initdb", "-D", pg->data_dir_, "-U", "idem",
-       "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"});
+  std::vector<std::string> initdb_args = {pg->bin_dir_ + "/initdb",
+                                          "-D",
+                                          pg->data_dir_,
+                                          "-U",
+                                          "idem",
+                                          "-E",
+                                          "UTF8",
+                                          "--locale=C",
+                                          "--no-sync"};
+  if (options.password.empty()) {
+    initdb_args.emplace_back("--auth=trust");
+  } else {
+    const std::string password_file = pg->dir_.Sub("password");
+    std::ofstream(password_file) << options.password << "\n";
+    initdb_args.insert(initdb_args.end(),
+                       {"--auth-local=trust", "--auth-host=scram-sha-256",
+                        "--pwfile=" + password_file});
+  }
+  const int initdb = pg->RunAsOwner(initdb_args);
   if (initdb != 0) {
     return absl::InternalError(
         absl::StrCat("initdb failed (exit ", initdb, "): ", pg->log()));
@@ -112,9 +128,9 @@ absl::StatusOr<std::unique_ptr<LocalPostgres>> LocalPostgres::Start(
   for (const std::string& s : options.settings) pg->settings_.push_back(s);
   if (absl::Status started = pg->StartServer(); !started.ok()) return started;
   CommandResult created =
-      RunCommand({pg->bin_dir_ + "/psql", "-X", "-q", "-h", "127.0.0.1", "-p",
-                  absl::StrCat(pg->port_), "-U", "idem", "-d", "postgres", "-c",
-                  "CREATE DATABASE idem"});
+      RunCommand({pg->bin_dir_ + "/psql", "-X", "-q", "-h", pg->dir_.path(),
+                  "-p", absl::StrCat(pg->port_), "-U", "idem", "-d", "postgres",
+                  "-c", "CREATE DATABASE idem"});
   if (created.exit_code != 0) {
     return absl::InternalError(
         absl::StrCat("CREATE DATABASE failed: ", created.err));
@@ -268,7 +284,7 @@ absl::Status LocalPostgres::Promote() {
 absl::StatusOr<std::string> LocalPostgres::Sql(const std::string& sql) const {
   CommandResult result =
       RunCommand({bin_dir_ + "/psql", "-X", "-q", "-A", "-t", "-v",
-                  "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
+                  "ON_ERROR_STOP=1", "-h", dir_.path(), "-p",
                   absl::StrCat(port_), "-U", "idem", "-d", "idem", "-c", sql});
   if (result.exit_code != 0) {
     return absl::InternalError(absl::StrCat("psql: ", result.err));

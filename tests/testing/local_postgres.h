@@ -35,6 +35,9 @@ class LocalPostgres {
     std::vector<std::string> settings;
     // Names a synchronous standby the primary waits for (StartStandby).
     bool synchronous_standby = false;
+    // Not empty: connections over TCP must give this password for "idem"
+    // (scram-sha-256); the harness's own psql uses the Unix socket.
+    std::string password;
   };
 
   // initdb, start, create the database "idem" and wait until it accepts
@@ -53,7 +56,8 @@ class LocalPostgres {
   LocalPostgres& operator=(const LocalPostgres&) = delete;
 
   int port() const { return port_; }
-  // postgresql://idem@127.0.0.1:PORT/idem (trust authentication).
+  // postgresql://idem@127.0.0.1:PORT/idem (trust authentication unless
+  // Options::password).
   std::string uri() const;
 
   // Immediate shutdown (SIGQUIT): no checkpoint, crash recovery on the next
