@@ -30,7 +30,9 @@ absl::StatusOr<std::unique_ptr<storage::Store>> OpenPostgres(
        {"connection", StoreForLog(config)},
        {"schema", config.postgres_schema},
        {"connections", absl::StrCat(config.postgres_connections)},
-       {"ignored", kRocksDbSettings}});
+       {"ignored",
+        "--data-dir, --sync-writes, --periodic-compaction, "
+        "--block-cache-bytes, --min-free-disk-bytes (RocksDB settings)"}});
   storage::PostgresStoreOptions options;
   options.connection.conninfo = config.store;
   options.connection.timeout = config.postgres_timeout;
@@ -50,6 +52,7 @@ absl::StatusOr<std::unique_ptr<storage::Store>> OpenPostgres(
   options.schema = config.postgres_schema;
   options.connections = static_cast<int>(config.postgres_connections);
   options.max_pending = config.max_pending_writes;
+  options.max_pending_bytes = config.max_pending_write_bytes;
   absl::StatusOr<std::unique_ptr<storage::PostgresStore>> opened =
       storage::PostgresStore::Open(std::move(options));
   if (!opened.ok()) return opened.status();

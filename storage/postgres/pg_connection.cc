@@ -11,6 +11,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 
@@ -133,14 +134,36 @@ int64_t PgResult::integer(int row, int column) const {
   return static_cast<int64_t>(value);
 }
 
+namespace {
+
+// The passwords a connection attempt may carry, for scrubbing errors.
+std::vector<std::string> Secrets(const PgConnectOptions& options) {
+  std::vector<std::string> secrets;
+  if (!options.password.empty()) secrets.push_back(options.password);
+  PQconninfoOption* parsed = PQconninfoParse(options.conninfo.c_str(), nullptr);
+  if (parsed == nullptr) return secrets;
+  for (const PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
+    if (o->val != nullptr && *o->val != '\0' &&
+        std::strcmp(o->keyword, "password") == 0) {
+      secrets.emplace_back(o->val);
+    }
+  }
+  PQconninfoFree(parsed);
+  return secrets;
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> DescribeConninfo(const std::string& conninfo) {
   char* error = nullptr;
   PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), &error);
   if (parsed == nullptr) {
-    std::string why = error != nullptr ? Trimmed(error) : "out of memory";
+    // libpq's reason quotes the offending text, which may be the password.
     PQfreemem(error);
     return absl::InvalidArgumentError(
-        absl::StrCat("not a libpq connection string: ", why));
+        "not a valid libpq connection string (not shown: it may hold a "
+        "password); see "
+        "https://www.postgresql.org/docs/15/libpq-connect.html");
   }
   std::string described;
   absl::Status valid;
@@ -153,8 +176,9 @@ absl::StatusOr<std::string> DescribeConninfo(const std::string& conninfo) {
         int number = 0;
         if (!port.empty() && (!absl::SimpleAtoi(port, &number) || number < 1 ||
                               number > 65535)) {
-          valid = absl::InvalidArgumentError(absl::StrCat(
-              "port \"", port, "\" is not a number from 1 to 65535"));
+          // Not echoed: a password with a '/' in it ends up here.
+          valid = absl::InvalidArgumentError(
+              "a port is not a number from 1 to 65535");
         }
       }
     }
@@ -194,31 +218,48 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Connect(
   }
   std::unique_ptr<PgConnection> connection(new PgConnection(conn));
   if (PQstatus(conn) != CONNECTION_OK) {
-    return absl::UnavailableError(absl::StrCat(
-        "could not connect to PostgreSQL: ", Trimmed(PQerrorMessage(conn))));
-  }
-  // NOTICEs (an IF NOT EXISTS that skipped, a cascade) are not errors; libpq
-  // would print them on stderr.
-  PQsetNoticeProcessor(
-      conn, [](void* /*arg*/, const char* /*message*/) {}, nullptr);
-  // Every statement is bounded on the server too, so that no lock is held
-  // by a client that went away, and no call waits forever on a lock.
-  const std::string timeout_ms = absl::StrCat(
-      std::max<int64_t>(1, absl::ToInt64Milliseconds(options.timeout)));
-  const std::string settings =
-      absl::StrCat("SET statement_timeout = ", timeout_ms,
-                   "; SET idle_in_transaction_session_timeout = ", timeout_ms);
-  pg_result* set = PQexec(conn, settings.c_str());
-  const bool set_ok = PQresultStatus(set) == PGRES_COMMAND_OK;
-  const std::string set_error = Trimmed(PQresultErrorMessage(set));
-  PQclear(set);
-  if (!set_ok) {
+    // libpq may quote a host name or option that holds (part of) a
+    // password given in the URI.
+    std::string why = Trimmed(PQerrorMessage(conn));
+    for (const std::string& secret : Secrets(options)) {
+      why = absl::StrReplaceAll(why, {{secret, "****"}});
+    }
     return absl::UnavailableError(
-        absl::StrCat("could not set the session's timeouts: ", set_error));
+        absl::StrCat("could not connect to PostgreSQL: ", why));
   }
+  // NOTICEs (an IF NOT EXISTS that skipped, a cascade) are not errors and
+  // are dropped; the one that says a COMMIT's wait for the synchronous
+  // standby was cancelled (with the COMMIT reported a success) is kept.
+  PQsetNoticeReceiver(
+      conn,
+      [](void* arg, const pg_result* notice) {
+        const char* primary =
+            PQresultErrorField(notice, PG_DIAG_MESSAGE_PRIMARY);
+        if (primary != nullptr &&
+            std::strstr(primary, "synchronous replication") != nullptr) {
+          static_cast<PgConnection*>(arg)->replication_wait_cancelled_ = true;
+        }
+      },
+      connection.get());
   if (PQsetnonblocking(conn, 1) != 0) {
     return absl::UnavailableError(absl::StrCat(
         "libpq refused non-blocking mode: ", Trimmed(PQerrorMessage(conn))));
+  }
+  // Every statement is bounded on the server too, so that no lock is held
+  // by a client that went away, and no call waits forever on a lock. Set
+  // with a deadline: a server that stops answering after the handshake
+  // must not hold the caller.
+  const std::string timeout_ms = absl::StrCat(
+      std::max<int64_t>(1, absl::ToInt64Milliseconds(options.timeout)));
+  absl::StatusOr<std::vector<PgResult>> set = connection->Run(
+      {{"", absl::StrCat("SET statement_timeout = ", timeout_ms), {}},
+       {"",
+        absl::StrCat("SET idle_in_transaction_session_timeout = ", timeout_ms),
+        {}}},
+      absl::Now() + options.timeout);
+  if (!set.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "could not set the session's timeouts: ", set.status().message()));
   }
   return connection;
 }
@@ -296,6 +337,18 @@ absl::StatusOr<pg_result*> PgConnection::NextResult(absl::Time deadline) {
 absl::StatusOr<std::vector<PgResult>> PgConnection::Run(
     absl::Span<const PgStatement> statements, absl::Time deadline) {
   sqlstate_.clear();
+  replication_wait_cancelled_ = false;
+  for (const PgStatement& s : statements) {
+    for (const PgParam& p : s.params) {
+      // libpq takes an int length, and PostgreSQL refuses messages over
+      // 1 GiB: refused here, before anything is sent.
+      if (p.value.size() >= (size_t{1} << 30)) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("a statement parameter of ", p.value.size(),
+                         " bytes exceeds PostgreSQL's 1 GiB message limit"));
+      }
+    }
+  }
   if (!ok()) return Broken("already closed");
   if (PQenterPipelineMode(conn_) == 0) return Broken("pipeline mode");
 

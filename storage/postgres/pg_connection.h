@@ -132,6 +132,12 @@ class PgConnection {
   bool ok() const;
   // The SQLSTATE of the last statement PostgreSQL refused, or empty.
   const std::string& sqlstate() const { return sqlstate_; }
+  // Whether the last Run() drew PostgreSQL's warning that a COMMIT's wait
+  // for the synchronous standby was cancelled: the transaction committed
+  // on the primary, the standby may not have it.
+  bool replication_wait_cancelled() const {
+    return replication_wait_cancelled_;
+  }
   // The server's parameter (server_version, ...), or empty.
   std::string parameter(const char* name) const;
   // host:port of the server this connection reached.
@@ -150,6 +156,7 @@ class PgConnection {
 
   pg_conn* conn_;
   bool broken_ = false;
+  bool replication_wait_cancelled_ = false;
   std::string sqlstate_;
   std::set<std::string, std::less<>> prepared_;
 };

@@ -59,6 +59,10 @@ constexpr absl::Duration kConnectBackoff = absl::Milliseconds(200);
 // client gives up this much later, for a server that does not answer at all.
 constexpr absl::Duration kClientGrace = absl::Milliseconds(500);
 
+// One transaction carries at most this many bytes of results (PostgreSQL
+// refuses messages over 1 GiB; a batch's records travel as one array).
+constexpr size_t kMaxBatchBytes = size_t{64} << 20;
+
 // Batches that lost a deadlock (with the reaper) or a serialization race
 // are tried again this many times.
 constexpr int kMaxAttempts = 4;
@@ -316,7 +320,14 @@ void PostgresStore::Apply(std::unique_ptr<Transition> transition) {
       refused = absl::ResourceExhaustedError(absl::StrCat(
           options_.max_pending,
           " changes are already waiting for PostgreSQL; try again later"));
+    } else if (!queue_.empty() && queued_bytes_ + transition->payload_bytes() >
+                                      options_.max_pending_bytes) {
+      refused = absl::ResourceExhaustedError(
+          absl::StrCat(queued_bytes_,
+                       " bytes of changes are already waiting for "
+                       "PostgreSQL; try again later"));
     } else {
+      queued_bytes_ += transition->payload_bytes();
       queue_.push_back(std::move(transition));
       return;
     }
@@ -336,7 +347,12 @@ void PostgresStore::WriterLoop() {
           },
           this));
       if (queue_.empty()) return;  // Stopping, and nothing left to apply.
-      while (!queue_.empty() && batch.size() < options_.max_batch) {
+      size_t batch_bytes = 0;
+      while (!queue_.empty() && batch.size() < options_.max_batch &&
+             (batch.empty() || batch_bytes + queue_.front()->payload_bytes() <=
+                                   kMaxBatchBytes)) {
+        batch_bytes += queue_.front()->payload_bytes();
+        queued_bytes_ -= queue_.front()->payload_bytes();
         batch.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
@@ -453,7 +469,9 @@ absl::Status PostgresStore::TryBatch(
       absl::StrCat("SELECT ", kDbNow, ", nextval('", Table("tokens"),
                    "') FROM generate_series(1, $1::int4)");
   std::vector<PgStatement> first = {
-      {"", "BEGIN", {}},
+      // Pinned: a REPEATABLE READ default (per role or database) would take
+      // the snapshot before the locks are granted.
+      {"", "BEGIN ISOLATION LEVEL READ COMMITTED", {}},
       {"idem_lock", lock_sql, {PgParam::Int8Array(locks)}},
       {"idem_read",
        read_sql,
@@ -592,14 +610,24 @@ absl::Status PostgresStore::TryBatch(
   second.push_back({"", "SET LOCAL statement_timeout = 0", {}});
   second.push_back({"", "COMMIT", {}});
   *commit_sent = true;
-  absl::StatusOr<std::vector<PgResult>> written =
-      connection.Run(second, deadline);
+  // A fresh deadline: the first round trip may have waited long for a lock.
+  absl::StatusOr<std::vector<PgResult>> written = connection.Run(
+      second, absl::Now() + options_.connection.timeout + kClientGrace);
   if (!written.ok()) {
     return absl::Status(
         written.status().code(),
         absl::StrCat(
             written.status().message(),
             connection.ok() ? "" : " (the change may have been applied)"));
+  }
+  if (connection.replication_wait_cancelled()) {
+    // PostgreSQL reports such a COMMIT as a success (someone cancelled the
+    // backend's wait for the standby): on the primary, maybe not on the
+    // standby. Not acknowledged; a retry finds it and, through the
+    // confirm above, waits for the standby before it answers.
+    return absl::UnavailableError(
+        "the change committed on the PostgreSQL primary, but its wait for "
+        "the synchronous standby was cancelled: not acknowledged, retry");
   }
   return absl::OkStatus();
 }
@@ -612,19 +640,41 @@ std::optional<absl::StatusOr<BeginResult>> PostgresStore::PeekBegin(
 
 absl::StatusOr<std::unique_ptr<PgConnection>> PostgresStore::TakeReader() {
   {
+    // At most `connections` readers at once; callers beyond wait for one.
     absl::MutexLock lock(&mu_);
+    const auto free = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return readers_in_use_ < static_cast<size_t>(options_.connections);
+    };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&free),
+                              options_.connection.timeout)) {
+      return absl::UnavailableError(
+          absl::StrCat("all ", options_.connections,
+                       " PostgreSQL read connections stayed busy for ",
+                       absl::FormatDuration(options_.connection.timeout)));
+    }
+    ++readers_in_use_;
     if (!idle_readers_.empty()) {
       std::unique_ptr<PgConnection> reader = std::move(idle_readers_.back());
       idle_readers_.pop_back();
       return reader;
     }
   }
-  return NewConnection();
+  // Not through NewConnection(): a reader's failed attempt (too many
+  // connections, say) neither marks the store unhealthy nor holds writers
+  // back.
+  absl::StatusOr<std::unique_ptr<PgConnection>> made =
+      PgConnection::Connect(options_.connection);
+  if (!made.ok()) {
+    absl::MutexLock lock(&mu_);
+    --readers_in_use_;
+  }
+  return made;
 }
 
 void PostgresStore::ReturnReader(std::unique_ptr<PgConnection> connection) {
-  if (!connection->ok()) return;
   absl::MutexLock lock(&mu_);
+  --readers_in_use_;
+  if (!connection->ok()) return;
   if (idle_readers_.size() < static_cast<size_t>(options_.connections)) {
     idle_readers_.push_back(std::move(connection));
   }
@@ -638,8 +688,8 @@ absl::StatusOr<std::vector<PgResult>> PostgresStore::Read(
   for (int attempt = 0; attempt < 2; ++attempt) {
     absl::StatusOr<std::unique_ptr<PgConnection>> reader = TakeReader();
     if (!reader.ok()) return reader.status();
-    absl::StatusOr<std::vector<PgResult>> results =
-        (*reader)->Run(statements, absl::Now() + options_.connection.timeout);
+    absl::StatusOr<std::vector<PgResult>> results = (*reader)->Run(
+        statements, absl::Now() + options_.connection.timeout + kClientGrace);
     const bool broken = !(*reader)->ok();
     ReturnReader(*std::move(reader));
     if (results.ok() || !broken) return results;
@@ -842,13 +892,18 @@ void PostgresStore::RunMaintenance() {
           : PgParam::Null();
 
   // The health probe: a durable write, as a change would make.
-  absl::StatusOr<PgResult> probed = connection.RunOne(
-      {"idem_probe",
-       absl::StrCat("INSERT INTO ", Table("replicas"),
-                    " (id, seen_at) VALUES ($1, clock_timestamp()) ON "
-                    "CONFLICT (id) DO UPDATE SET seen_at = EXCLUDED.seen_at"),
-       {PgParam::Text(replica_id_)}},
-      absl::Now() + options_.connection.timeout);
+  // Rows of replicas gone for a day are removed with it.
+  absl::StatusOr<std::vector<PgResult>> probed = connection.Run(
+      {{"idem_probe",
+        absl::StrCat("INSERT INTO ", Table("replicas"),
+                     " (id, seen_at) VALUES ($1, clock_timestamp()) ON "
+                     "CONFLICT (id) DO UPDATE SET seen_at = EXCLUDED.seen_at"),
+        {PgParam::Text(replica_id_)}},
+       {"idem_forget_replicas",
+        absl::StrCat("DELETE FROM ", Table("replicas"),
+                     " WHERE seen_at < clock_timestamp() - interval '1 day'"),
+        {}}},
+      absl::Now() + options_.connection.timeout + kClientGrace);
   SetHealth(probed.status());
   if (!probed.ok()) return;
 

@@ -74,9 +74,10 @@ struct PostgresStoreOptions {
   // use a pool of up to as many more, one connection listens for other
   // replicas' changes, one runs the reaper and the health probe.
   int connections = 8;
-  // Changes waiting for a writer beyond this are refused
-  // (RESOURCE_EXHAUSTED).
+  // Changes waiting for a writer beyond this many, or beyond this many
+  // bytes of results, are refused (RESOURCE_EXHAUSTED).
   size_t max_pending = 100'000;
+  size_t max_pending_bytes = size_t{256} << 20;
   // Changes applied in one transaction at most.
   size_t max_batch = 256;
   // The reaper and health probe run this often; each pass deletes expired
@@ -192,6 +193,9 @@ class PostgresStore final : public TransitionStore {
 
   absl::Mutex mu_;
   std::deque<std::unique_ptr<Transition>> queue_ ABSL_GUARDED_BY(mu_);
+  size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Read connections taken from the pool or being made.
+  size_t readers_in_use_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::unique_ptr<PgConnection>> idle_readers_ ABSL_GUARDED_BY(mu_);
   std::function<void(const KeyId&)> on_change_ ABSL_GUARDED_BY(mu_);

@@ -446,5 +446,45 @@ TEST(PostgresStoreTest, EveryAcknowledgedCompleteSurvivesAFailover) {
   EXPECT_EQ(found, static_cast<int>(acknowledged.size()));
 }
 
+// PostgreSQL answers a COMMIT whose wait for the synchronous standby was
+// cancelled (pg_cancel_backend, an operator's tooling) with a warning and
+// a success: committed on the primary, perhaps not on the standby. The
+// store does not acknowledge it.
+TEST(PostgresStoreTest, ACancelledWaitForTheStandbyIsNotAcknowledged) {
+  LocalPostgres::Options primary_options;
+  primary_options.synchronous_standby = true;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<LocalPostgres> primary,
+                       LocalPostgres::Start(primary_options));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<LocalPostgres> standby,
+                       LocalPostgres::StartStandby(*primary));
+  PostgresStoreOptions options = Options(primary->uri(), nullptr);
+  options.connections = 1;
+  std::unique_ptr<PostgresStore> store = OpenOrDie(options);
+  ASSERT_OK_AND_ASSIGN(BeginResult begun, store->Begin(Begin("k")));
+
+  standby->Stop();  // Every commit now waits for it.
+  absl::StatusOr<CompleteResult> completed;
+  std::thread completer([&] {
+    completed = store->Complete(Complete("k", begun.token, "maybe"));
+  });
+  std::string cancelled;
+  const absl::Time give_up = absl::Now() + absl::Seconds(5);
+  while (cancelled != "t" && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(100));
+    cancelled =
+        primary
+            ->Sql(
+                "SELECT coalesce(bool_or(pg_cancel_backend(pid)), false) "
+                "FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+            .value_or("");
+  }
+  completer.join();
+  ASSERT_EQ(cancelled, "t") << "no commit waited for the standby";
+  EXPECT_STATUS_CODE(completed.status(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(
+      absl::StrContains(completed.status().message(), "synchronous standby"))
+      << completed.status();
+}
+
 }  // namespace
 }  // namespace idem::storage
