@@ -183,7 +183,15 @@ absl::Status PostgresStore::Migrate(PgConnection& connection) {
       absl::StrCat(LockId("idem-migration", {options_.schema, ""}));
   std::vector<PgStatement> prelude = {
       {"", absl::StrCat("SELECT pg_advisory_lock(", lock_id, ")"), {}},
-      {"", absl::StrCat("CREATE SCHEMA IF NOT EXISTS ", schema), {}},
+      // Not CREATE SCHEMA IF NOT EXISTS: it needs CREATE on the database
+      // even when the schema exists, and an owner of a provisioned schema
+      // may not have it.
+      {"",
+       absl::StrCat("DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_namespace "
+                    "WHERE nspname = '",
+                    options_.schema, "') THEN CREATE SCHEMA ", schema,
+                    "; END IF; END$$"),
+       {}},
       {"",
        absl::StrCat("CREATE TABLE IF NOT EXISTS ", schema,
                     ".schema_version (version int4 NOT NULL, migrated_at "

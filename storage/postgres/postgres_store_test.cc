@@ -166,6 +166,37 @@ TEST(PostgresStoreTest, ReplicasStartingTogetherMigrateTheSchemaOnce) {
   stores[0]->DropSchema().IgnoreError();
 }
 
+// A role that owns a provisioned schema but may not create schemas in the
+// database (what a DBA hands a service) is enough; one that has neither
+// is refused with PostgreSQL's reason.
+TEST(PostgresStoreTest, AnOwnedSchemaNeedsNoCreateOnTheDatabase) {
+  const std::string schema = FreshSchema();
+  const std::string role = schema + "_owner";
+  ASSERT_OK(
+      Shared().Sql(absl::StrCat("CREATE ROLE ", role, " LOGIN")).status());
+  ASSERT_OK(
+      Shared()
+          .Sql(absl::StrCat("CREATE SCHEMA ", schema, " AUTHORIZATION ", role))
+          .status());
+  const std::string uri = absl::StrCat("postgresql://", role,
+                                       "@127.0.0.1:", Shared().port(), "/idem");
+  {
+    std::unique_ptr<PostgresStore> store =
+        OpenOrDie(Options(uri, nullptr, schema));
+    ASSERT_OK_AND_ASSIGN(BeginResult begun, store->Begin(Begin("k")));
+    EXPECT_EQ(begun.outcome, BeginOutcome::kAcquired);
+  }
+  absl::StatusOr<std::unique_ptr<PostgresStore>> refused =
+      PostgresStore::Open(Options(uri, nullptr, FreshSchema()));
+  EXPECT_FALSE(refused.ok());
+  EXPECT_TRUE(
+      absl::StrContains(refused.status().message(), "permission denied"))
+      << refused.status();
+  ASSERT_OK(
+      Shared().Sql(absl::StrCat("DROP SCHEMA ", schema, " CASCADE")).status());
+  ASSERT_OK(Shared().Sql(absl::StrCat("DROP ROLE ", role)).status());
+}
+
 TEST(PostgresStoreTest, RefusesASchemaNewerThanThisBinary) {
   const std::string schema = FreshSchema();
   { OpenOrDie(Options(Shared().uri(), nullptr, schema)); }
