@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "tests/testing/ports.h"
 #include "tests/testing/spawn.h"
 #include "tests/testing/subprocess.h"
 
@@ -41,25 +42,12 @@ std::string BinDir() {
   return best;
 }
 
-bool PortFree(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return false;
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(port));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  const bool free =
-      bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
-  close(fd);
-  return free;
-}
-
 int PickPort() {
   static std::minstd_rand random(std::random_device{}());
   std::uniform_int_distribution<int> range(20000, 59999);
   for (int tries = 0; tries < 1000; ++tries) {
     const int port = range(random);
-    if (PortFree(port)) return port;
+    if (LoopbackPortFree(port)) return port;
   }
   return -1;
 }

@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "tests/testing/ports.h"
 #include "tests/testing/spawn.h"
 #include "tests/testing/subprocess.h"
 
@@ -27,19 +28,6 @@ namespace {
 constexpr char kRedisServer[] = "/usr/bin/redis-server";
 constexpr char kRedisCli[] = "/usr/bin/redis-cli";
 
-bool PortFree(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return false;
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(port));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  const bool free =
-      bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
-  close(fd);
-  return free;
-}
-
 // A port whose cluster bus port (+10000) is free too.
 int PickPort(std::vector<int>* taken) {
   static std::minstd_rand random(std::random_device{}());
@@ -47,7 +35,7 @@ int PickPort(std::vector<int>* taken) {
   for (int tries = 0; tries < 1000; ++tries) {
     const int port = range(random);
     if (std::find(taken->begin(), taken->end(), port) != taken->end()) continue;
-    if (PortFree(port) && PortFree(port + 10000)) {
+    if (LoopbackPortFree(port) && LoopbackPortFree(port + 10000)) {
       taken->push_back(port);
       return port;
     }
