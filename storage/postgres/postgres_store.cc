@@ -506,7 +506,14 @@ absl::Status PostgresStore::TryBatch(
   int next_token = 0;
 
   bool confirm = false;
+  // NOTIFY payloads "replica:hex(namespace):hex(key)": other replicas skip
+  // their own.
   std::vector<std::string> payloads;
+  const auto announce = [&](const KeyId& id) {
+    payloads.push_back(absl::StrCat(replica_id_, ":",
+                                    absl::BytesToHexString(id.name_space), ":",
+                                    absl::BytesToHexString(id.key)));
+  };
   for (size_t i = 0; i < batch.size(); ++i) {
     KeyEntry& k = keys[key_of[i]];
     if (!k.unreadable.ok()) {
@@ -533,17 +540,13 @@ absl::Status PostgresStore::TryBatch(
         break;
       case Change::Kind::kPut:
         if (change->record.state() != Record::STATE_IN_PROGRESS) {
-          payloads.push_back(absl::StrCat(
-              replica_id_, ":", absl::BytesToHexString(k.id->name_space), ":",
-              absl::BytesToHexString(k.id->key)));
+          announce(*k.id);
         }
         k.record = std::move(change->record);
         k.written = true;
         break;
       case Change::Kind::kDelete:
-        payloads.push_back(absl::StrCat(
-            replica_id_, ":", absl::BytesToHexString(k.id->name_space), ":",
-            absl::BytesToHexString(k.id->key)));
+        announce(*k.id);
         k.record.reset();
         k.written = true;
         break;
@@ -729,27 +732,19 @@ absl::Status PostgresStore::Scan(
   constexpr int64_t kChunk = 1000;
   KeyId after{name_space, after_key};
   for (;;) {
-    std::vector<PgStatement> statements;
-    if (name_space.empty()) {
-      statements.push_back(
-          {"idem_scan_all",
-           absl::StrCat("SELECT ", kDbNow, ", name_space, key, record FROM ",
-                        Table("records"),
-                        " WHERE (name_space, key) > ($1, $2) ORDER BY "
-                        "name_space, key LIMIT $3"),
-           {PgParam::Bytes(after.name_space), PgParam::Bytes(after.key),
-            PgParam::Int(kChunk)}});
-    } else {
-      statements.push_back(
-          {"idem_scan_namespace",
-           absl::StrCat("SELECT ", kDbNow, ", name_space, key, record FROM ",
-                        Table("records"),
-                        " WHERE name_space = $1 AND key > $2 ORDER BY key "
-                        "LIMIT $3"),
-           {PgParam::Bytes(after.name_space), PgParam::Bytes(after.key),
-            PgParam::Int(kChunk)}});
-    }
-    absl::StatusOr<std::vector<PgResult>> read = Read(statements);
+    // All namespaces in (name_space, key) order, or one in key order.
+    const bool all = name_space.empty();
+    const PgStatement scan{
+        all ? "idem_scan_all" : "idem_scan_namespace",
+        absl::StrCat("SELECT ", kDbNow, ", name_space, key, record FROM ",
+                     Table("records"),
+                     all ? " WHERE (name_space, key) > ($1, $2) ORDER BY "
+                           "name_space, key LIMIT $3"
+                         : " WHERE name_space = $1 AND key > $2 ORDER BY key "
+                           "LIMIT $3"),
+        {PgParam::Bytes(after.name_space), PgParam::Bytes(after.key),
+         PgParam::Int(kChunk)}};
+    absl::StatusOr<std::vector<PgResult>> read = Read({scan});
     if (!read.ok()) return read.status();
     const PgResult& rows = read->front();
     for (int r = 0; r < rows.rows(); ++r) {
@@ -935,11 +930,10 @@ void PostgresStore::RunMaintenance() {
     if (deleted->affected() < options_.reap_batch) break;
   }
 
-  absl::StatusOr<PgResult> figures = connection.RunOne(
-      StatsStatement(), absl::Now() + options_.connection.timeout);
+  // Stats() counts when asked: no figures here, every second, that nobody
+  // may read.
   absl::MutexLock lock(&mu_);
   expired_dropped_ += reaped;
-  if (figures.ok()) KeepStatsLocked(*figures);
 }
 
 PgStatement PostgresStore::StatsStatement() const {

@@ -118,7 +118,7 @@ class PostgresStore final : public TransitionStore {
   absl::StatusOr<std::map<std::string, StateCounts>> CountKeys(
       const std::string& name_space) override;
   // One round trip on a pooled connection (bounded by the timeout); the
-  // last maintenance pass's figures if the database does not answer.
+  // last figures read if the database does not answer.
   StoreStats Stats() override;
   absl::Status Health() override;
   // Other replicas' changes (LISTEN). After the listening connection was
@@ -127,7 +127,7 @@ class PostgresStore final : public TransitionStore {
   void WatchChanges(
       const std::function<void(const KeyId&)>& on_change) override;
 
-  // Runs one maintenance pass now (tests): reaps, probes, refreshes Stats.
+  // Runs one maintenance pass now (tests): probes and reaps.
   void RunMaintenance();
   // Tests: drops the schema with everything in it.
   absl::Status DropSchema();

@@ -415,13 +415,19 @@ TEST(PostgresStoreTest, ADatabaseCrashIsUnavailableThenEverythingComesBack) {
   EXPECT_GT(after.token, begun.token);
 }
 
+// A primary whose every commit waits for `standby`, streaming from it.
+void StartWithSynchronousStandby(std::unique_ptr<LocalPostgres>* primary,
+                                 std::unique_ptr<LocalPostgres>* standby) {
+  LocalPostgres::Options options;
+  options.synchronous_standby = true;
+  ASSERT_OK_AND_ASSIGN(*primary, LocalPostgres::Start(options));
+  ASSERT_OK_AND_ASSIGN(*standby, LocalPostgres::StartStandby(**primary));
+}
+
 TEST(PostgresStoreTest, EveryAcknowledgedCompleteSurvivesAFailover) {
-  LocalPostgres::Options primary_options;
-  primary_options.synchronous_standby = true;
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<LocalPostgres> primary,
-                       LocalPostgres::Start(primary_options));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<LocalPostgres> standby,
-                       LocalPostgres::StartStandby(*primary));
+  std::unique_ptr<LocalPostgres> primary;
+  std::unique_ptr<LocalPostgres> standby;
+  ASSERT_NO_FATAL_FAILURE(StartWithSynchronousStandby(&primary, &standby));
   PostgresStoreOptions options = Options(primary->uri(), nullptr);
   options.connection.timeout = absl::Seconds(2);
   std::unique_ptr<PostgresStore> store = OpenOrDie(options);
@@ -482,12 +488,9 @@ TEST(PostgresStoreTest, EveryAcknowledgedCompleteSurvivesAFailover) {
 // a success: committed on the primary, perhaps not on the standby. The
 // store does not acknowledge it.
 TEST(PostgresStoreTest, ACancelledWaitForTheStandbyIsNotAcknowledged) {
-  LocalPostgres::Options primary_options;
-  primary_options.synchronous_standby = true;
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<LocalPostgres> primary,
-                       LocalPostgres::Start(primary_options));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<LocalPostgres> standby,
-                       LocalPostgres::StartStandby(*primary));
+  std::unique_ptr<LocalPostgres> primary;
+  std::unique_ptr<LocalPostgres> standby;
+  ASSERT_NO_FATAL_FAILURE(StartWithSynchronousStandby(&primary, &standby));
   PostgresStoreOptions options = Options(primary->uri(), nullptr);
   options.connections = 1;
   std::unique_ptr<PostgresStore> store = OpenOrDie(options);
