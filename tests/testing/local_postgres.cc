@@ -10,7 +10,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <sstream>
 #include <thread>
 
@@ -40,16 +39,6 @@ std::string BinDir() {
     if (std::filesystem::exists(bin + "/initdb") && bin > best) best = bin;
   }
   return best;
-}
-
-int PickPort() {
-  static std::minstd_rand random(std::random_device{}());
-  std::uniform_int_distribution<int> range(20000, 59999);
-  for (int tries = 0; tries < 1000; ++tries) {
-    const int port = range(random);
-    if (LoopbackPortFree(port)) return port;
-  }
-  return -1;
 }
 
 }  // namespace
@@ -100,7 +89,8 @@ absl::StatusOr<std::unique_ptr<LocalPostgres>> LocalPostgres::Start(
     return absl::InternalError(
         absl::StrCat("initdb failed (exit ", initdb, "): ", pg->log()));
   }
-  pg->port_ = PickPort();
+  pg->port_ = PickLoopbackPort();
+  if (pg->port_ < 0) return absl::UnavailableError("no free loopback port");
   pg->settings_ = {"listen_addresses=127.0.0.1",
                    absl::StrCat("port=", pg->port_),
                    absl::StrCat("unix_socket_directories=", pg->dir_.path()),
@@ -152,7 +142,8 @@ absl::StatusOr<std::unique_ptr<LocalPostgres>> LocalPostgres::StartStandby(
     conf << "primary_conninfo = 'host=127.0.0.1 port=" << primary.port_
          << " user=idem application_name=" << kStandbyName << "'\n";
   }
-  pg->port_ = PickPort();
+  pg->port_ = PickLoopbackPort();
+  if (pg->port_ < 0) return absl::UnavailableError("no free loopback port");
   pg->settings_ = primary.settings_;
   for (std::string& s : pg->settings_) {
     if (absl::StartsWith(s, "port=")) s = absl::StrCat("port=", pg->port_);

@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <fstream>
-#include <random>
 #include <sstream>
 
 #include "absl/strings/match.h"
@@ -28,17 +27,15 @@ namespace {
 constexpr char kRedisServer[] = "/usr/bin/redis-server";
 constexpr char kRedisCli[] = "/usr/bin/redis-cli";
 
-// A port whose cluster bus port (+10000) is free too.
+// A port whose cluster bus port (+10000) is free too, not yet taken by
+// another node of this cluster.
 int PickPort(std::vector<int>* taken) {
-  static std::minstd_rand random(std::random_device{}());
-  std::uniform_int_distribution<int> range(16000, 49999);
-  for (int tries = 0; tries < 1000; ++tries) {
-    const int port = range(random);
+  for (int tries = 0; tries < 100; ++tries) {
+    const int port = PickLoopbackPort(10000);
+    if (port < 0) return -1;
     if (std::find(taken->begin(), taken->end(), port) != taken->end()) continue;
-    if (LoopbackPortFree(port) && LoopbackPortFree(port + 10000)) {
-      taken->push_back(port);
-      return port;
-    }
+    taken->push_back(port);
+    return port;
   }
   return -1;
 }

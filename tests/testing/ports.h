@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <fstream>
+#include <random>
 
 namespace idem::testing {
 
@@ -23,6 +25,30 @@ inline bool LoopbackPortFree(int port) {
       bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
   close(fd);
   return free;
+}
+
+// A random port P, with P + `companion` too (0: none), both free now and
+// both below the kernel's ephemeral range: the idem-servers the tests
+// start listen on port 0 and every outgoing connection takes an ephemeral
+// port, so a pick inside that range can be taken between this check and
+// the server's bind (Redis's cluster bus port, P + 10000, was).
+// Returns -1 when none is found.
+inline int PickLoopbackPort(int companion = 0) {
+  int ephemeral_low = 32768;
+  std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> ephemeral_low;
+  constexpr int kLowest = 10000;
+  const int highest = ephemeral_low - 1 - companion;
+  if (highest <= kLowest) return -1;
+  static std::minstd_rand random(std::random_device{}());
+  std::uniform_int_distribution<int> range(kLowest, highest);
+  for (int tries = 0; tries < 1000; ++tries) {
+    const int port = range(random);
+    if (LoopbackPortFree(port) &&
+        (companion == 0 || LoopbackPortFree(port + companion))) {
+      return port;
+    }
+  }
+  return -1;
 }
 
 }  // namespace idem::testing
