@@ -256,6 +256,11 @@ std::vector<Setting> MakeSettings() {
                      "/metrics and /healthz address HOST:PORT (port 0 picks "
                      "a free port); empty turns it off",
                      &ServerConfig::metrics_listen, true),
+      AddressSetting("http-listen", "IDEM_HTTP_LISTEN",
+                     "HTTP/JSON (Connect protocol) address HOST:PORT, with "
+                     "the gRPC port's TLS and policy (port 0 picks a free "
+                     "port); empty turns it off",
+                     &ServerConfig::http_listen, true),
       Setting{"log-level", "IDEM_LOG_LEVEL", "debug, info, warning or error",
               [](const ServerConfig& c) { return c.log_level; },
               [](const std::string& v, ServerConfig& c) {

@@ -31,6 +31,9 @@ struct ServerConfig {
   std::string port_file;
   // Prometheus endpoint HOST:PORT; empty turns it off.
   std::string metrics_listen = "127.0.0.1:9464";
+  // The Connect protocol (HTTP/1.1, JSON or binary protobuf) HOST:PORT;
+  // empty turns it off. Same TLS and policy as the gRPC port.
+  std::string http_listen = "127.0.0.1:8080";
   // debug, info, warning or error.
   std::string log_level = "info";
   // On SIGTERM, how long to report NOT_SERVING before draining, so that load

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -22,18 +23,27 @@ namespace idem::server {
 namespace {
 
 // Written atomically, so a reader never sees a partial file. Line 1: the
-// gRPC port; line 2, if metrics are on: metrics=PORT.
-bool WritePortFile(const std::string& path, int port, int metrics_port) {
+// gRPC port; then, for those that are on, metrics=PORT and http=PORT.
+bool WritePortFile(const std::string& path, int port, int metrics_port,
+                   int http_port) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
     out << port << "\n";
     if (metrics_port > 0) out << "metrics=" << metrics_port << "\n";
+    if (http_port > 0) out << "http=" << http_port << "\n";
     if (!out.good()) return false;
   }
   std::error_code error;
   std::filesystem::rename(tmp, path, error);
   return !error;
+}
+
+// Room for the largest valid Complete: its result and the rest of the
+// request.
+size_t MaxRequestBytes(const ServerConfig& config) {
+  return std::max<size_t>(size_t{4} << 20,
+                          config.limits.MaxResultBytes() + (size_t{64} << 10));
 }
 
 }  // namespace
@@ -46,9 +56,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   if (absl::Status s = server->StartGrpc(); !s.ok()) return s;
   server->WatchStoreHealth();
   if (absl::Status s = server->StartMetrics(); !s.ok()) return s;
+  if (absl::Status s = server->StartHttp(); !s.ok()) return s;
   const int metrics_port = server->metrics_port();
   if (!config.port_file.empty() &&
-      !WritePortFile(config.port_file, server->port_, metrics_port)) {
+      !WritePortFile(config.port_file, server->port_, metrics_port,
+                     server->http_port())) {
     Log(LogLevel::kError, "port_file_failed", {{"path", config.port_file}});
     return absl::UnavailableError(
         absl::StrCat("cannot write --port-file ", config.port_file));
@@ -56,6 +68,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   Log(LogLevel::kInfo, "serving",
       {{"port", absl::StrCat(server->port_)},
        {"metrics_port", absl::StrCat(metrics_port)},
+       {"http_port", absl::StrCat(server->http_port())},
        {"store_open", absl::FormatDuration(server->store_open_time_)}});
   server->started_ = true;
   // Rotated TLS files are checked before gRPC sees them: a bad set is
@@ -81,6 +94,7 @@ Server::~Server() {
     Shutdown("destroyed");
   } else if (grpc_ != nullptr && !shut_down_) {
     // A start that failed after gRPC listened: stop without draining.
+    http_.reset();
     grpc_->Shutdown();
     grpc_->Wait();
   }
@@ -205,13 +219,10 @@ absl::Status Server::StartGrpc() {
       interceptors;
   interceptors.push_back(MakeInvalidRequestInterceptorFactory(&observer_));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
-  // Room for the largest valid Complete: its result and the rest of the
-  // request. Replies are bounded by --max-reply-bytes (a BeginBatch stops
-  // adding results there); the send limit is a backstop far below
-  // protobuf's 2 GiB, where serializing would abort the process.
-  const size_t max_message = std::max<size_t>(
-      size_t{4} << 20, config_.limits.MaxResultBytes() + (size_t{64} << 10));
-  builder.SetMaxReceiveMessageSize(static_cast<int>(max_message));
+  // Replies are bounded by --max-reply-bytes (a BeginBatch stops adding
+  // results there); the send limit is a backstop far below protobuf's
+  // 2 GiB, where serializing would abort the process.
+  builder.SetMaxReceiveMessageSize(static_cast<int>(MaxRequestBytes(config_)));
   builder.SetMaxSendMessageSize(
       static_cast<int>(config_.limits.max_reply_bytes + (size_t{64} << 20)));
   grpc_ = builder.BuildAndStart();
@@ -279,6 +290,66 @@ absl::Status Server::StartMetrics() {
   return absl::OkStatus();
 }
 
+absl::Status Server::StartHttp() {
+  if (config_.http_listen.empty()) return absl::OkStatus();
+  ConnectGateway::Options gateway;
+  const google::protobuf::DescriptorPool* pool =
+      google::protobuf::DescriptorPool::generated_pool();
+  gateway.services = {
+      pool->FindServiceByName(v1::Idempotency::service_full_name()),
+      pool->FindServiceByName(v1::Admin::service_full_name())};
+  gateway.forwarding_secret = authorizer_->forwarding_secret();
+  gateway.serving = [this] { return serving_.load(); };
+  gateway_ = std::make_unique<ConnectGateway>(InProcessChannel(),
+                                              std::move(gateway));
+  HttpServer::Options options;
+  options.listen = config_.http_listen;
+  // The largest gRPC request in JSON: bytes grow by a third in base64.
+  options.max_body_bytes = MaxRequestBytes(config_) * 2;
+  if (tls_ != nullptr) options.tls = [this] { return HttpTlsContext(); };
+  options.refusal = [](int status, std::string message) {
+    grpc::StatusCode code = grpc::StatusCode::INVALID_ARGUMENT;
+    if (status == 413 || status == 431) {
+      code = grpc::StatusCode::RESOURCE_EXHAUSTED;
+    } else if (status == 408) {
+      code = grpc::StatusCode::DEADLINE_EXCEEDED;
+    } else if (status == 501 || status == 505) {
+      code = grpc::StatusCode::UNIMPLEMENTED;
+    }
+    return ConnectError(code, message, status);
+  };
+  absl::StatusOr<std::unique_ptr<HttpServer>> started = HttpServer::Start(
+      std::move(options),
+      [gateway = gateway_.get()](HttpRequest request, Responder responder) {
+        gateway->Handle(std::move(request), std::move(responder));
+      });
+  if (!started.ok()) {
+    Log(LogLevel::kError, "http_listen_failed",
+        {{"listen", config_.http_listen},
+         {"error", std::string(started.status().message())}});
+    return absl::UnavailableError(started.status().message());
+  }
+  http_ = *std::move(started);
+  return absl::OkStatus();
+}
+
+std::shared_ptr<SSL_CTX> Server::HttpTlsContext() {
+  TlsReloader::Installed installed = tls_->installed();
+  if (installed.generation != http_tls_generation_) {
+    absl::StatusOr<std::shared_ptr<SSL_CTX>> made = MakeServerTlsContext(
+        installed.cert, installed.key, installed.client_ca);
+    if (made.ok()) {
+      http_tls_context_ = *std::move(made);
+    } else {
+      // The reloader checked this set; OpenSSL disagreeing keeps the last.
+      Log(LogLevel::kError, "http_tls_failed",
+          {{"error", std::string(made.status().message())}});
+    }
+    http_tls_generation_ = installed.generation;
+  }
+  return http_tls_context_;
+}
+
 void Server::ReportTls(const TlsReloader::Outcome& outcome) {
   const bool installed = outcome.kind != TlsReloader::Outcome::Kind::kRefused;
   metrics_.RecordTlsReload(installed);
@@ -317,8 +388,18 @@ void Server::Shutdown(absl::string_view reason) {
   absl::SleepFor(config_.drain_delay);  // Let load balancers notice.
   health->Shutdown();
   waits_.Shutdown();  // Parked Begins answer with the state as it is.
+  // HTTP stops taking requests and writes the answers of those in flight
+  // (gRPC calls of their own) while gRPC drains.
+  std::thread http_drain;
+  if (http_ != nullptr) {
+    http_drain = std::thread(
+        [this] { http_->Drain(config_.shutdown_grace + absl::Seconds(1)); });
+  }
   grpc_->Shutdown(absl::ToChronoTime(absl::Now() + config_.shutdown_grace));
   grpc_->Wait();
+  if (http_drain.joinable()) http_drain.join();
+  http_.reset();
+  gateway_.reset();
   tls_.reset();
   metrics_http_.reset();
   store_.reset();  // Closes the store after the last call.

@@ -14,7 +14,8 @@
 // Start-up order: the TLS and policy files are checked (a bad one stops the
 // start before anything opens), the store opens (RocksDB may replay its
 // log; Redis loads the slot map and probes every master), then gRPC listens
-// and reports SERVING, then the metrics port opens. Until Start returns the
+// and reports SERVING, then the metrics and HTTP ports open. Until Start
+// returns the
 // gRPC port is closed, so probes fail as they would on NOT_SERVING.
 //
 // Thread safety: Start, ReloadTls and Shutdown are called from one thread
@@ -37,6 +38,8 @@
 #include "server/auth/authorizer.h"
 #include "server/auth/tls.h"
 #include "server/config.h"
+#include "server/http/connect_gateway.h"
+#include "server/http/http_server.h"
 #include "server/ops/metrics.h"
 #include "server/ops/metrics_http.h"
 #include "server/ops/store_health_watcher.h"
@@ -68,9 +71,10 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   // The bound ports (the configured ones, or those picked for port 0);
-  // metrics_port() is 0 with metrics off.
+  // metrics_port() and http_port() are 0 when those are off.
   int port() const { return port_; }
   int metrics_port() const;
+  int http_port() const { return http_ != nullptr ? http_->port() : 0; }
   // A channel to this server without a socket (fuzzers, benchmarks of the
   // handlers); calls pass the same interceptors and limits as over TCP.
   std::shared_ptr<grpc::Channel> InProcessChannel();
@@ -93,6 +97,10 @@ class Server {
   absl::Status OpenStore();
   absl::Status StartGrpc();
   absl::Status StartMetrics();
+  absl::Status StartHttp();
+  // The HTTP port's TLS context for a new connection: rebuilt when the
+  // reloader installed a new set. Called on the HTTP server's thread only.
+  std::shared_ptr<SSL_CTX> HttpTlsContext();
   void WatchStoreHealth();
   void ReportTls(const TlsReloader::Outcome& outcome);
 
@@ -120,6 +128,11 @@ class Server {
   std::atomic<bool> serving_{false};
   std::unique_ptr<StoreHealthWatcher> health_watcher_;
   std::unique_ptr<MetricsHttpServer> metrics_http_;
+  // The Connect door: calls the services through an in-process channel.
+  std::unique_ptr<ConnectGateway> gateway_;
+  std::unique_ptr<HttpServer> http_;
+  int http_tls_generation_ = -1;  // HTTP thread only.
+  std::shared_ptr<SSL_CTX> http_tls_context_;
   // Its watcher reports to metrics_.
   std::unique_ptr<TlsReloader> tls_;
   bool started_ = false;  // Start succeeded: destruction drains.

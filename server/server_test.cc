@@ -40,7 +40,7 @@ class ServerTest : public ::testing::Test {
  protected:
   std::vector<std::string> Flags() {
     return {"--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
-            "--data-dir=" + dir_.Sub("data")};
+            "--data-dir=" + dir_.Sub("data"), "--http-listen=127.0.0.1:0"};
   }
 
   std::unique_ptr<v1::Idempotency::Stub> Stub(const Server& server) {

@@ -1,7 +1,9 @@
 #include "server/auth/authorizer.h"
 
 #include <openssl/bio.h>
+#include <openssl/crypto.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -21,6 +23,25 @@ namespace idem::server {
 namespace {
 
 constexpr size_t kMaxCachedCertificates = 10'000;
+
+// Metadata of a forwarded call (Authorizer::Forward).
+constexpr char kForwardedBy[] = "idem-forwarded-by";
+constexpr char kForwardedTls[] = "idem-forwarded-tls";
+constexpr char kForwardedCertificate[] = "idem-forwarded-cert-bin";
+
+std::string RandomSecret() {
+  unsigned char bytes[32];
+  if (RAND_bytes(bytes, sizeof(bytes)) != 1) {
+    // No entropy: no forwarded call will ever be believed.
+    return "";
+  }
+  return absl::BytesToHexString(absl::string_view(
+      reinterpret_cast<const char*>(bytes), sizeof(bytes)));
+}
+
+absl::string_view Value(const grpc::string_ref& ref) {
+  return absl::string_view(ref.data(), ref.size());
+}
 
 std::string Sha256Bytes(absl::string_view data) {
   unsigned char digest[SHA256_DIGEST_LENGTH];
@@ -92,6 +113,19 @@ CallerIdentity ParseCertificateIdentity(absl::string_view pem) {
   return id;
 }
 
+Authorizer::Authorizer(const AuthPolicy* policy, Metrics* metrics)
+    : policy_(policy), metrics_(metrics), forwarding_secret_(RandomSecret()) {}
+
+void Authorizer::Forward(const std::string& secret, bool tls,
+                         const std::string& client_certificate_pem,
+                         grpc::ClientContext* context) {
+  context->AddMetadata(kForwardedBy, secret);
+  context->AddMetadata(kForwardedTls, tls ? "1" : "0");
+  if (!client_certificate_pem.empty()) {
+    context->AddMetadata(kForwardedCertificate, client_certificate_pem);
+  }
+}
+
 CallerIdentity Authorizer::CertificateIdentity(const std::string& pem) const {
   absl::MutexLock lock(&mu_);
   auto it = certificates_.find(pem);
@@ -112,18 +146,38 @@ void Authorizer::Record(absl::string_view principal,
 absl::StatusOr<Access> Authorizer::Authenticate(
     const grpc::ServerContextBase& context) const {
   if (policy_ == nullptr) return Access::Unrestricted();
-  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
-  const bool tls = auth != nullptr && IsTls(*auth);
-
+  const auto& metadata = context.client_metadata();
+  bool tls = false;
   CallerIdentity caller;
-  if (tls && auth->IsPeerAuthenticated()) {
-    for (const grpc::string_ref& pem :
-         auth->FindPropertyValues("x509_pem_cert")) {
-      caller = CertificateIdentity(std::string(pem.data(), pem.size()));
-      break;
+  if (auto by = metadata.find(kForwardedBy); by != metadata.end()) {
+    const absl::string_view secret = Value(by->second);
+    if (forwarding_secret_.empty() ||
+        secret.size() != forwarding_secret_.size() ||
+        CRYPTO_memcmp(secret.data(), forwarding_secret_.data(),
+                      secret.size()) != 0) {
+      Record("", "unauthenticated");
+      return absl::UnauthenticatedError(
+          "forwarded identities are accepted from this server's own HTTP "
+          "gateway only");
+    }
+    auto forwarded_tls = metadata.find(kForwardedTls);
+    tls = forwarded_tls != metadata.end() && Value(forwarded_tls->second) == "1";
+    if (auto pem = metadata.find(kForwardedCertificate);
+        tls && pem != metadata.end()) {
+      caller = CertificateIdentity(std::string(Value(pem->second)));
+    }
+  } else {
+    const std::shared_ptr<const grpc::AuthContext> auth =
+        context.auth_context();
+    tls = auth != nullptr && IsTls(*auth);
+    if (tls && auth->IsPeerAuthenticated()) {
+      for (const grpc::string_ref& pem :
+           auth->FindPropertyValues("x509_pem_cert")) {
+        caller = CertificateIdentity(std::string(pem.data(), pem.size()));
+        break;
+      }
     }
   }
-  const auto& metadata = context.client_metadata();
   if (auto it = metadata.find("authorization"); it != metadata.end()) {
     absl::string_view value(it->second.data(), it->second.size());
     if (!tls) {

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "grpcpp/client_context.h"
 #include "grpcpp/server_context.h"
 #include "server/auth/auth_policy.h"
 #include "server/ops/metrics.h"
@@ -23,10 +24,20 @@ class Authorizer {
  public:
   // `policy` may be null (open); `metrics` may be null. Not owned; both
   // must outlive the authorizer.
-  explicit Authorizer(const AuthPolicy* policy, Metrics* metrics = nullptr)
-      : policy_(policy), metrics_(metrics) {}
+  explicit Authorizer(const AuthPolicy* policy, Metrics* metrics = nullptr);
 
   bool open() const { return policy_ == nullptr; }
+
+  // Another door of this server (the HTTP gateway) calls the services over
+  // the in-process channel on behalf of its own caller: Forward() puts
+  // that caller's TLS state and verified client certificate on the call,
+  // and Authenticate() believes them only alongside this process's secret
+  // (random, never sent over a network), so that no remote gRPC caller can
+  // claim an identity this way.
+  const std::string& forwarding_secret() const { return forwarding_secret_; }
+  static void Forward(const std::string& secret, bool tls,
+                      const std::string& client_certificate_pem,
+                      grpc::ClientContext* context);
 
   // UNAUTHENTICATED when the caller proved no identity (no verified client
   // certificate and no known bearer token over TLS), or sent a token over
@@ -50,6 +61,7 @@ class Authorizer {
 
   const AuthPolicy* const policy_;
   Metrics* const metrics_;
+  const std::string forwarding_secret_;
   mutable absl::Mutex mu_;
   mutable absl::flat_hash_map<std::string, CallerIdentity> certificates_
       ABSL_GUARDED_BY(mu_);

@@ -184,6 +184,7 @@ absl::StatusOr<std::unique_ptr<TlsReloader>> TlsReloader::Create(
     return installed;
   }
   reloader->seen_ = *pem;
+  reloader->installed_ = *pem;
   reloader->current_ = *checked;
   return reloader;
 }
@@ -262,6 +263,7 @@ TlsReloader::Outcome TlsReloader::Reload(bool force) {
   if (absl::Status installed = Install(*pem); !installed.ok()) {
     return Refuse(std::string(installed.message()), force);
   }
+  installed_ = *pem;
   current_ = *checked;
   last_refusal_.clear();
   return {Outcome::Kind::kInstalled, current_};
@@ -289,6 +291,11 @@ void TlsReloader::Watch(absl::Duration every,
 std::string TlsReloader::current() const {
   absl::MutexLock lock(&mu_);
   return current_;
+}
+
+TlsReloader::Installed TlsReloader::installed() const {
+  absl::MutexLock lock(&mu_);
+  return {generation_, installed_.cert, installed_.key, installed_.client_ca};
 }
 
 std::shared_ptr<grpc::ServerCredentials> TlsReloader::Credentials(

@@ -72,6 +72,14 @@ class TlsReloader {
   // The description of the set in use.
   std::string current() const;
 
+  // The set in use, for other listeners of this server (the HTTP port):
+  // `generation` grows with each installed set.
+  struct Installed {
+    int generation = 0;
+    std::string cert, key, client_ca;
+  };
+  Installed installed() const;
+
   // Calls Reload(false) every `every` on a thread of its own, and
   // `on_change` with each outcome that is not kUnchanged, until destroyed.
   void Watch(absl::Duration every,
@@ -97,6 +105,7 @@ class TlsReloader {
   mutable absl::Mutex mu_;
   Pem seen_ ABSL_GUARDED_BY(mu_);  // The operator's files as last read.
   std::string current_ ABSL_GUARDED_BY(mu_);
+  Pem installed_ ABSL_GUARDED_BY(mu_);  // The set in use.
   std::string last_refusal_ ABSL_GUARDED_BY(mu_);
   int generation_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Notification stop_;

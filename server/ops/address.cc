@@ -1,6 +1,13 @@
 #include "server/ops/address.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -77,6 +84,46 @@ absl::StatusOr<HostPort> ParseHostPort(absl::string_view text,
   }
   address.port = port;
   return address;
+}
+
+int ListenTcp(const std::string& host, int port, int* bound_port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) !=
+      0) {
+    return -EADDRNOTAVAIL;
+  }
+  int error = EADDRNOTAVAIL;
+  int fd = -1;
+  for (addrinfo* a = found; a != nullptr && fd < 0; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                a->ai_protocol);
+    if (fd < 0) {
+      error = errno;
+      continue;
+    }
+    // SO_REUSEADDR only: with SO_REUSEPORT (cpp-httplib's default) a second
+    // server on the same port started and shared the probes with this one.
+    const int yes = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 128) != 0) {
+      error = errno;
+      close(fd);
+      fd = -1;
+    }
+  }
+  freeaddrinfo(found);
+  if (fd < 0) return -error;
+  sockaddr_storage address{};
+  socklen_t length = sizeof(address);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  *bound_port = ntohs(address.ss_family == AF_INET6
+                          ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port
+                          : reinterpret_cast<sockaddr_in*>(&address)->sin_port);
+  return fd;
 }
 
 }  // namespace idem::server

@@ -32,6 +32,12 @@ enum class PortZero { kAllowed, kRefused };
 absl::StatusOr<HostPort> ParseHostPort(absl::string_view text,
                                        PortZero port_zero);
 
+// A non-blocking listening TCP socket on host:port (port 0: any free one;
+// the bound port in *bound_port), SO_REUSEADDR but never SO_REUSEPORT: a
+// second server on the same port fails with EADDRINUSE instead of sharing
+// the traffic. -errno on failure.
+int ListenTcp(const std::string& host, int port, int* bound_port);
+
 }  // namespace idem::server
 
 #endif  // IDEM_SERVER_OPS_ADDRESS_H_

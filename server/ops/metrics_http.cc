@@ -21,47 +21,6 @@
 namespace idem::server {
 namespace {
 
-// A listening socket on host:port (port 0: any free one); -errno on failure.
-int Listen(const std::string& host, int port, int* bound_port) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* found = nullptr;
-  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) !=
-      0) {
-    return -EADDRNOTAVAIL;
-  }
-  int error = EADDRNOTAVAIL;
-  int fd = -1;
-  for (addrinfo* a = found; a != nullptr && fd < 0; a = a->ai_next) {
-    fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                a->ai_protocol);
-    if (fd < 0) {
-      error = errno;
-      continue;
-    }
-    // SO_REUSEADDR only: with SO_REUSEPORT (cpp-httplib's default) a second
-    // server on the same port started and shared the probes with this one.
-    const int yes = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 128) != 0) {
-      error = errno;
-      close(fd);
-      fd = -1;
-    }
-  }
-  freeaddrinfo(found);
-  if (fd < 0) return -error;
-  sockaddr_storage address{};
-  socklen_t length = sizeof(address);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  *bound_port = ntohs(address.ss_family == AF_INET6
-                          ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port
-                          : reinterpret_cast<sockaddr_in*>(&address)->sin_port);
-  return fd;
-}
-
 std::string Response(int status, absl::string_view reason,
                      absl::string_view content_type, const std::string& body,
                      bool head) {
@@ -90,7 +49,7 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
         "metrics address \"", listen, "\": ", address.status().message()));
   }
   int port = 0;
-  const int fd = Listen(address->host, address->port, &port);
+  const int fd = ListenTcp(address->host, address->port, &port);
   if (fd < 0) {
     return absl::UnavailableError(absl::StrCat(
         "cannot listen for metrics on ", listen, ": ",

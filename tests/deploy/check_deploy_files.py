@@ -40,6 +40,7 @@ def scrape_metric_names(binary):
         port_file = os.path.join(tmp, "port")
         server = subprocess.Popen(
             [binary, "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
+             "--http-listen=127.0.0.1:0",
              "--data-dir=" + os.path.join(tmp, "data"),
              "--port-file=" + port_file],
             stderr=subprocess.DEVNULL)

@@ -38,7 +38,8 @@ absl::Status ServerProcess::Start() {
   std::vector<std::string> args = {
       IDEM_SERVER_BINARY, absl::StrCat("--listen=127.0.0.1:", port_),
       "--data-dir=" + data_dir_, "--port-file=" + port_file,
-      "--metrics-listen=127.0.0.1:0"};
+      "--metrics-listen=127.0.0.1:0",
+      absl::StrCat("--http-listen=127.0.0.1:", http_port_)};
   args.insert(args.end(), extra_flags_.begin(), extra_flags_.end());
   pid_ = SpawnProcess(std::move(args), dir_.Sub("server.log"));
   if (pid_ < 0) return absl::InternalError("fork failed");
@@ -52,10 +53,17 @@ absl::Status ServerProcess::Start() {
           absl::StrCat("idem-server exited during start-up:\n", log()));
     }
     std::ifstream in(port_file);
-    std::string metrics_line;
-    if (in >> port_ && port_ > 0 && in >> metrics_line &&
-        absl::SimpleAtoi(absl::StripPrefix(metrics_line, "metrics="),
-                         &metrics_port_)) {
+    std::string line;
+    // Line 1: the gRPC port; then NAME=PORT for the others that are on.
+    if (in >> port_ && port_ > 0) {
+      while (in >> line) {
+        int* named = absl::StartsWith(line, "metrics=") ? &metrics_port_
+                     : absl::StartsWith(line, "http=")  ? &http_port_
+                                                        : nullptr;
+        if (named != nullptr) {
+          absl::SimpleAtoi(line.substr(line.find('=') + 1), named);
+        }
+      }
       auto channel = grpc::CreateChannel(
           address(), credentials_ != nullptr
                          ? credentials_

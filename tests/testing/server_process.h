@@ -51,6 +51,8 @@ class ServerProcess {
   std::string address() const;
   pid_t pid() const { return pid_; }
   int metrics_port() const { return metrics_port_; }
+  // The Connect (HTTP/JSON) port; kept across restarts like port().
+  int http_port() const { return http_port_; }
   std::unique_ptr<v1::Idempotency::Stub> NewStub() const;
   std::string log() const;
   const std::string& data_dir() const { return data_dir_; }
@@ -63,6 +65,7 @@ class ServerProcess {
   pid_t pid_ = -1;
   int port_ = 0;
   int metrics_port_ = 0;
+  int http_port_ = 0;
 };
 
 }  // namespace idem::testing

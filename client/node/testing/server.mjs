@@ -1,5 +1,7 @@
 // The real idem-server on a free loopback port, for the tests: ctest names
 // the binary in IDEM_SERVER_BINARY. restart() keeps the port and the data.
+// Extra args such as `--http-listen=127.0.0.1:0` are passed on; httpPort is
+// then read from the port file's `http=PORT` line.
 import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, existsSync, openSync, closeSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -15,6 +17,7 @@ export class Server {
     this.dir = mkdtempSync(join(tmpdir(), "idem-node-"));
     this.extraArgs = extraArgs;
     this.port = 0;
+    this.httpPort = 0;
     this.child = null;
   }
 
@@ -33,6 +36,7 @@ export class Server {
         `--data-dir=${join(this.dir, "data")}`,
         `--port-file=${portFile}`,
         "--metrics-listen=",
+        "--http-listen=",
         ...this.extraArgs,
       ],
       { stdio: ["ignore", log, log] },
@@ -46,9 +50,12 @@ export class Server {
     while (Date.now() < deadline) {
       if (exited) throw new Error(`idem-server exited at start-up:\n${this.log()}`);
       if (existsSync(portFile)) {
-        const port = readFileSync(portFile, "utf8").split("\n")[0].trim();
-        if (port !== "") {
-          this.port = Number(port);
+        // Written atomically: line 1 is the gRPC port, then NAME=PORT lines.
+        const [port, ...named] = readFileSync(portFile, "utf8").split("\n");
+        if (port.trim() !== "") {
+          this.port = Number(port.trim());
+          const http = named.find((line) => line.startsWith("http="));
+          this.httpPort = http === undefined ? 0 : Number(http.slice("http=".length).trim());
           return this.target;
         }
       }

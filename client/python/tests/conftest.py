@@ -31,7 +31,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [self.binary, "--listen=127.0.0.1:%d" % self.port,
              "--data-dir=" + self.workdir + "/data",
-             "--port-file=" + port_file, "--metrics-listen="],
+             "--port-file=" + port_file, "--metrics-listen=", "--http-listen="],
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + 30

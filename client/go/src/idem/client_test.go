@@ -23,7 +23,7 @@ func startServer(t *testing.T) *Client {
 	dir := t.TempDir()
 	portFile := filepath.Join(dir, "port")
 	cmd := exec.Command(binary, "--listen=127.0.0.1:0", "--data-dir="+filepath.Join(dir, "data"),
-		"--port-file="+portFile, "--metrics-listen=")
+		"--port-file="+portFile, "--metrics-listen=", "--http-listen=")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
