@@ -4,7 +4,6 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -300,8 +299,8 @@ absl::Status Server::StartHttp() {
       pool->FindServiceByName(v1::Admin::service_full_name())};
   gateway.forwarding_secret = authorizer_->forwarding_secret();
   gateway.serving = [this] { return serving_.load(); };
-  gateway_ = std::make_unique<ConnectGateway>(InProcessChannel(),
-                                              std::move(gateway));
+  gateway_ =
+      std::make_unique<ConnectGateway>(InProcessChannel(), std::move(gateway));
   HttpServer::Options options;
   options.listen = config_.http_listen;
   // The largest gRPC request in JSON: bytes grow by a third in base64.
@@ -388,18 +387,16 @@ void Server::Shutdown(absl::string_view reason) {
   absl::SleepFor(config_.drain_delay);  // Let load balancers notice.
   health->Shutdown();
   waits_.Shutdown();  // Parked Begins answer with the state as it is.
-  // HTTP stops taking requests and writes the answers of those in flight
-  // (gRPC calls of their own) while gRPC drains.
-  std::thread http_drain;
-  if (http_ != nullptr) {
-    http_drain = std::thread(
-        [this] { http_->Drain(config_.shutdown_grace + absl::Seconds(1)); });
-  }
-  grpc_->Shutdown(absl::ToChronoTime(absl::Now() + config_.shutdown_grace));
-  grpc_->Wait();
-  if (http_drain.joinable()) http_drain.join();
+  // HTTP first: it stops taking requests and writes the answers of those
+  // in flight, which are gRPC calls over the in-process channel and need
+  // gRPC running (its shutdown closes that channel at once). One grace
+  // period for both.
+  const absl::Time grace_ends = absl::Now() + config_.shutdown_grace;
+  if (http_ != nullptr) http_->Drain(grace_ends - absl::Now());
   http_.reset();
   gateway_.reset();
+  grpc_->Shutdown(absl::ToChronoTime(grace_ends));
+  grpc_->Wait();
   tls_.reset();
   metrics_http_.reset();
   store_.reset();  // Closes the store after the last call.

@@ -35,8 +35,8 @@ std::string RandomSecret() {
     // No entropy: no forwarded call will ever be believed.
     return "";
   }
-  return absl::BytesToHexString(absl::string_view(
-      reinterpret_cast<const char*>(bytes), sizeof(bytes)));
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(bytes), sizeof(bytes)));
 }
 
 absl::string_view Value(const grpc::string_ref& ref) {
@@ -161,7 +161,8 @@ absl::StatusOr<Access> Authorizer::Authenticate(
           "gateway only");
     }
     auto forwarded_tls = metadata.find(kForwardedTls);
-    tls = forwarded_tls != metadata.end() && Value(forwarded_tls->second) == "1";
+    tls =
+        forwarded_tls != metadata.end() && Value(forwarded_tls->second) == "1";
     if (auto pem = metadata.find(kForwardedCertificate);
         tls && pem != metadata.end()) {
       caller = CertificateIdentity(std::string(Value(pem->second)));

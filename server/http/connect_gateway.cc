@@ -34,8 +34,8 @@ absl::string_view ContentType(Codec codec) {
 
 // "application/json; charset=utf-8" -> kJson. False for anything else.
 bool ParseContentType(absl::string_view value, Codec* codec) {
-  absl::string_view type = absl::StripAsciiWhitespace(
-      value.substr(0, value.find(';')));
+  absl::string_view type =
+      absl::StripAsciiWhitespace(value.substr(0, value.find(';')));
   if (absl::EqualsIgnoreCase(type, kJson)) {
     *codec = Codec::kJson;
   } else if (absl::EqualsIgnoreCase(type, kProto)) {
@@ -82,11 +82,21 @@ std::string JsonString(absl::string_view text) {
   std::string out = "\"";
   for (unsigned char c : text) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           absl::StrAppend(&out, "\\u00", absl::Hex(c, absl::kZeroPad2));
@@ -157,28 +167,42 @@ void Answer(Call& call, const grpc::Status& status) {
 
 ConnectCode ConnectCodeOf(grpc::StatusCode code) {
   switch (code) {
-    case grpc::StatusCode::OK: return {"ok", 200};
-    case grpc::StatusCode::CANCELLED: return {"canceled", 499};
-    case grpc::StatusCode::UNKNOWN: return {"unknown", 500};
-    case grpc::StatusCode::INVALID_ARGUMENT: return {"invalid_argument", 400};
+    case grpc::StatusCode::OK:
+      return {"ok", 200};
+    case grpc::StatusCode::CANCELLED:
+      return {"canceled", 499};
+    case grpc::StatusCode::UNKNOWN:
+      return {"unknown", 500};
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return {"invalid_argument", 400};
     case grpc::StatusCode::DEADLINE_EXCEEDED:
       return {"deadline_exceeded", 504};
-    case grpc::StatusCode::NOT_FOUND: return {"not_found", 404};
-    case grpc::StatusCode::ALREADY_EXISTS: return {"already_exists", 409};
+    case grpc::StatusCode::NOT_FOUND:
+      return {"not_found", 404};
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return {"already_exists", 409};
     case grpc::StatusCode::PERMISSION_DENIED:
       return {"permission_denied", 403};
     case grpc::StatusCode::RESOURCE_EXHAUSTED:
       return {"resource_exhausted", 429};
     case grpc::StatusCode::FAILED_PRECONDITION:
       return {"failed_precondition", 400};
-    case grpc::StatusCode::ABORTED: return {"aborted", 409};
-    case grpc::StatusCode::OUT_OF_RANGE: return {"out_of_range", 400};
-    case grpc::StatusCode::UNIMPLEMENTED: return {"unimplemented", 501};
-    case grpc::StatusCode::INTERNAL: return {"internal", 500};
-    case grpc::StatusCode::UNAVAILABLE: return {"unavailable", 503};
-    case grpc::StatusCode::DATA_LOSS: return {"data_loss", 500};
-    case grpc::StatusCode::UNAUTHENTICATED: return {"unauthenticated", 401};
-    default: return {"unknown", 500};
+    case grpc::StatusCode::ABORTED:
+      return {"aborted", 409};
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return {"out_of_range", 400};
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return {"unimplemented", 501};
+    case grpc::StatusCode::INTERNAL:
+      return {"internal", 500};
+    case grpc::StatusCode::UNAVAILABLE:
+      return {"unavailable", 503};
+    case grpc::StatusCode::DATA_LOSS:
+      return {"data_loss", 500};
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return {"unauthenticated", 401};
+    default:
+      return {"unknown", 500};
   }
 }
 
@@ -200,8 +224,7 @@ ConnectGateway::ConnectGateway(std::shared_ptr<grpc::Channel> channel,
     for (int i = 0; i < service->method_count(); ++i) {
       const pb::MethodDescriptor* method = service->method(i);
       procedures_.push_back(
-          {absl::StrCat("/", service->full_name(), "/", method->name()),
-           method,
+          {absl::StrCat("/", service->full_name(), "/", method->name()), method,
            method->options().idempotency_level() ==
                pb::MethodOptions::NO_SIDE_EFFECTS});
     }
@@ -231,8 +254,8 @@ void ConnectGateway::Handle(HttpRequest request, Responder responder) {
   if (procedure == nullptr) {
     responder.Send(ConnectError(
         grpc::StatusCode::UNIMPLEMENTED,
-        absl::StrCat("no procedure ", absl::CHexEscape(request.path.substr(
-                                          0, 256)),
+        absl::StrCat("no procedure ",
+                     absl::CHexEscape(request.path.substr(0, 256)),
                      ": the Connect procedures here are "
                      "/idem.v1.Idempotency/<Method> and /idem.v1.Admin/"
                      "<Method>"),
@@ -265,11 +288,11 @@ void ConnectGateway::Handle(HttpRequest request, Responder responder) {
     if (type == nullptr || !ParseContentType(*type, &codec)) {
       HttpResponse refused = ConnectError(
           grpc::StatusCode::INVALID_ARGUMENT,
-          absl::StrCat("Content-Type must be application/json or "
-                       "application/proto, not \"",
-                       type != nullptr ? absl::CHexEscape(type->substr(0, 64))
-                                       : "",
-                       "\""),
+          absl::StrCat(
+              "Content-Type must be application/json or "
+              "application/proto, not \"",
+              type != nullptr ? absl::CHexEscape(type->substr(0, 64)) : "",
+              "\""),
           415);
       refused.headers.emplace_back("Accept-Post",
                                    "application/json, application/proto");
@@ -335,13 +358,13 @@ void ConnectGateway::Handle(HttpRequest request, Responder responder) {
       body = std::move(message);
     }
   } else {
-    HttpResponse refused = ConnectError(
-        grpc::StatusCode::UNIMPLEMENTED,
-        absl::StrCat(request.method.substr(0, 16), " is not served for ",
-                     method->full_name(),
-                     procedure->get_allowed ? ": use POST or GET"
-                                            : ": use POST"),
-        405);
+    HttpResponse refused =
+        ConnectError(grpc::StatusCode::UNIMPLEMENTED,
+                     absl::StrCat(request.method.substr(0, 16),
+                                  " is not served for ", method->full_name(),
+                                  procedure->get_allowed ? ": use POST or GET"
+                                                         : ": use POST"),
+                     405);
     refused.headers.emplace_back("Allow",
                                  procedure->get_allowed ? "GET, POST" : "POST");
     responder.Send(std::move(refused));
@@ -369,10 +392,10 @@ void ConnectGateway::Handle(HttpRequest request, Responder responder) {
     message->SerializeToString(&bytes);
   } else {
     if (!message->ParseFromString(body)) {
-      responder.Send(ConnectError(
-          grpc::StatusCode::INVALID_ARGUMENT,
-          absl::StrCat("the body is not a binary ",
-                       method->input_type()->full_name())));
+      responder.Send(
+          ConnectError(grpc::StatusCode::INVALID_ARGUMENT,
+                       absl::StrCat("the body is not a binary ",
+                                    method->input_type()->full_name())));
       return;
     }
     bytes = std::move(body);
@@ -387,9 +410,10 @@ void ConnectGateway::Handle(HttpRequest request, Responder responder) {
     if (timeout->empty() || timeout->size() > 10 ||
         !std::all_of(timeout->begin(), timeout->end(),
                      [](char c) {
-                       return absl::ascii_isdigit(static_cast<unsigned char>(c));
+                       return absl::ascii_isdigit(
+                           static_cast<unsigned char>(c));
                      }) ||
-        !absl::SimpleAtoi(*timeout, &ms)) {
+        !absl::SimpleAtoi(*timeout, &ms) || ms == 0) {
       responder.Send(ConnectError(
           grpc::StatusCode::INVALID_ARGUMENT,
           "Connect-Timeout-Ms must be a positive integer of at most 10 "
@@ -411,9 +435,10 @@ void ConnectGateway::Handle(HttpRequest request, Responder responder) {
   responder.OnCancel([weak] {
     if (std::shared_ptr<Call> live = weak.lock()) live->context.TryCancel();
   });
-  stub_.UnaryCall(&call->context, procedure->path, grpc::StubOptions(),
-                  &call->request, &call->reply,
-                  [call](const grpc::Status& status) { Answer(*call, status); });
+  stub_.UnaryCall(
+      &call->context, procedure->path, grpc::StubOptions(), &call->request,
+      &call->reply,
+      [call](const grpc::Status& status) { Answer(*call, status); });
 }
 
 }  // namespace idem::server

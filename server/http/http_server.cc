@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <optional>
 
@@ -38,26 +39,46 @@ constexpr size_t kReadChunk = 64 << 10;
 
 absl::string_view Reason(int status) {
   switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Content Too Large";
-    case 415: return "Unsupported Media Type";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 499: return "Client Closed Request";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Status";
+    case 100:
+      return "Continue";
+    case 200:
+      return "OK";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 409:
+      return "Conflict";
+    case 413:
+      return "Content Too Large";
+    case 415:
+      return "Unsupported Media Type";
+    case 429:
+      return "Too Many Requests";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 499:
+      return "Client Closed Request";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    case 505:
+      return "HTTP Version Not Supported";
+    default:
+      return "Status";
   }
 }
 
@@ -98,8 +119,7 @@ class ChunkedDecoder {
         case Phase::kSize: {
           const size_t eol = in.find("\r\n", *pos);
           if (eol == std::string::npos) {
-            return in.size() - *pos > 1024 ? Result::kBad
-                                           : Result::kIncomplete;
+            return in.size() - *pos > 1024 ? Result::kBad : Result::kIncomplete;
           }
           absl::string_view line(in.data() + *pos, eol - *pos);
           line = line.substr(0, line.find(';'));  // Extensions ignored.
@@ -138,8 +158,7 @@ class ChunkedDecoder {
           // Trailer fields are read and dropped, up to the empty line.
           const size_t eol = in.find("\r\n", *pos);
           if (eol == std::string::npos) {
-            return in.size() - *pos > 8192 ? Result::kBad
-                                           : Result::kIncomplete;
+            return in.size() - *pos > 8192 ? Result::kBad : Result::kIncomplete;
           }
           const bool last = eol == *pos;
           *pos = eol + 2;
@@ -577,8 +596,10 @@ bool HttpServer::Loop::ParseHead(Connection* c) {
       size_t length = 0;
       if (value.empty() || value.size() > 18 ||
           !std::all_of(value.begin(), value.end(),
-                       [](char ch) { return absl::ascii_isdigit(
-                                         static_cast<unsigned char>(ch)); }) ||
+                       [](char ch) {
+                         return absl::ascii_isdigit(
+                             static_cast<unsigned char>(ch));
+                       }) ||
           !absl::SimpleAtoi(value, &length) ||
           (has_length && length != c->content_length)) {
         Refuse(c, 400, "malformed Content-Length");
@@ -826,8 +847,17 @@ void HttpServer::Loop::CloseNow(Connection* c) {
   if (pending != nullptr && !pending->sent.load()) pending->Cancel();
 }
 
-absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
-    Options options, Handler handler) {
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(Options options,
+                                                              Handler handler) {
+  if (options.tls) {
+    // OpenSSL writes with write(2): a peer that closed first would raise
+    // SIGPIPE, whose default action ends the process.
+    struct sigaction current {};
+    if (sigaction(SIGPIPE, nullptr, &current) == 0 &&
+        current.sa_handler == SIG_DFL) {
+      signal(SIGPIPE, SIG_IGN);
+    }
+  }
   absl::StatusOr<HostPort> address =
       ParseHostPort(options.listen, PortZero::kAllowed);
   if (!address.ok()) {
@@ -899,8 +929,7 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerTlsContext(
   {
     auto bio = bio_of(cert_chain_pem);
     X509* leaf = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr);
-    if (leaf == nullptr ||
-        SSL_CTX_use_certificate(context.get(), leaf) != 1) {
+    if (leaf == nullptr || SSL_CTX_use_certificate(context.get(), leaf) != 1) {
       X509_free(leaf);
       return absl::InvalidArgumentError(
           absl::StrCat("the TLS certificate: ", OpenSslError()));
@@ -914,8 +943,8 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerTlsContext(
   }
   {
     auto bio = bio_of(key_pem);
-    EVP_PKEY* key = PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr,
-                                            nullptr);
+    EVP_PKEY* key =
+        PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr);
     const bool used =
         key != nullptr && SSL_CTX_use_PrivateKey(context.get(), key) == 1;
     EVP_PKEY_free(key);

@@ -23,7 +23,8 @@
 // (Responder::OnCancel). With TLS, every connection gets the context
 // `tls()` returns at accept time (so rotated certificates take effect for
 // new connections) and the verified client certificate, if any, comes with
-// each request.
+// each request; Start then ignores SIGPIPE if it has its default action
+// (OpenSSL writes to sockets with write(2)).
 #ifndef IDEM_SERVER_HTTP_HTTP_SERVER_H_
 #define IDEM_SERVER_HTTP_HTTP_SERVER_H_
 

@@ -86,8 +86,9 @@ class Client {
 };
 
 std::string Post(absl::string_view path, absl::string_view body) {
-  return absl::StrCat("POST ", path, " HTTP/1.1\r\nHost: x\r\nContent-Length: ",
-                      body.size(), "\r\n\r\n", body);
+  return absl::StrCat("POST ", path,
+                      " HTTP/1.1\r\nHost: x\r\nContent-Length: ", body.size(),
+                      "\r\n\r\n", body);
 }
 
 HttpResponse Text(std::string body) {
@@ -321,11 +322,11 @@ TEST(HttpServerTest, ServesTlsAndPassesTheVerifiedClientCertificate) {
 
   HttpServer::Options options;
   options.tls = [context = *context] { return context; };
-  auto server = StartOrDie(options, [](HttpRequest request,
-                                       Responder responder) {
-    responder.Send(Text(absl::StrCat(request.tls, " ",
-                                     !request.peer_certificate.empty())));
-  });
+  auto server =
+      StartOrDie(options, [](HttpRequest request, Responder responder) {
+        responder.Send(Text(
+            absl::StrCat(request.tls, " ", !request.peer_certificate.empty())));
+      });
 
   std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> client_context(
       SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
@@ -335,10 +336,10 @@ TEST(HttpServerTest, ServesTlsAndPassesTheVerifiedClientCertificate) {
   ASSERT_EQ(SSL_CTX_use_certificate_chain_file(client_context.get(),
                                                client_cert->cert.c_str()),
             1);
-  ASSERT_EQ(SSL_CTX_use_PrivateKey_file(client_context.get(),
-                                        client_cert->key.c_str(),
-                                        SSL_FILETYPE_PEM),
-            1);
+  ASSERT_EQ(
+      SSL_CTX_use_PrivateKey_file(client_context.get(),
+                                  client_cert->key.c_str(), SSL_FILETYPE_PEM),
+      1);
   SSL_CTX_set_verify(client_context.get(), SSL_VERIFY_PEER, nullptr);
   Client tcp(server->port());
   int fd = -1;
@@ -349,9 +350,8 @@ TEST(HttpServerTest, ServesTlsAndPassesTheVerifiedClientCertificate) {
     address.sin_port = htons(static_cast<uint16_t>(server->port()));
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     fd = socket(AF_INET, SOCK_STREAM, 0);
-    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&address),
-                      sizeof(address)),
-              0);
+    ASSERT_EQ(
+        connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
   }
   SSL* ssl = SSL_new(client_context.get());
   SSL_set_fd(ssl, fd);

@@ -36,8 +36,10 @@ absl::Status ServerProcess::Start() {
   std::remove(port_file.c_str());
   // A restart keeps the port, so clients reconnect to the same address.
   std::vector<std::string> args = {
-      IDEM_SERVER_BINARY, absl::StrCat("--listen=127.0.0.1:", port_),
-      "--data-dir=" + data_dir_, "--port-file=" + port_file,
+      IDEM_SERVER_BINARY,
+      absl::StrCat("--listen=127.0.0.1:", port_),
+      "--data-dir=" + data_dir_,
+      "--port-file=" + port_file,
       "--metrics-listen=127.0.0.1:0",
       absl::StrCat("--http-listen=127.0.0.1:", http_port_)};
   args.insert(args.end(), extra_flags_.begin(), extra_flags_.end());
