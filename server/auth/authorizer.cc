@@ -28,6 +28,7 @@ constexpr size_t kMaxCachedCertificates = 10'000;
 constexpr char kForwardedBy[] = "idem-forwarded-by";
 constexpr char kForwardedTls[] = "idem-forwarded-tls";
 constexpr char kForwardedCertificate[] = "idem-forwarded-cert-bin";
+constexpr char kForwardedPeer[] = "idem-forwarded-peer";
 
 std::string RandomSecret() {
   unsigned char bytes[32];
@@ -118,12 +119,34 @@ Authorizer::Authorizer(const AuthPolicy* policy, Metrics* metrics)
 
 void Authorizer::Forward(const std::string& secret, bool tls,
                          const std::string& client_certificate_pem,
+                         const std::string& peer,
                          grpc::ClientContext* context) {
   context->AddMetadata(kForwardedBy, secret);
+  context->AddMetadata(kForwardedPeer, "http:" + peer);
   context->AddMetadata(kForwardedTls, tls ? "1" : "0");
   if (!client_certificate_pem.empty()) {
     context->AddMetadata(kForwardedCertificate, client_certificate_pem);
   }
+}
+
+bool Authorizer::IsForwarded(const grpc::ServerContextBase& context) const {
+  const auto& metadata = context.client_metadata();
+  auto by = metadata.find(kForwardedBy);
+  if (by == metadata.end() || forwarding_secret_.empty()) return false;
+  const absl::string_view secret = Value(by->second);
+  return secret.size() == forwarding_secret_.size() &&
+         CRYPTO_memcmp(secret.data(), forwarding_secret_.data(),
+                       secret.size()) == 0;
+}
+
+std::string Authorizer::Peer(const grpc::ServerContextBase& context) const {
+  if (IsForwarded(context)) {
+    const auto& metadata = context.client_metadata();
+    if (auto peer = metadata.find(kForwardedPeer); peer != metadata.end()) {
+      return std::string(Value(peer->second));
+    }
+  }
+  return context.peer();
 }
 
 CallerIdentity Authorizer::CertificateIdentity(const std::string& pem) const {
@@ -149,12 +172,8 @@ absl::StatusOr<Access> Authorizer::Authenticate(
   const auto& metadata = context.client_metadata();
   bool tls = false;
   CallerIdentity caller;
-  if (auto by = metadata.find(kForwardedBy); by != metadata.end()) {
-    const absl::string_view secret = Value(by->second);
-    if (forwarding_secret_.empty() ||
-        secret.size() != forwarding_secret_.size() ||
-        CRYPTO_memcmp(secret.data(), forwarding_secret_.data(),
-                      secret.size()) != 0) {
+  if (metadata.find(kForwardedBy) != metadata.end()) {
+    if (!IsForwarded(context)) {
       Record("", "unauthenticated");
       return absl::UnauthenticatedError(
           "forwarded identities are accepted from this server's own HTTP "

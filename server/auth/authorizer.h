@@ -37,7 +37,10 @@ class Authorizer {
   const std::string& forwarding_secret() const { return forwarding_secret_; }
   static void Forward(const std::string& secret, bool tls,
                       const std::string& client_certificate_pem,
-                      grpc::ClientContext* context);
+                      const std::string& peer, grpc::ClientContext* context);
+  // The caller's address for logs: the HTTP caller's ("http:IP:PORT") for
+  // a forwarded call, else gRPC's peer.
+  std::string Peer(const grpc::ServerContextBase& context) const;
 
   // UNAUTHENTICATED when the caller proved no identity (no verified client
   // certificate and no known bearer token over TLS), or sent a token over
@@ -54,6 +57,8 @@ class Authorizer {
   // Names in a client certificate (PEM), parsed once per certificate.
   CallerIdentity CertificateIdentity(const std::string& pem) const;
   void Record(absl::string_view principal, absl::string_view result) const;
+  // Whether `context` carries this process's forwarding secret.
+  bool IsForwarded(const grpc::ServerContextBase& context) const;
   // Record the decision. A caller no principal matches is told so, with
   // its names; a matched one gets `why`.
   absl::Status Allow(const Access& access) const;

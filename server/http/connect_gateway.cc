@@ -160,6 +160,7 @@ void Answer(Call& call, const grpc::Status& status) {
                                      "the reply could not be encoded as JSON"));
     return;
   }
+  json.push_back('\n');  // For curl; JSON parsers skip it.
   call.responder.Send(Ok(Codec::kJson, std::move(json)));
 }
 
@@ -213,7 +214,7 @@ HttpResponse ConnectError(grpc::StatusCode code, absl::string_view message,
   response.status = http_status != 0 ? http_status : connect.http_status;
   response.headers = {{"Content-Type", std::string(kJson)}};
   response.body = absl::StrCat("{\"code\":", JsonString(connect.name),
-                               ",\"message\":", JsonString(message), "}");
+                               ",\"message\":", JsonString(message), "}\n");
   return response;
 }
 
@@ -384,7 +385,8 @@ void ConnectGateway::Handle(HttpRequest request, Responder responder) {
         !parsed.ok()) {
       responder.Send(ConnectError(
           grpc::StatusCode::INVALID_ARGUMENT,
-          absl::StrCat("the body is not a ", method->input_type()->full_name(),
+          absl::StrCat("the body is not a valid ",
+                       method->input_type()->full_name(),
                        " in protobuf's JSON mapping: ",
                        std::string(parsed.message()).substr(0, 512))));
       return;
@@ -394,7 +396,7 @@ void ConnectGateway::Handle(HttpRequest request, Responder responder) {
     if (!message->ParseFromString(body)) {
       responder.Send(
           ConnectError(grpc::StatusCode::INVALID_ARGUMENT,
-                       absl::StrCat("the body is not a binary ",
+                       absl::StrCat("the body is not a valid binary ",
                                     method->input_type()->full_name())));
       return;
     }
@@ -425,10 +427,17 @@ void ConnectGateway::Handle(HttpRequest request, Responder responder) {
   }
   if (const std::string* authorization = request.Header("authorization");
       authorization != nullptr) {
+    if (!std::all_of(authorization->begin(), authorization->end(),
+                     [](char c) { return c >= 0x20 && c <= 0x7e; })) {
+      responder.Send(
+          ConnectError(grpc::StatusCode::UNAUTHENTICATED,
+                       "the Authorization header must be printable ASCII"));
+      return;
+    }
     call->context.AddMetadata("authorization", *authorization);
   }
   Authorizer::Forward(options_.forwarding_secret, request.tls,
-                      request.peer_certificate, &call->context);
+                      request.peer_certificate, request.peer, &call->context);
   grpc::Slice slice(bytes);
   call->request = grpc::ByteBuffer(&slice, 1);
   std::weak_ptr<Call> weak = call;

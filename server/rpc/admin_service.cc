@@ -38,7 +38,7 @@ grpc::ServerUnaryReactor* AdminService::Delete(
         return ValidateAdminAction(request->namespace_(), request->key(),
                                    request->reason());
       },
-      [this, response, peer = context->peer()](
+      [this, response, peer = authorizer_->Peer(*context)](
           std::string principal, AdminAction action, UnaryCall call) {
         const storage::KeyId id = action.id;
         store_->DeleteAsync(
@@ -70,7 +70,7 @@ grpc::ServerUnaryReactor* AdminService::ForceRelease(
         return ValidateAdminAction(request->namespace_(), request->key(),
                                    request->reason());
       },
-      [this, response, peer = context->peer()](
+      [this, response, peer = authorizer_->Peer(*context)](
           std::string principal, AdminAction action, UnaryCall call) {
         const storage::KeyId id = action.id;
         store_->ForceReleaseAsync(

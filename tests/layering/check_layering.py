@@ -11,7 +11,8 @@ The rules (docs/design.md#layers):
   * a backend (storage/<backend>/) includes no other backend;
   * in server/, only open_store.cc (the store factory) names a backend;
   * the server's rooms stack up: ops/ includes no other room, auth/ only
-    ops/, rpc/ only auth/ and ops/; only the root (server/*.cc) sees all;
+    ops/, rpc/ and http/ only auth/ and ops/; only the root (server/*.cc)
+    sees all;
   * client/ and tools/ include nothing from server/ or storage/<backend>/.
 The build checks the same for link dependencies (storage/CMakeLists.txt).
 """
@@ -22,7 +23,8 @@ import tempfile
 
 BACKENDS = ("rocksdb", "redis", "postgres")
 # Each room of server/ and the rooms it may include (besides itself).
-ROOMS = {"ops": (), "auth": ("ops",), "rpc": ("ops", "auth")}
+ROOMS = {"ops": (), "auth": ("ops",), "rpc": ("ops", "auth"),
+         "http": ("ops", "auth")}
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
 
 

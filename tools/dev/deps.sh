@@ -8,6 +8,8 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   grpc-proto librocksdb-dev libabsl-dev libssl-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev libyaml-cpp-dev openssl
+  # The HTTP/JSON examples in README.md and docs/http.md.
+  curl
   # hiredis: the Redis Cluster store (--store=redis-cluster://).
   libhiredis-dev
   # libpq: the PostgreSQL store (--store=postgresql://).
