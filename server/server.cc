@@ -299,14 +299,19 @@ absl::Status Server::StartHttp() {
       pool->FindServiceByName(v1::Admin::service_full_name())};
   gateway.forwarding_secret = authorizer_->forwarding_secret();
   gateway.serving = [this] { return serving_.load(); };
-  gateway_ =
-      std::make_unique<ConnectGateway>(InProcessChannel(), std::move(gateway));
+  // The services enforce their own limits on requests and replies; the
+  // channel's defaults (4 MiB received) would cut large replies short.
+  grpc::ChannelArguments channel;
+  channel.SetMaxReceiveMessageSize(-1);
+  channel.SetMaxSendMessageSize(-1);
+  gateway_ = std::make_unique<ConnectGateway>(grpc_->InProcessChannel(channel),
+                                              std::move(gateway));
   HttpServer::Options options;
   options.listen = config_.http_listen;
   // The largest gRPC request in JSON: bytes grow by a third in base64.
   options.max_body_bytes = MaxRequestBytes(config_) * 2;
   if (tls_ != nullptr) options.tls = [this] { return HttpTlsContext(); };
-  options.refusal = [](int status, std::string message) {
+  options.refusal = [](int status, const std::string& message) {
     grpc::StatusCode code = grpc::StatusCode::INVALID_ARGUMENT;
     if (status == 413 || status == 431) {
       code = grpc::StatusCode::RESOURCE_EXHAUSTED;
@@ -318,9 +323,9 @@ absl::Status Server::StartHttp() {
     return ConnectError(code, message, status);
   };
   absl::StatusOr<std::unique_ptr<HttpServer>> started = HttpServer::Start(
-      std::move(options),
-      [gateway = gateway_.get()](HttpRequest request, Responder responder) {
-        gateway->Handle(std::move(request), std::move(responder));
+      std::move(options), [gateway = gateway_.get()](
+                              HttpRequest request, const Responder& responder) {
+        gateway->Handle(std::move(request), responder);
       });
   if (!started.ok()) {
     Log(LogLevel::kError, "http_listen_failed",

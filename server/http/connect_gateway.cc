@@ -240,7 +240,7 @@ const ConnectGateway::Procedure* ConnectGateway::Find(
   return nullptr;
 }
 
-void ConnectGateway::Handle(HttpRequest request, Responder responder) {
+void ConnectGateway::Handle(HttpRequest request, const Responder& responder) {
   if (request.path == "/healthz" &&
       (request.method == "GET" || request.method == "HEAD")) {
     const bool ok = options_.serving && options_.serving();
@@ -328,11 +328,15 @@ void ConnectGateway::Handle(HttpRequest request, Responder responder) {
                                     "malformed percent-encoding in the query"));
         return;
       }
-      if (name == "encoding") encoding = value;
-      if (name == "message") message = std::move(value);
-      if (name == "base64") base64 = value == "1";
-      if (name == "compression") compression = value;
-      if (name == "connect" && value != "v1") {
+      if (name == "encoding") {
+        encoding = value;
+      } else if (name == "message") {
+        message = std::move(value);
+      } else if (name == "base64") {
+        base64 = value == "1";
+      } else if (name == "compression") {
+        compression = value;
+      } else if (name == "connect" && value != "v1") {
         responder.Send(ConnectError(grpc::StatusCode::INVALID_ARGUMENT,
                                     "the connect query parameter must be v1"));
         return;
@@ -378,10 +382,10 @@ void ConnectGateway::Handle(HttpRequest request, Responder responder) {
                                            ->New());
   std::string bytes;
   if (codec == Codec::kJson) {
-    const absl::string_view json =
-        absl::StripAsciiWhitespace(body).empty() ? "{}" : body;
+    // An empty body is the empty message, as Connect clients send it.
+    if (absl::StripAsciiWhitespace(body).empty()) body = "{}";
     if (pb::util::Status parsed =
-            pb::util::JsonStringToMessage(std::string(json), message.get());
+            pb::util::JsonStringToMessage(body, message.get());
         !parsed.ok()) {
       responder.Send(ConnectError(
           grpc::StatusCode::INVALID_ARGUMENT,

@@ -58,7 +58,7 @@ class ConnectGateway {
   ConnectGateway(std::shared_ptr<grpc::Channel> channel, Options options);
 
   // HttpServer::Handler: answers through `responder`, now or later.
-  void Handle(HttpRequest request, Responder responder);
+  void Handle(HttpRequest request, const Responder& responder);
 
  private:
   struct Procedure {

@@ -294,6 +294,7 @@ class HttpServer::Loop {
     ChunkedDecoder chunks;
     bool sent_continue = false;
     bool keep_alive = true;
+    bool head_only = false;  // A HEAD request: no body in the answer.
     std::string out;
     size_t out_pos = 0;
     bool close_after = false;
@@ -571,6 +572,7 @@ bool HttpServer::Loop::ParseHead(Connection* c) {
   }
   HttpRequest request;
   request.method = std::string(first[0]);
+  c->head_only = request.method == "HEAD";
   const absl::string_view target = first[1];
   const size_t question = target.find('?');
   request.path = std::string(target.substr(0, question));
@@ -734,7 +736,7 @@ void HttpServer::Loop::Queue(Connection* c, const HttpResponse& response) {
   c->close_after = c->close_after || response.close || !c->keep_alive;
   absl::StrAppend(&out, "Content-Length: ", response.body.size(), "\r\n",
                   c->close_after ? "Connection: close\r\n" : "", "\r\n");
-  out.append(response.body);
+  if (!c->head_only) out.append(response.body);
   c->state = State::kWriting;
   c->pending.reset();
   c->deadline = absl::Now() + options_.request_timeout;

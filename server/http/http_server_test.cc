@@ -99,7 +99,7 @@ HttpResponse Text(std::string body) {
 
 // Echoes method, path and body.
 HttpServer::Handler Echo() {
-  return [](HttpRequest request, Responder responder) {
+  return [](const HttpRequest& request, const Responder& responder) {
     HttpResponse response;
     response.body =
         absl::StrCat(request.method, " ", request.path, " ", request.body);
@@ -134,10 +134,11 @@ TEST(HttpServerTest, AnswersKeepAliveAndPipelinedRequestsInOrder) {
 TEST(HttpServerTest, AnAnswerMayComeLaterFromAnotherThread) {
   absl::Mutex mu;
   std::vector<Responder> waiting;
-  auto server = StartOrDie({}, [&](HttpRequest, Responder responder) {
-    absl::MutexLock lock(&mu);
-    waiting.push_back(std::move(responder));
-  });
+  auto server =
+      StartOrDie({}, [&](const HttpRequest&, const Responder& responder) {
+        absl::MutexLock lock(&mu);
+        waiting.push_back(responder);
+      });
   std::vector<std::unique_ptr<Client>> clients;
   for (int i = 0; i < 200; ++i) {
     clients.push_back(std::make_unique<Client>(server->port()));
@@ -175,10 +176,11 @@ TEST(HttpServerTest, RefusesAnOversizeBodyBeforeReadingIt) {
   HttpServer::Options options;
   options.max_body_bytes = 1000;
   std::atomic<int> handled{0};
-  auto server = StartOrDie(options, [&](HttpRequest, Responder responder) {
-    ++handled;
-    responder.Send({});
-  });
+  auto server =
+      StartOrDie(options, [&](const HttpRequest&, const Responder& responder) {
+        ++handled;
+        responder.Send({});
+      });
   Client client(server->port());
   // Only the head is sent: the refusal cannot have waited for the body.
   client.Send("POST /big HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n");
@@ -240,11 +242,12 @@ TEST(HttpServerTest, AClosedConnectionCancelsItsWaitingRequest) {
   absl::Notification cancelled;
   absl::Notification handled;
   std::optional<Responder> kept;
-  auto server = StartOrDie({}, [&](HttpRequest, Responder responder) {
-    responder.OnCancel([&] { cancelled.Notify(); });
-    kept = responder;
-    handled.Notify();
-  });
+  auto server =
+      StartOrDie({}, [&](const HttpRequest&, const Responder& responder) {
+        responder.OnCancel([&] { cancelled.Notify(); });
+        kept = responder;
+        handled.Notify();
+      });
   {
     Client client(server->port());
     client.Send(Post("/wait", ""));
@@ -276,10 +279,11 @@ TEST(HttpServerTest, AtMostMaxConnectionsAreOpen) {
 TEST(HttpServerTest, DrainWritesAnswersOwedAndRefusesNewConnections) {
   std::optional<Responder> kept;
   absl::Notification handled;
-  auto server = StartOrDie({}, [&](HttpRequest, Responder responder) {
-    kept = responder;
-    handled.Notify();
-  });
+  auto server =
+      StartOrDie({}, [&](const HttpRequest&, const Responder& responder) {
+        kept = responder;
+        handled.Notify();
+      });
   const int port = server->port();
   Client waiting(port);
   waiting.Send(Post("/wait", ""));
@@ -322,8 +326,8 @@ TEST(HttpServerTest, ServesTlsAndPassesTheVerifiedClientCertificate) {
 
   HttpServer::Options options;
   options.tls = [context = *context] { return context; };
-  auto server =
-      StartOrDie(options, [](HttpRequest request, Responder responder) {
+  auto server = StartOrDie(
+      options, [](const HttpRequest& request, const Responder& responder) {
         responder.Send(Text(
             absl::StrCat(request.tls, " ", !request.peer_certificate.empty())));
       });

@@ -26,14 +26,14 @@ class CheckDocsTest(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.tmp)
         shutil.copy(os.path.join(SOURCE_DIR, "README.md"), self.tmp)
         for folder in ("docs", "server", "storage", "proto", "client",
-                       "deploy", "tools", "tests"):
+                       "deploy", "tools", "tests", "examples"):
             src = os.path.join(SOURCE_DIR, folder)
             if os.path.isdir(src):
                 shutil.copytree(src, os.path.join(self.tmp, folder),
                                 symlinks=True,
                                 ignore=shutil.ignore_patterns(
                                     "__pycache__", "*.pb.go", "*_pb2*.py",
-                                    "corpus"))
+                                    "corpus", "node_modules"))
 
     def run_check(self):
         out = subprocess.run(

@@ -46,8 +46,8 @@ struct Harness {
     char pattern[] = "/tmp/idem-fuzz-XXXXXX";
     const std::string dir = mkdtemp(pattern);
     absl::StatusOr<ServerConfig> config = ParseConfig(
-        {"--listen=127.0.0.1:0", "--data-dir=" + dir + "/db",
-         "--http-listen=", "--sync-writes=false",  // Speed; durability is not under test.
+        {"--listen=127.0.0.1:0", "--data-dir=" + dir + "/db", "--http-listen=",
+         "--sync-writes=false",  // Speed; durability is not under test.
          "--min-free-disk-bytes=0",
          "--max-wait=20ms"},  // Parked calls end quickly.
         [](const char*) -> const char* { return nullptr; });

@@ -443,6 +443,31 @@ TEST_F(ConnectHttpTest, LimitsApplyAndAnOversizeBodyIsRefusedUnread) {
   EXPECT_EQ(big.status, 429) << big.body;
   EXPECT_EQ(ErrorCode(big), "resource_exhausted");
 
+  // A reply larger than gRPC's default 4 MiB message comes back whole: a
+  // BeginBatch replaying five 1 MiB results.
+  v1::BeginBatchRequest replays;
+  for (int i = 0; i < 5; ++i) {
+    const std::string key = absl::StrCat("big-", i);
+    BeginResponse mine;
+    ASSERT_EQ(http.Call("/idem.v1.Idempotency/Begin", BeginOf("l", key), &mine)
+                  .status,
+              200);
+    ASSERT_EQ(http.Call("/idem.v1.Idempotency/Complete",
+                        CompleteOf("l", key, mine.lease().token(),
+                                   std::string(1 << 20, 'a' + i)),
+                        nullptr, Codec::kProto)
+                  .status,
+              200);
+    *replays.add_requests() = BeginOf("l", key);
+  }
+  v1::BeginBatchResponse replayed;
+  const Reply batch = http.Call("/idem.v1.Idempotency/BeginBatch", replays,
+                                &replayed, Codec::kJson);
+  ASSERT_EQ(batch.status, 200) << batch.body.substr(0, 300);
+  ASSERT_EQ(replayed.entries_size(), 5);
+  EXPECT_EQ(replayed.entries(4).response().result().body(),
+            std::string(1 << 20, 'e'));
+
   // A body announced larger than any request: refused from its head alone.
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in address{};
@@ -693,7 +718,7 @@ class ConnectHttpSecurityTest : public ::testing::Test {
   ConnectClient Https(const std::string& cert, const std::string& key) {
     auto https = std::make_unique<httplib::SSLClient>(
         "127.0.0.1", server_->http_port(), cert, key);
-    https->set_ca_cert_path(ca_.cert.c_str());
+    https->set_ca_cert_path(ca_.cert);
     https->enable_server_certificate_verification(true);
     return ConnectClient(std::move(https));
   }

@@ -62,8 +62,9 @@ absl::Status ServerProcess::Start() {
         int* named = absl::StartsWith(line, "metrics=") ? &metrics_port_
                      : absl::StartsWith(line, "http=")  ? &http_port_
                                                         : nullptr;
-        if (named != nullptr) {
-          absl::SimpleAtoi(line.substr(line.find('=') + 1), named);
+        if (named != nullptr &&
+            !absl::SimpleAtoi(line.substr(line.find('=') + 1), named)) {
+          *named = 0;
         }
       }
       auto channel = grpc::CreateChannel(

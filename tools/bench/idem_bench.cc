@@ -28,11 +28,19 @@
 //                threads share one idem::client::Client, each calling
 //                synchronously (begin, request, replay, lookup)
 //   client-unary the same with ClientOptions::session = false
+//   http-json    the Connect protocol over HTTP/1.1 (--http-target): one
+//                keep-alive connection per --concurrency thread, JSON
+//                bodies (begin, request, replay, lookup)
+//   http-proto   the same with binary protobuf bodies
 //
 // With --server-pid, the CPU time and context switches of the server
 // process (from /proc) and of idem-bench itself (getrusage) over the
 // measured window are reported per op.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -47,12 +55,15 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -61,6 +72,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "google/protobuf/util/json_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -86,7 +98,8 @@ struct Options {
   bool json = false;
   std::string ns = "bench";
   std::string transport = "unary";
-  int server_pid = 0;  // Zero: the server's costs are not measured.
+  std::string http_target;  // HOST:PORT of --http-listen (http-* only).
+  int server_pid = 0;       // Zero: the server's costs are not measured.
 };
 
 constexpr char kUsage[] =
@@ -95,9 +108,9 @@ constexpr char kUsage[] =
                   [--channels=4] [--warmup=2s] [--duration=10s] [--keys=N]
                   [--body-bytes=200] [--batch-size=100] [--retention=D]
                   [--namespace=bench] [--transport=T]
-                  [--server-pid=PID] [--json]
+                  [--http-target=IP:PORT] [--server-pid=PID] [--json]
 workloads: ping begin request replay lookup contended batch
-transports: unary session client client-unary
+transports: unary session client client-unary http-json http-proto
 )";
 
 bool ParseArgs(int argc, char** argv, Options& o) {
@@ -131,7 +144,10 @@ bool ParseArgs(int argc, char** argv, Options& o) {
     } else if (name == "transport") {
       o.transport = value;
       ok = value == "unary" || value == "session" || value == "client" ||
-           value == "client-unary";
+           value == "client-unary" || value == "http-json" ||
+           value == "http-proto";
+    } else if (name == "http-target") {
+      o.http_target = value;
     } else if (name == "server-pid") {
       ok = absl::SimpleAtoi(value, &o.server_pid) && o.server_pid > 0 &&
            std::filesystem::exists(absl::StrCat("/proc/", o.server_pid));
@@ -161,6 +177,11 @@ bool ParseArgs(int argc, char** argv, Options& o) {
                 << "\n";
       return false;
     }
+  }
+  if (absl::StartsWith(o.transport, "http-") && o.http_target.empty()) {
+    std::cerr << "idem-bench: --transport=" << o.transport
+              << " needs --http-target\n";
+    return false;
   }
   if (o.transport != "unary" &&
       (o.workload == "ping" || o.workload == "batch" ||
@@ -765,6 +786,193 @@ class ClientThreads {
   std::vector<std::thread> threads_;
 };
 
+// --transport=http-json / http-proto: threads calling the Connect protocol,
+// each over its own keep-alive HTTP/1.1 connection, one call at a time.
+class HttpThreads {
+ public:
+  explicit HttpThreads(Run* run) : run_(run) {
+    const int n = run->options().concurrency;
+    latencies_.resize(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      threads_.emplace_back([this, i] { Loop(i); });
+    }
+  }
+  void Join() {
+    for (std::thread& thread : threads_) thread.join();
+  }
+  std::vector<int64_t> latencies() const {
+    std::vector<int64_t> all;
+    for (const auto& l : latencies_) all.insert(all.end(), l.begin(), l.end());
+    return all;
+  }
+
+ private:
+  // One connection; Call() reconnects after a failure.
+  class Connection {
+   public:
+    explicit Connection(const std::string& target) {
+      const size_t colon = target.rfind(':');
+      address_.sin_family = AF_INET;
+      int port = 0;
+      if (colon == std::string::npos ||
+          !absl::SimpleAtoi(target.substr(colon + 1), &port) ||
+          inet_pton(AF_INET, target.substr(0, colon).c_str(),
+                    &address_.sin_addr) != 1) {
+        return;
+      }
+      address_.sin_port = htons(static_cast<uint16_t>(port));
+    }
+    ~Connection() { Close(); }
+
+    // POSTs `body` to `path`; the response body on HTTP 200.
+    std::optional<std::string> Call(const std::string& path,
+                                    const std::string& content_type,
+                                    const std::string& body) {
+      if (fd_ < 0 && !Open()) return std::nullopt;
+      const std::string request = absl::StrCat(
+          "POST ", path,
+          " HTTP/1.1\r\nHost: idem\r\nContent-Type: ", content_type,
+          "\r\nContent-Length: ", body.size(), "\r\n\r\n", body);
+      if (send(fd_, request.data(), request.size(), MSG_NOSIGNAL) !=
+          static_cast<ssize_t>(request.size())) {
+        Close();
+        return std::nullopt;
+      }
+      size_t head_end = std::string::npos;
+      while ((head_end = buffer_.find("\r\n\r\n")) == std::string::npos) {
+        if (!Fill()) return std::nullopt;
+      }
+      const size_t at = buffer_.find("Content-Length: ");
+      size_t length = 0;
+      if (at == std::string::npos || at > head_end ||
+          !absl::SimpleAtoi(
+              buffer_.substr(at + 16, buffer_.find("\r\n", at) - at - 16),
+              &length)) {
+        Close();
+        return std::nullopt;
+      }
+      while (buffer_.size() < head_end + 4 + length) {
+        if (!Fill()) return std::nullopt;
+      }
+      const bool ok = absl::StartsWith(buffer_, "HTTP/1.1 200 ");
+      std::string response = buffer_.substr(head_end + 4, length);
+      buffer_.erase(0, head_end + 4 + length);
+      if (!ok) return std::nullopt;
+      return response;
+    }
+
+   private:
+    bool Open() {
+      fd_ = socket(AF_INET, SOCK_STREAM, 0);
+      const int yes = 1;
+      setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof(yes));
+      if (connect(fd_, reinterpret_cast<sockaddr*>(&address_),
+                  sizeof(address_)) != 0) {
+        Close();
+        return false;
+      }
+      buffer_.clear();
+      return true;
+    }
+    bool Fill() {
+      char chunk[16384];
+      const ssize_t n = recv(fd_, chunk, sizeof(chunk), 0);
+      if (n <= 0) {
+        Close();
+        return false;
+      }
+      buffer_.append(chunk, static_cast<size_t>(n));
+      return true;
+    }
+    void Close() {
+      if (fd_ >= 0) close(fd_);
+      fd_ = -1;
+    }
+
+    sockaddr_in address_{};
+    int fd_ = -1;
+    std::string buffer_;
+  };
+
+  // `message` in the transport's encoding.
+  std::string Encode(const google::protobuf::Message& message) const {
+    std::string body;
+    if (json_) {
+      (void)google::protobuf::util::MessageToJsonString(message, &body);
+    } else {
+      message.SerializeToString(&body);
+    }
+    return body;
+  }
+  bool Decode(const std::optional<std::string>& body,
+              google::protobuf::Message* message) const {
+    if (!body.has_value()) return false;
+    return json_ ? google::protobuf::util::JsonStringToMessage(*body, message)
+                       .ok()
+                 : message->ParseFromString(*body);
+  }
+
+  void Loop(int index) {
+    const Options& o = run_->options();
+    Connection connection(o.http_target);
+    const std::string type = json_ ? "application/json" : "application/proto";
+    std::minstd_rand random(static_cast<uint32_t>(index + 1));
+    const std::string body(static_cast<size_t>(o.body_bytes), 'x');
+    std::vector<int64_t>& latencies = latencies_[static_cast<size_t>(index)];
+    latencies.reserve(1 << 16);
+    while (!run_->stopping()) {
+      const absl::Time start = absl::Now();
+      bool ok = false;
+      if (o.workload == "lookup") {
+        v1::LookupRequest lookup;
+        lookup.set_namespace_(o.ns);
+        lookup.set_key(absl::StrCat("prepared-", random() % o.keys));
+        v1::LookupResponse seen;
+        ok = Decode(connection.Call("/idem.v1.Idempotency/Lookup", type,
+                                    Encode(lookup)),
+                    &seen);
+      } else {
+        v1::BeginRequest begin;
+        begin.set_namespace_(o.ns);
+        begin.set_key(
+            o.workload == "replay"
+                ? absl::StrCat("prepared-", random() % o.keys)
+                : absl::StrCat("fresh-", run_->run_id(), "-", run_->NextId()));
+        begin.set_fingerprint("bench-fingerprint");
+        v1::BeginResponse begun;
+        ok = Decode(
+            connection.Call("/idem.v1.Idempotency/Begin", type, Encode(begin)),
+            &begun);
+        if (ok && o.workload == "request") {
+          v1::CompleteRequest complete;
+          complete.set_namespace_(o.ns);
+          complete.set_key(begin.key());
+          complete.set_token(begun.lease().token());
+          complete.mutable_result()->set_code(201);
+          complete.mutable_result()->set_body(body);
+          v1::CompleteResponse completed;
+          ok = begun.outcome() == v1::BeginResponse::OUTCOME_ACQUIRED &&
+               Decode(connection.Call("/idem.v1.Idempotency/Complete", type,
+                                      Encode(complete)),
+                      &completed);
+        } else if (ok && o.workload == "replay") {
+          ok = begun.outcome() == v1::BeginResponse::OUTCOME_COMPLETED;
+        }
+      }
+      if (!ok) {
+        run_->NoteError(grpc::Status(grpc::StatusCode::UNKNOWN,
+                                     "an HTTP call failed or was refused"));
+      }
+      run_->Record(start, ok, latencies);
+    }
+  }
+
+  Run* const run_;
+  const bool json_ = run_->options().transport == "http-json";
+  std::vector<std::vector<int64_t>> latencies_;
+  std::vector<std::thread> threads_;
+};
+
 double Percentile(const std::vector<int64_t>& sorted, double q) {
   if (sorted.empty()) return 0;
   const size_t index =
@@ -805,7 +1013,16 @@ int Main(int argc, char** argv) {
   Run run(o);
   HotKeys hot(o.keys);
   std::vector<int64_t> all;
-  if (o.transport == "client" || o.transport == "client-unary") {
+  if (absl::StartsWith(o.transport, "http-")) {
+    HttpThreads threads(&run);
+    absl::SleepFor(o.warmup);
+    run.StartMeasuring();
+    absl::SleepFor(o.duration);
+    run.StopMeasuring();
+    run.Stop();
+    threads.Join();
+    all = threads.latencies();
+  } else if (o.transport == "client" || o.transport == "client-unary") {
     // One Client, on its own channel, as a service would have it.
     client::ClientOptions client_options;
     client_options.target = targets[0];
