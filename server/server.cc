@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpc/health/v1/health.pb.h"
@@ -15,6 +16,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "server/open_store.h"
+#include "server/ops/address.h"
 #include "server/ops/log.h"
 #include "server/rpc/invalid_request_interceptor.h"
 
@@ -54,8 +56,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   if (absl::Status s = server->OpenStore(); !s.ok()) return s;
   if (absl::Status s = server->StartGrpc(); !s.ok()) return s;
   server->WatchStoreHealth();
-  if (absl::Status s = server->StartMetrics(); !s.ok()) return s;
+  // HTTP before metrics: /metrics reads http_, which is then set for the
+  // metrics thread's whole life.
   if (absl::Status s = server->StartHttp(); !s.ok()) return s;
+  if (absl::Status s = server->StartMetrics(); !s.ok()) return s;
   const int metrics_port = server->metrics_port();
   if (!config.port_file.empty() &&
       !WritePortFile(config.port_file, server->port_, metrics_port,
@@ -93,6 +97,7 @@ Server::~Server() {
     Shutdown("destroyed");
   } else if (grpc_ != nullptr && !shut_down_) {
     // A start that failed after gRPC listened: stop without draining.
+    metrics_http_.reset();
     http_.reset();
     grpc_->Shutdown();
     grpc_->Wait();
@@ -275,8 +280,12 @@ absl::Status Server::StartMetrics() {
       MetricsHttpServer::Start(
           config_.metrics_listen,
           [this] {
-            return metrics_.Render(
-                {waits_.parked(), store_->Stats(), store_->Health().ok()});
+            Metrics::Gauges gauges{waits_.parked(), store_->Stats(),
+                                   store_->Health().ok(), std::nullopt};
+            if (HttpServer* http = http_.get(); http != nullptr) {
+              gauges.http = {http->open_connections(), http->dropped()};
+            }
+            return metrics_.Render(gauges);
           },
           [this] { return serving_.load(); });
   if (!started.ok()) {
@@ -299,6 +308,13 @@ absl::Status Server::StartHttp() {
       pool->FindServiceByName(v1::Admin::service_full_name())};
   gateway.forwarding_secret = authorizer_->forwarding_secret();
   gateway.serving = [this] { return serving_.load(); };
+  if (absl::StatusOr<HostPort> address =
+          ParseHostPort(config_.http_listen, PortZero::kAllowed);
+      address.ok()) {
+    gateway.loopback_hosts_only = address->host == "localhost" ||
+                                  address->host == "::1" ||
+                                  absl::StartsWith(address->host, "127.");
+  }
   // The services enforce their own limits on requests and replies; the
   // channel's defaults (4 MiB received) would cut large replies short.
   grpc::ChannelArguments channel;
@@ -310,7 +326,18 @@ absl::Status Server::StartHttp() {
   options.listen = config_.http_listen;
   // The largest gRPC request in JSON: bytes grow by a third in base64.
   options.max_body_bytes = MaxRequestBytes(config_) * 2;
-  if (tls_ != nullptr) options.tls = [this] { return HttpTlsContext(); };
+  // Unread HTTP input shares the bound on gRPC's buffers.
+  options.max_buffered_bytes = config_.max_grpc_memory_bytes / 4;
+  if (tls_ != nullptr) {
+    if (HttpTlsContext() == nullptr) {
+      Log(LogLevel::kError, "http_listen_failed",
+          {{"listen", config_.http_listen},
+           {"error", "the TLS files could not be loaded for HTTP"}});
+      return absl::UnavailableError(
+          "the TLS files could not be loaded for HTTP");
+    }
+    options.tls = [this] { return HttpTlsContext(); };
+  }
   options.refusal = [](int status, const std::string& message) {
     grpc::StatusCode code = grpc::StatusCode::INVALID_ARGUMENT;
     if (status == 413 || status == 431) {
@@ -338,8 +365,8 @@ absl::Status Server::StartHttp() {
 }
 
 std::shared_ptr<SSL_CTX> Server::HttpTlsContext() {
-  TlsReloader::Installed installed = tls_->installed();
-  if (installed.generation != http_tls_generation_) {
+  if (tls_->generation() != http_tls_generation_) {
+    const TlsReloader::Installed installed = tls_->installed();
     absl::StatusOr<std::shared_ptr<SSL_CTX>> made = MakeServerTlsContext(
         installed.cert, installed.key, installed.client_ca);
     if (made.ok()) {
@@ -396,14 +423,15 @@ void Server::Shutdown(absl::string_view reason) {
   // in flight, which are gRPC calls over the in-process channel and need
   // gRPC running (its shutdown closes that channel at once). One grace
   // period for both.
+  // (Drained, http_ stays readable for /metrics until that stops below.)
   const absl::Time grace_ends = absl::Now() + config_.shutdown_grace;
   if (http_ != nullptr) http_->Drain(grace_ends - absl::Now());
-  http_.reset();
-  gateway_.reset();
   grpc_->Shutdown(absl::ToChronoTime(grace_ends));
   grpc_->Wait();
   tls_.reset();
   metrics_http_.reset();
+  http_.reset();
+  gateway_.reset();
   store_.reset();  // Closes the store after the last call.
   Log(LogLevel::kInfo, "shutdown_complete");
 }

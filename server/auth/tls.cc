@@ -293,6 +293,11 @@ std::string TlsReloader::current() const {
   return current_;
 }
 
+int TlsReloader::generation() const {
+  absl::MutexLock lock(&mu_);
+  return generation_;
+}
+
 TlsReloader::Installed TlsReloader::installed() const {
   absl::MutexLock lock(&mu_);
   return {generation_, installed_.cert, installed_.key, installed_.client_ca};

@@ -79,6 +79,7 @@ class TlsReloader {
     std::string cert, key, client_ca;
   };
   Installed installed() const;
+  int generation() const;
 
   // Calls Reload(false) every `every` on a thread of its own, and
   // `on_change` with each outcome that is not kUnchanged, until destroyed.

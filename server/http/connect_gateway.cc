@@ -109,6 +109,17 @@ std::string JsonString(absl::string_view text) {
   return out;
 }
 
+// Whether a Host header names this machine's loopback: localhost,
+// 127.x.x.x or [::1], with or without a port.
+bool IsLoopbackHost(absl::string_view host) {
+  if (absl::StartsWith(host, "[")) {
+    return absl::StartsWith(host, "[::1]");
+  }
+  host = host.substr(0, host.find(':'));
+  return absl::EqualsIgnoreCase(host, "localhost") ||
+         absl::StartsWith(host, "127.");
+}
+
 HttpResponse Ok(Codec codec, std::string body) {
   HttpResponse response;
   response.headers = {{"Content-Type", std::string(ContentType(codec))}};
@@ -249,6 +260,15 @@ void ConnectGateway::Handle(HttpRequest request, const Responder& responder) {
     response.headers = {{"Content-Type", "text/plain"}};
     response.body = ok ? "SERVING\n" : "NOT_SERVING\n";
     responder.Send(std::move(response));
+    return;
+  }
+  if (const std::string* host = request.Header("host");
+      options_.loopback_hosts_only && host != nullptr &&
+      !IsLoopbackHost(*host)) {
+    responder.Send(ConnectError(
+        grpc::StatusCode::PERMISSION_DENIED,
+        "this port listens on loopback: requests for another Host are "
+        "refused (set --http-listen to a reachable address to serve them)"));
     return;
   }
   const Procedure* procedure = Find(request.path);

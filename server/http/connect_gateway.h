@@ -51,6 +51,11 @@ class ConnectGateway {
     std::string forwarding_secret;
     // For GET /healthz: the server's health as gRPC health reports it.
     std::function<bool()> serving;
+    // The port listens on loopback only: requests whose Host names
+    // another host are refused. A web page the developer visits could
+    // otherwise reach it through DNS rebinding (its name resolving to
+    // 127.0.0.1) and call the Admin service of an open server.
+    bool loopback_hosts_only = false;
   };
 
   // `channel` is the server's in-process channel; not owned beyond the

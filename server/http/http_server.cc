@@ -36,6 +36,8 @@ namespace {
 constexpr uint64_t kListenId = 0;
 constexpr uint64_t kWakeId = 1;
 constexpr size_t kReadChunk = 64 << 10;
+// How long a connection we close keeps reading (State::kLingering).
+constexpr absl::Duration kLinger = absl::Seconds(2);
 
 absl::string_view Reason(int status) {
   switch (status) {
@@ -123,9 +125,15 @@ class ChunkedDecoder {
           }
           absl::string_view line(in.data() + *pos, eol - *pos);
           line = line.substr(0, line.find(';'));  // Extensions ignored.
-          line = absl::StripAsciiWhitespace(line);
           uint64_t size = 0;
+          // Hex digits only: no sign, prefix or spaces that another parser
+          // on the path might read differently.
           if (line.empty() || line.size() > 15 ||
+              !std::all_of(line.begin(), line.end(),
+                           [](char ch) {
+                             return absl::ascii_isxdigit(
+                                 static_cast<unsigned char>(ch));
+                           }) ||
               !absl::SimpleHexAtoi(line, &size)) {
             return Result::kBad;
           }
@@ -225,11 +233,11 @@ struct Responder::Pending {
 void Responder::Send(HttpResponse response) const {
   if (pending_->sent.exchange(true)) return;
   Mailbox& mailbox = *pending_->mailbox;
-  {
-    absl::MutexLock lock(&mailbox.mu);
-    if (mailbox.closed) return;
-    mailbox.answers.emplace_back(pending_->connection, std::move(response));
-  }
+  // Woken under the lock: once `closed` is set the descriptor may be
+  // closed and its number reused.
+  absl::MutexLock lock(&mailbox.mu);
+  if (mailbox.closed) return;
+  mailbox.answers.emplace_back(pending_->connection, std::move(response));
   mailbox.Wake();
 }
 
@@ -262,6 +270,8 @@ class HttpServer::Loop {
     connections_.clear();
     if (listen_fd_ >= 0) close(listen_fd_);
     close(epoll_fd_);
+    absl::MutexLock lock(&mailbox_->mu);
+    mailbox_->closed = true;
     close(mailbox_->wake_fd);
   }
 
@@ -276,7 +286,12 @@ class HttpServer::Loop {
   }
 
  private:
-  enum class State { kReading, kWaiting, kWriting };
+  // kReading: a request is read (or awaited); kWaiting: the handler has
+  // it; kWriting: its answer is being written; kLingering: the answer said
+  // the connection closes: our side is shut, and what the peer still sends
+  // is read and dropped for a moment, so that closing with unread input
+  // does not reset the connection before the peer has read the answer.
+  enum class State { kReading, kWaiting, kWriting, kLingering };
   struct Connection {
     uint64_t id = 0;
     int fd = -1;
@@ -285,16 +300,21 @@ class HttpServer::Loop {
     std::string peer_certificate;
     bool tls_checked = false;
     State state = State::kReading;
+    // Bytes read; those before in_pos are consumed (compacted lazily, so
+    // that pipelined requests cost linear time).
     std::string in;
-    size_t head_end = 0;  // Past the head's blank line; 0: not yet.
+    size_t in_pos = 0;
+    bool have_head = false;  // The current request's head is parsed.
     std::optional<HttpRequest> request;
     bool chunked = false;
     size_t content_length = 0;
-    size_t body_pos = 0;
+    size_t body_start = 0;  // Where the body begins in `in`.
+    size_t body_pos = 0;    // Chunked: how far the body is decoded.
     ChunkedDecoder chunks;
     bool sent_continue = false;
     bool keep_alive = true;
-    bool head_only = false;  // A HEAD request: no body in the answer.
+    bool keep_alive_default = true;  // HTTP/1.1 (not 1.0).
+    bool head_only = false;          // A HEAD request: no body in the answer.
     std::string out;
     size_t out_pos = 0;
     bool close_after = false;
@@ -309,8 +329,9 @@ class HttpServer::Loop {
   void OnEvent(Connection* c, uint32_t events);
   void ReadSome(Connection* c);
   void Parse(Connection* c);
-  // The head is complete: fills c->request; false when refused.
-  bool ParseHead(Connection* c);
+  // `head` (without its blank line) is complete: fills c->request; false
+  // when refused.
+  bool ParseHead(Connection* c, absl::string_view head);
   void Dispatch(Connection* c);
   void Refuse(Connection* c, int status, std::string message);
   void Queue(Connection* c, const HttpResponse& response);
@@ -321,6 +342,35 @@ class HttpServer::Loop {
   void CloseNow(Connection* c);
   void DeliverAnswers();
   void Sweep(absl::Time now);
+  // Bytes read and not yet consumed.
+  static size_t Unread(const Connection& c) { return c.in.size() - c.in_pos; }
+  // How many unread bytes `c` may hold: a whole request while one is read,
+  // the next head otherwise (a pipelined request waits its turn).
+  size_t ReadCap(const Connection& c) const {
+    return c.state == State::kReading
+               ? options_.max_head_bytes + options_.max_body_bytes + 4096
+               : options_.max_head_bytes;
+  }
+  // Compact(), keeping buffered_ right.
+  void CompactCounted(Connection* c) {
+    const size_t before = c->in.size();
+    Compact(*c);
+    buffered_ -= before - c->in.size();
+  }
+  // Drops consumed bytes once they are at least half of the buffer.
+  static void Compact(Connection& c) {
+    if (c.in_pos == 0) return;
+    if (c.in_pos == c.in.size()) {
+      c.in.clear();
+    } else if (c.in_pos < c.in.size() / 2) {
+      return;
+    } else {
+      c.in.erase(0, c.in_pos);
+    }
+    c.body_start -= std::min(c.body_start, c.in_pos);
+    c.body_pos -= std::min(c.body_pos, c.in_pos);
+    c.in_pos = 0;
+  }
 
   const Options options_;
   const Handler handler_;
@@ -330,6 +380,8 @@ class HttpServer::Loop {
   std::atomic<uint64_t>* const dropped_;
   std::atomic<uint64_t>* const open_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Connection>> connections_;
+  // Bytes read and held by all connections (Options::max_buffered_bytes).
+  size_t buffered_ = 0;
   std::vector<uint64_t> closed_;  // Erased after the events of a round.
   uint64_t next_id_ = 2;
   // Out of file descriptors: accepting pauses until this time, instead of
@@ -343,6 +395,7 @@ class HttpServer::Loop {
 void HttpServer::Loop::Run() {
   epoll_event events[256];
   absl::Time last_sweep = absl::Now();
+  absl::Time last_waiting = absl::Now();
   bool accepting = true;
   while (true) {
     const int n = epoll_wait(epoll_fd_, events, 256, 250);
@@ -391,21 +444,28 @@ void HttpServer::Loop::Run() {
       listen_fd_ = -1;
     }
     // Requests not yet handed over are closed; answers still owed are
-    // written, then their connections close.
-    bool busy = false;
+    // written, then their connections close. Once every request taken has
+    // its answer, writing gets one more second: the caller (the server's
+    // shutdown) has gRPC to stop within the same grace.
+    bool waiting = false;
+    bool writing = false;
     for (auto& [id, connection] : connections_) {
       Connection* c = connection.get();
       if (c->fd < 0) continue;
-      if (c->state == State::kReading) {
+      if (c->state == State::kReading || c->state == State::kLingering) {
         Close(c);
       } else {
         c->close_after = true;
-        busy = true;
+        (c->state == State::kWaiting ? waiting : writing) = true;
       }
     }
     for (uint64_t id : closed_) connections_.erase(id);
     closed_.clear();
-    if (!busy || now >= drain_deadline) break;
+    if (waiting) last_waiting = now;
+    if ((!waiting && !writing) || now >= drain_deadline ||
+        (!waiting && now - last_waiting >= absl::Seconds(1))) {
+      break;
+    }
   }
   {
     absl::MutexLock lock(&mailbox_->mu);
@@ -465,8 +525,13 @@ void HttpServer::Loop::Accept() {
 void HttpServer::Loop::Watch(Connection* c) {
   if (c->fd < 0) return;
   uint32_t events = EPOLLRDHUP;
-  const size_t cap = options_.max_head_bytes + options_.max_body_bytes + 4096;
-  if (c->in.size() < cap) events |= EPOLLIN;
+  // While TLS needs to write before it can read, waiting for input would
+  // only spin: wait for room to write instead.
+  if (!c->read_wants_write &&
+      (Unread(*c) < ReadCap(*c) || c->state == State::kLingering) &&
+      buffered_ < options_.max_buffered_bytes) {
+    events |= EPOLLIN;
+  }
   if (c->out_pos < c->out.size() || c->read_wants_write) events |= EPOLLOUT;
   if (c->write_wants_read) events |= EPOLLIN;
   if (events == c->events) return;
@@ -497,7 +562,9 @@ void HttpServer::Loop::OnEvent(Connection* c, uint32_t events) {
 void HttpServer::Loop::ReadSome(Connection* c) {
   char buffer[kReadChunk];
   bool eof = false;
-  while (true) {
+  // At most 1 MiB per turn, so that one fast sender cannot hold the loop
+  // (epoll reports the rest again).
+  for (int turn = 0; turn < 16; ++turn) {
     ssize_t n = 0;
     if (c->ssl != nullptr) {
       ERR_clear_error();
@@ -522,12 +589,15 @@ void HttpServer::Loop::ReadSome(Connection* c) {
         break;
       }
     }
-    if (c->in.empty() && c->state == State::kReading && c->head_end == 0) {
+    if (c->state == State::kLingering) continue;  // Dropped.
+    if (Unread(*c) == 0 && c->state == State::kReading && !c->have_head) {
       c->deadline = absl::Now() + options_.request_timeout;
     }
     c->in.append(buffer, static_cast<size_t>(n));
-    const size_t cap = options_.max_head_bytes + options_.max_body_bytes + 4096;
-    if (c->in.size() >= cap) break;
+    buffered_ += static_cast<size_t>(n);
+    if (Unread(*c) >= ReadCap(*c) || buffered_ >= options_.max_buffered_bytes) {
+      break;
+    }
   }
   if (c->ssl != nullptr && !c->tls_checked &&
       SSL_is_init_finished(c->ssl.get())) {
@@ -556,8 +626,8 @@ void HttpServer::Loop::ReadSome(Connection* c) {
   Watch(c);
 }
 
-bool HttpServer::Loop::ParseHead(Connection* c) {
-  const absl::string_view head(c->in.data(), c->head_end - 4);
+bool HttpServer::Loop::ParseHead(Connection* c, absl::string_view head) {
+  c->head_only = false;
   std::vector<absl::string_view> lines = absl::StrSplit(head, "\r\n");
   std::vector<absl::string_view> first =
       absl::StrSplit(lines[0], absl::MaxSplits(' ', 2));
@@ -583,11 +653,14 @@ bool HttpServer::Loop::ParseHead(Connection* c) {
   c->chunked = false;
   c->content_length = 0;
   c->keep_alive = first[2] == "HTTP/1.1";
+  c->keep_alive_default = c->keep_alive;
   for (size_t i = 1; i < lines.size(); ++i) {
     const absl::string_view line = lines[i];
     const size_t colon = line.find(':');
     if (colon == absl::string_view::npos || colon == 0 || line[0] == ' ' ||
-        line[0] == '\t' || line[colon - 1] == ' ') {
+        line[0] == '\t' || line[colon - 1] == ' ' || line[colon - 1] == '\t' ||
+        line.find_first_of(absl::string_view("\r\n\0", 3)) !=
+            absl::string_view::npos) {
       Refuse(c, 400, "malformed header line");
       return false;
     }
@@ -639,7 +712,6 @@ bool HttpServer::Loop::ParseHead(Connection* c) {
   request.peer_certificate = c->peer_certificate;
   request.peer = c->peer;
   c->request = std::move(request);
-  c->body_pos = c->head_end;
   c->chunks = ChunkedDecoder();
   c->sent_continue = false;
   return true;
@@ -647,26 +719,33 @@ bool HttpServer::Loop::ParseHead(Connection* c) {
 
 void HttpServer::Loop::Parse(Connection* c) {
   while (c->fd >= 0 && c->state == State::kReading) {
-    if (c->head_end == 0) {
-      const size_t end = c->in.find("\r\n\r\n");
+    if (!c->have_head) {
+      const size_t end = c->in.find("\r\n\r\n", c->in_pos);
       if (end == std::string::npos) {
-        if (c->in.size() > options_.max_head_bytes) {
+        if (Unread(*c) > options_.max_head_bytes) {
           Refuse(c, 431, "the request head is too large");
         }
         return;
       }
-      if (end + 4 > options_.max_head_bytes) {
+      if (end + 4 - c->in_pos > options_.max_head_bytes) {
         Refuse(c, 431, "the request head is too large");
         return;
       }
-      c->head_end = end + 4;
-      if (!ParseHead(c)) return;
+      if (!ParseHead(
+              c, absl::string_view(c->in).substr(c->in_pos, end - c->in_pos))) {
+        return;
+      }
+      c->have_head = true;
+      c->body_start = c->body_pos = end + 4;
     }
     HttpRequest& request = *c->request;
     if (c->chunked) {
       switch (c->chunks.Feed(c->in, &c->body_pos, options_.max_body_bytes,
                              &request.body)) {
         case ChunkedDecoder::Result::kIncomplete:
+          // Decoded bytes are consumed: only the undecoded rest counts.
+          c->in_pos = c->body_pos;
+          CompactCounted(c);
           break;
         case ChunkedDecoder::Result::kBad:
           Refuse(c, 400, "malformed chunked body");
@@ -678,19 +757,19 @@ void HttpServer::Loop::Parse(Connection* c) {
                               options_.max_body_bytes, " bytes)"));
           return;
         case ChunkedDecoder::Result::kDone:
-          c->in.erase(0, c->body_pos);
+          c->in_pos = c->body_pos;
           Dispatch(c);
           continue;
       }
-    } else if (c->in.size() - c->head_end >= c->content_length) {
-      request.body = c->in.substr(c->head_end, c->content_length);
-      c->in.erase(0, c->head_end + c->content_length);
+    } else if (c->in.size() - c->body_start >= c->content_length) {
+      request.body = c->in.substr(c->body_start, c->content_length);
+      c->in_pos = c->body_start + c->content_length;
       Dispatch(c);
       continue;
     }
     // The body is still coming: answer Expect: 100-continue once.
     const std::string* expect = request.Header("expect");
-    if (expect != nullptr && !c->sent_continue &&
+    if (expect != nullptr && !c->sent_continue && c->keep_alive_default &&
         absl::EqualsIgnoreCase(*expect, "100-continue")) {
       c->sent_continue = true;
       c->out.append("HTTP/1.1 100 Continue\r\n\r\n");
@@ -701,7 +780,8 @@ void HttpServer::Loop::Parse(Connection* c) {
 }
 
 void HttpServer::Loop::Dispatch(Connection* c) {
-  c->head_end = 0;
+  c->have_head = false;
+  CompactCounted(c);
   c->state = State::kWaiting;
   c->pending = std::make_shared<Responder::Pending>(mailbox_, c->id);
   HttpRequest request = *std::move(c->request);
@@ -773,6 +853,8 @@ void HttpServer::Loop::Flush(Connection* c) {
       }
     }
     c->out_pos += static_cast<size_t>(n);
+    // A slow reader that makes progress is not cut off.
+    c->deadline = absl::Now() + options_.request_timeout;
   }
   if (c->out_pos == c->out.size()) {
     c->out.clear();
@@ -787,12 +869,21 @@ void HttpServer::Loop::Flush(Connection* c) {
 
 void HttpServer::Loop::AfterWrite(Connection* c) {
   if (c->close_after) {
-    Close(c);
+    // Our side is done; read and drop what the peer still sends (the rest
+    // of a refused body) for a moment, then close.
+    if (c->ssl != nullptr) SSL_shutdown(c->ssl.get());
+    shutdown(c->fd, SHUT_WR);
+    buffered_ -= c->in.size();
+    c->in.clear();
+    c->in_pos = 0;
+    c->state = State::kLingering;
+    c->deadline = absl::Now() + kLinger;
+    Watch(c);
     return;
   }
   c->state = State::kReading;
-  c->deadline = absl::Now() + (c->in.empty() ? options_.idle_timeout
-                                             : options_.request_timeout);
+  c->deadline = absl::Now() + (Unread(*c) == 0 ? options_.idle_timeout
+                                               : options_.request_timeout);
   Parse(c);  // A pipelined request may be waiting.
   Watch(c);
 }
@@ -815,10 +906,11 @@ void HttpServer::Loop::DeliverAnswers() {
 void HttpServer::Loop::Sweep(absl::Time now) {
   for (auto& [id, connection] : connections_) {
     Connection* c = connection.get();
+    if (c->fd >= 0) Watch(c);  // Reading paused by the byte budget resumes.
     if (c->fd < 0 || c->state == State::kWaiting || now < c->deadline) {
       continue;
     }
-    if (c->state == State::kReading && !c->in.empty()) {
+    if (c->state == State::kReading && Unread(*c) > 0) {
       Refuse(c, 408, "the request did not arrive in time");
       // A client that does not read its refusal is closed on the next
       // sweep past this deadline.
@@ -839,9 +931,12 @@ void HttpServer::Loop::Close(Connection* c) {
 void HttpServer::Loop::CloseNow(Connection* c) {
   if (c->fd < 0) return;
   std::shared_ptr<Responder::Pending> pending = std::move(c->pending);
-  if (c->ssl != nullptr && SSL_is_init_finished(c->ssl.get())) {
+  if (c->ssl != nullptr && c->state != State::kLingering &&
+      SSL_is_init_finished(c->ssl.get())) {
     SSL_shutdown(c->ssl.get());  // Best effort close_notify.
   }
+  buffered_ -= c->in.size();
+  c->in.clear();
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->fd, nullptr);
   close(c->fd);
   c->fd = -1;
@@ -922,6 +1017,13 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeServerTlsContext(
     return absl::InternalError(absl::StrCat("SSL_CTX_new: ", OpenSslError()));
   }
   SSL_CTX_set_min_proto_version(context.get(), TLS1_2_VERSION);
+  // A connection's client certificate is read once: no renegotiation.
+  SSL_CTX_set_options(context.get(), SSL_OP_NO_RENEGOTIATION);
+  // Required for TLS 1.2 session resumption when client certificates are
+  // verified (OpenSSL fails such a resumption without it).
+  static const unsigned char kSessionContext[] = "idem-http";
+  SSL_CTX_set_session_id_context(context.get(), kSessionContext,
+                                 sizeof(kSessionContext) - 1);
   SSL_CTX_set_mode(context.get(), SSL_MODE_ENABLE_PARTIAL_WRITE |
                                       SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   auto bio_of = [](absl::string_view pem) {

@@ -17,7 +17,10 @@
 // within `request_timeout` and fit `max_head_bytes`; a body larger than
 // `max_body_bytes` is refused (413) from its Content-Length, before it is
 // read; at most `max_connections` are open (a new one beyond that is
-// refused). Bodies come with Content-Length or chunked. One request per
+// refused), and together they hold at most `max_buffered_bytes` of unread
+// input. A refusal is followed by a short linger, so that the peer reads
+// it rather than a connection reset. Bodies come with Content-Length or
+// chunked. One request per
 // connection at a time (a pipelined next one waits its turn); a
 // connection that closes while its request waits cancels it
 // (Responder::OnCancel). With TLS, every connection gets the context
@@ -93,6 +96,9 @@ class HttpServer {
     size_t max_body_bytes = size_t{4} << 20;
     size_t max_head_bytes = size_t{64} << 10;
     size_t max_connections = 10'000;
+    // Bytes read and not yet handed over, all connections together: past
+    // this, reading pauses until requests are answered.
+    size_t max_buffered_bytes = size_t{256} << 20;
     absl::Duration request_timeout = absl::Seconds(30);
     absl::Duration idle_timeout = absl::Seconds(120);
     // Null: plaintext. Else called on the server's thread for each new

@@ -46,6 +46,10 @@ class Client {
     fd_ = -1;
   }
   bool connected() const { return connected_; }
+  void SendIgnoringErrors(const std::string& data) const {
+    [[maybe_unused]] const ssize_t n =
+        send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+  }
   void Send(const std::string& data) const {
     ASSERT_EQ(send(fd_, data.data(), data.size(), MSG_NOSIGNAL),
               static_cast<ssize_t>(data.size()));
@@ -163,6 +167,46 @@ TEST(HttpServerTest, AnAnswerMayComeLaterFromAnotherThread) {
   }
 }
 
+TEST(HttpServerTest, ThousandsOfPipelinedRequestsAreAllAnswered) {
+  auto server = StartOrDie({}, Echo());
+  Client client(server->port());
+  std::string burst;
+  constexpr int kRequests = 5000;
+  for (int i = 0; i < kRequests; ++i) {
+    absl::StrAppend(&burst, "GET /p", i, " HTTP/1.1\r\n\r\n");
+  }
+  std::thread sender([&] { client.Send(burst); });
+  int answered = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    if (absl::EndsWith(client.Receive(), absl::StrCat("GET /p", i, " "))) {
+      ++answered;
+    }
+  }
+  sender.join();
+  EXPECT_EQ(answered, kRequests);
+}
+
+TEST(HttpServerTest, ReadingPausesAtTheByteBudgetAndResumes) {
+  HttpServer::Options options;
+  options.max_buffered_bytes = 100'000;
+  auto server = StartOrDie(
+      options, [](const HttpRequest& request, const Responder& responder) {
+        responder.Send(Text(absl::StrCat(request.body.size())));
+      });
+  std::vector<std::unique_ptr<Client>> clients;
+  std::vector<std::thread> senders;
+  for (int i = 0; i < 4; ++i) {
+    clients.push_back(std::make_unique<Client>(server->port()));
+    senders.emplace_back([client = clients.back().get()] {
+      client->Send(Post("/b", std::string(60'000, 'b')));
+    });
+  }
+  for (auto& client : clients) {
+    EXPECT_TRUE(absl::EndsWith(client->Receive(), "60000"));
+  }
+  for (std::thread& sender : senders) sender.join();
+}
+
 TEST(HttpServerTest, ReadsChunkedBodies) {
   auto server = StartOrDie({}, Echo());
   Client client(server->port());
@@ -188,6 +232,14 @@ TEST(HttpServerTest, RefusesAnOversizeBodyBeforeReadingIt) {
   EXPECT_TRUE(absl::StartsWith(response, "HTTP/1.1 413 ")) << response;
   EXPECT_TRUE(client.ClosedByServer());
 
+  // A client that goes on sending its body still reads the refusal (the
+  // server lingers instead of resetting the connection).
+  Client sending(server->port());
+  sending.Send("POST /big HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n");
+  const std::string megabyte(1 << 20, 'x');
+  for (int i = 0; i < 4; ++i) sending.SendIgnoringErrors(megabyte);
+  EXPECT_TRUE(absl::StartsWith(sending.Receive(), "HTTP/1.1 413 "));
+
   Client chunked(server->port());
   chunked.Send("POST /big HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" +
                std::string("7D0\r\n") + std::string(2000, 'x') + "\r\n");
@@ -208,6 +260,9 @@ TEST(HttpServerTest, RefusesMalformedAndAmbiguousRequests) {
                        "Content-Length: 2\r\n\r\n"),
            std::string("POST /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
            std::string("GET /x HTTP/1.1\r\n folded: x\r\n\r\n"),
+           std::string("GET /x HTTP/1.1\r\nTab\t: x\r\n\r\n"),
+           std::string("POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       "+5\r\nhello\r\n0\r\n\r\n"),
        }) {
     Client client(server->port());
     client.Send(bad);

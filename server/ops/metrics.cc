@@ -153,6 +153,20 @@ std::string Metrics::Render(const Gauges& gauges) const {
         "idem_expired_backlog gauge\nidem_expired_backlog ",
         *gauges.store.expired_backlog, "\n");
   }
+  if (gauges.http.has_value()) {
+    absl::StrAppend(
+        &out,
+        "# HELP idem_connect_http_connections HTTP/JSON (--http-listen) "
+        "connections open.\n# TYPE idem_connect_http_connections gauge\n"
+        "idem_connect_http_connections ",
+        gauges.http->open_connections,
+        "\n# HELP idem_connect_http_refused_total HTTP/JSON connections and "
+        "requests refused by the HTTP layer: too many connections, a head "
+        "or body too large, too slow, malformed.\n# TYPE "
+        "idem_connect_http_refused_total counter\n"
+        "idem_connect_http_refused_total ",
+        gauges.http->refused, "\n");
+  }
   if (gauges.store.slot_migrations.has_value()) {
     absl::StrAppend(
         &out,

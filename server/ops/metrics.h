@@ -27,6 +27,7 @@
 #include <atomic>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -67,6 +68,12 @@ class Metrics {
     size_t parked_waiters = 0;
     storage::StoreStats store;
     bool storage_healthy = true;
+    // The HTTP/JSON port's connections, when it is on.
+    struct Http {
+      uint64_t open_connections = 0;
+      uint64_t refused = 0;
+    };
+    std::optional<Http> http;
   };
   std::string Render(const Gauges& gauges) const;
 

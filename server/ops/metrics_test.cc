@@ -16,7 +16,7 @@ TEST(MetricsTest, RendersCountersAndCumulativeHistograms) {
   stats.disk_bytes = 4096;
   stats.expired_dropped = 3;
   stats.expired_backlog = 5;
-  const std::string text = metrics.Render({7, stats});
+  const std::string text = metrics.Render({7, stats, true, std::nullopt});
   // Long lines are split into adjacent literals on purpose.
   // NOLINTBEGIN(bugprone-suspicious-missing-comma)
   const char* const kLines[] = {
@@ -48,12 +48,24 @@ TEST(MetricsTest, RendersSlotMigrationsOfAShardedStore) {
   Metrics metrics;
   storage::StoreStats stats;
   stats.slot_migrations = {2, absl::Seconds(95)};
-  const std::string text = metrics.Render({0, stats});
+  const std::string text = metrics.Render({0, stats, true, std::nullopt});
   EXPECT_NE(text.find("\nidem_redis_slots_migrating 2\n"), std::string::npos)
       << text;
   EXPECT_NE(text.find("\nidem_redis_slot_migration_oldest_seconds 95\n"),
             std::string::npos)
       << text;
+}
+
+TEST(MetricsTest, TheHttpPortsFiguresShowOnlyWhenItIsOn) {
+  Metrics metrics;
+  const std::string off =
+      metrics.Render({0, storage::StoreStats(), true, std::nullopt});
+  EXPECT_EQ(off.find("idem_connect_http"), std::string::npos);
+  const std::string on = metrics.Render(
+      {0, storage::StoreStats(), true, Metrics::Gauges::Http{12, 3}});
+  EXPECT_NE(on.find("\nidem_connect_http_connections 12\n"), std::string::npos);
+  EXPECT_NE(on.find("\nidem_connect_http_refused_total 3\n"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -333,6 +333,9 @@ TEST_F(ConnectHttpTest, EveryRpcWorksInJsonAndInBinaryProtobuf) {
   EXPECT_TRUE(
       absl::StrContains(scraped->body, "idem_rpc_total{method=\"Checkpoint\""))
       << scraped->body;
+  EXPECT_TRUE(
+      absl::StrContains(scraped->body, "\nidem_connect_http_connections "))
+      << scraped->body;
 }
 
 TEST_F(ConnectHttpTest, ErrorsCarryTheirConnectCodeAndHttpStatus) {
@@ -394,6 +397,11 @@ TEST_F(ConnectHttpTest, ErrorsCarryTheirConnectCodeAndHttpStatus) {
   EXPECT_EQ(waited.outcome(), BeginResponse::OUTCOME_IN_PROGRESS);
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
   EXPECT_GT(absl::Now() - start, absl::Milliseconds(500));
+
+  // A loopback port refuses requests for another host (DNS rebinding).
+  expect_error(http.Post("/idem.v1.Admin/Stats", "{}", "application/json",
+                         {{"Host", "attacker.example:8080"}}),
+               403, "permission_denied");
 
   // The protocol's own refusals.
   expect_error(http.Post("/idem.v1.Idempotency/Nope", "{}", "application/json"),
@@ -477,7 +485,7 @@ TEST_F(ConnectHttpTest, LimitsApplyAndAnOversizeBodyIsRefusedUnread) {
   ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)),
             0);
   const std::string head =
-      "POST /idem.v1.Idempotency/Complete HTTP/1.1\r\nHost: x\r\n"
+      "POST /idem.v1.Idempotency/Complete HTTP/1.1\r\nHost: 127.0.0.1\r\n"
       "Content-Type: application/proto\r\nContent-Length: 1000000000\r\n\r\n";
   ASSERT_EQ(send(fd, head.data(), head.size(), 0),
             static_cast<ssize_t>(head.size()));
@@ -584,7 +592,7 @@ TEST_F(ConnectHttpTest, AThousandWaitingHttpCallersDoNotStarveGrpc) {
   std::string json;
   ASSERT_TRUE(google::protobuf::util::MessageToJsonString(waiting, &json).ok());
   const std::string request = absl::StrCat(
-      "POST /idem.v1.Idempotency/Begin HTTP/1.1\r\nHost: x\r\n"
+      "POST /idem.v1.Idempotency/Begin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
       "Content-Type: application/json\r\nContent-Length: ",
       json.size(), "\r\n\r\n", json);
   constexpr int kCallers = 1000;
@@ -614,7 +622,7 @@ TEST_F(ConnectHttpTest, AThousandWaitingHttpCallersDoNotStarveGrpc) {
                                absl::StrCat("idem_parked_waiters ", kCallers));
     if (!parked) absl::SleepFor(absl::Milliseconds(100));
   }
-  ASSERT_TRUE(parked);
+  ASSERT_TRUE(parked) << metrics.Get("/metrics")->body.substr(0, 3000);
 
   // gRPC callers are served meanwhile, each well within a second.
   absl::Duration slowest;

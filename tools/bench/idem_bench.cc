@@ -810,7 +810,7 @@ class HttpThreads {
   // One connection; Call() reconnects after a failure.
   class Connection {
    public:
-    explicit Connection(const std::string& target) {
+    explicit Connection(const std::string& target) : host_(target) {
       const size_t colon = target.rfind(':');
       address_.sin_family = AF_INET;
       int port = 0;
@@ -829,10 +829,10 @@ class HttpThreads {
                                     const std::string& content_type,
                                     const std::string& body) {
       if (fd_ < 0 && !Open()) return std::nullopt;
-      const std::string request = absl::StrCat(
-          "POST ", path,
-          " HTTP/1.1\r\nHost: idem\r\nContent-Type: ", content_type,
-          "\r\nContent-Length: ", body.size(), "\r\n\r\n", body);
+      const std::string request =
+          absl::StrCat("POST ", path, " HTTP/1.1\r\nHost: ", host_,
+                       "\r\nContent-Type: ", content_type,
+                       "\r\nContent-Length: ", body.size(), "\r\n\r\n", body);
       if (send(fd_, request.data(), request.size(), MSG_NOSIGNAL) !=
           static_cast<ssize_t>(request.size())) {
         Close();
@@ -889,6 +889,7 @@ class HttpThreads {
       fd_ = -1;
     }
 
+    const std::string host_;  // The Host header: the target itself.
     sockaddr_in address_{};
     int fd_ = -1;
     std::string buffer_;
