@@ -7,7 +7,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpc/health/v1/health.pb.h"
@@ -16,7 +15,6 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "server/open_store.h"
-#include "server/ops/address.h"
 #include "server/ops/log.h"
 #include "server/rpc/invalid_request_interceptor.h"
 
@@ -308,13 +306,7 @@ absl::Status Server::StartHttp() {
       pool->FindServiceByName(v1::Admin::service_full_name())};
   gateway.forwarding_secret = authorizer_->forwarding_secret();
   gateway.serving = [this] { return serving_.load(); };
-  if (absl::StatusOr<HostPort> address =
-          ParseHostPort(config_.http_listen, PortZero::kAllowed);
-      address.ok()) {
-    gateway.loopback_hosts_only = address->host == "localhost" ||
-                                  address->host == "::1" ||
-                                  absl::StartsWith(address->host, "127.");
-  }
+  gateway.loopback_hosts_only = IsLoopbackHost(config_.http_listen);
   // The services enforce their own limits on requests and replies; the
   // channel's defaults (4 MiB received) would cut large replies short.
   grpc::ChannelArguments channel;

@@ -109,17 +109,6 @@ std::string JsonString(absl::string_view text) {
   return out;
 }
 
-// Whether a Host header names this machine's loopback: localhost,
-// 127.x.x.x or [::1], with or without a port.
-bool IsLoopbackHost(absl::string_view host) {
-  if (absl::StartsWith(host, "[")) {
-    return absl::StartsWith(host, "[::1]");
-  }
-  host = host.substr(0, host.find(':'));
-  return absl::EqualsIgnoreCase(host, "localhost") ||
-         absl::StartsWith(host, "127.");
-}
-
 HttpResponse Ok(Codec codec, std::string body) {
   HttpResponse response;
   response.headers = {{"Content-Type", std::string(ContentType(codec))}};
@@ -176,6 +165,15 @@ void Answer(Call& call, const grpc::Status& status) {
 }
 
 }  // namespace
+
+bool IsLoopbackHost(absl::string_view host) {
+  if (absl::StartsWith(host, "[")) {
+    return absl::StartsWith(host, "[::1]");
+  }
+  host = host.substr(0, host.find(':'));
+  return absl::EqualsIgnoreCase(host, "localhost") ||
+         absl::StartsWith(host, "127.");
+}
 
 ConnectCode ConnectCodeOf(grpc::StatusCode code) {
   switch (code) {

@@ -30,6 +30,11 @@
 
 namespace idem::server {
 
+// Whether `host` — a Host header, or a --http-listen address — names this
+// machine's loopback: localhost, 127.x.x.x or [::1], with or without a
+// port. The one test of both sides of loopback_hosts_only below.
+bool IsLoopbackHost(absl::string_view host);
+
 // A Connect error code ("invalid_argument") and its HTTP status.
 struct ConnectCode {
   absl::string_view name;

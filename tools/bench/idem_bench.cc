@@ -716,36 +716,58 @@ bool Prepare(const Options& o, const std::shared_ptr<grpc::Channel>& channel) {
   return true;
 }
 
-// --transport=client: threads calling through the C++ client library, each
-// one call at a time, as a service's request threads do.
-class ClientThreads {
+// The transports whose --concurrency threads each make one call at a time
+// (client, client-unary, http-*): the threads, their latencies and the
+// measured window. Subclasses say what one thread does.
+class CallerThreads {
  public:
-  ClientThreads(Run* run, client::Client* client) : run_(run), client_(client) {
-    const int n = run->options().concurrency;
-    latencies_.resize(static_cast<size_t>(n));
-    for (int i = 0; i < n; ++i) {
-      threads_.emplace_back([this, i] { Loop(i); });
+  virtual ~CallerThreads() = default;
+
+  // Starts the threads, waits out --warmup and --duration, stops `run` and
+  // returns every latency measured.
+  std::vector<int64_t> Measure(Run* run) {
+    const Options& o = run->options();
+    std::vector<std::vector<int64_t>> latencies(
+        static_cast<size_t>(o.concurrency));
+    std::vector<std::thread> threads;
+    for (int i = 0; i < o.concurrency; ++i) {
+      threads.emplace_back([this, i, &latencies] {
+        std::vector<int64_t>& mine = latencies[static_cast<size_t>(i)];
+        mine.reserve(1 << 16);
+        Loop(i, mine);
+      });
     }
-  }
-  void Join() {
-    for (std::thread& thread : threads_) thread.join();
-  }
-  std::vector<int64_t> latencies() const {
+    absl::SleepFor(o.warmup);
+    run->StartMeasuring();
+    absl::SleepFor(o.duration);
+    run->StopMeasuring();
+    run->Stop();
+    for (std::thread& thread : threads) thread.join();
     std::vector<int64_t> all;
-    for (const auto& l : latencies_) all.insert(all.end(), l.begin(), l.end());
+    for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
     return all;
   }
 
+ protected:
+  // One thread's calls until the run stops, each recorded in `latencies`.
+  virtual void Loop(int index, std::vector<int64_t>& latencies) = 0;
+};
+
+// --transport=client: threads calling through the C++ client library, each
+// one call at a time, as a service's request threads do.
+class ClientThreads final : public CallerThreads {
+ public:
+  ClientThreads(Run* run, client::Client* client)
+      : run_(run), client_(client) {}
+
  private:
-  void Loop(int index) {
+  void Loop(int index, std::vector<int64_t>& latencies) override {
     const Options& o = run_->options();
     std::minstd_rand random(static_cast<uint32_t>(index + 1));
     const std::string body(static_cast<size_t>(o.body_bytes), 'x');
     client::BeginOptions begin;
     begin.fingerprint = "bench-fingerprint";
     begin.retention = o.retention;
-    std::vector<int64_t>& latencies = latencies_[static_cast<size_t>(index)];
-    latencies.reserve(1 << 16);
     while (!run_->stopping()) {
       const absl::Time start = absl::Now();
       bool ok = false;
@@ -782,29 +804,13 @@ class ClientThreads {
 
   Run* const run_;
   client::Client* const client_;
-  std::vector<std::vector<int64_t>> latencies_;
-  std::vector<std::thread> threads_;
 };
 
 // --transport=http-json / http-proto: threads calling the Connect protocol,
 // each over its own keep-alive HTTP/1.1 connection, one call at a time.
-class HttpThreads {
+class HttpThreads final : public CallerThreads {
  public:
-  explicit HttpThreads(Run* run) : run_(run) {
-    const int n = run->options().concurrency;
-    latencies_.resize(static_cast<size_t>(n));
-    for (int i = 0; i < n; ++i) {
-      threads_.emplace_back([this, i] { Loop(i); });
-    }
-  }
-  void Join() {
-    for (std::thread& thread : threads_) thread.join();
-  }
-  std::vector<int64_t> latencies() const {
-    std::vector<int64_t> all;
-    for (const auto& l : latencies_) all.insert(all.end(), l.begin(), l.end());
-    return all;
-  }
+  explicit HttpThreads(Run* run) : run_(run) {}
 
  private:
   // One connection; Call() reconnects after a failure.
@@ -913,14 +919,12 @@ class HttpThreads {
                  : message->ParseFromString(*body);
   }
 
-  void Loop(int index) {
+  void Loop(int index, std::vector<int64_t>& latencies) override {
     const Options& o = run_->options();
     Connection connection(o.http_target);
     const std::string type = json_ ? "application/json" : "application/proto";
     std::minstd_rand random(static_cast<uint32_t>(index + 1));
     const std::string body(static_cast<size_t>(o.body_bytes), 'x');
-    std::vector<int64_t>& latencies = latencies_[static_cast<size_t>(index)];
-    latencies.reserve(1 << 16);
     while (!run_->stopping()) {
       const absl::Time start = absl::Now();
       bool ok = false;
@@ -970,8 +974,6 @@ class HttpThreads {
 
   Run* const run_;
   const bool json_ = run_->options().transport == "http-json";
-  std::vector<std::vector<int64_t>> latencies_;
-  std::vector<std::thread> threads_;
 };
 
 double Percentile(const std::vector<int64_t>& sorted, double q) {
@@ -1015,14 +1017,7 @@ int Main(int argc, char** argv) {
   HotKeys hot(o.keys);
   std::vector<int64_t> all;
   if (absl::StartsWith(o.transport, "http-")) {
-    HttpThreads threads(&run);
-    absl::SleepFor(o.warmup);
-    run.StartMeasuring();
-    absl::SleepFor(o.duration);
-    run.StopMeasuring();
-    run.Stop();
-    threads.Join();
-    all = threads.latencies();
+    all = HttpThreads(&run).Measure(&run);
   } else if (o.transport == "client" || o.transport == "client-unary") {
     // One Client, on its own channel, as a service would have it.
     client::ClientOptions client_options;
@@ -1034,14 +1029,7 @@ int Main(int argc, char** argv) {
       std::cerr << "idem-bench: " << client.status() << "\n";
       return 1;
     }
-    ClientThreads threads(&run, client->get());
-    absl::SleepFor(o.warmup);
-    run.StartMeasuring();
-    absl::SleepFor(o.duration);
-    run.StopMeasuring();
-    run.Stop();
-    threads.Join();
-    all = threads.latencies();
+    all = ClientThreads(&run, client->get()).Measure(&run);
   } else {
     std::vector<std::unique_ptr<BenchSession>> sessions;
     if (o.transport == "session") {
